@@ -1,0 +1,109 @@
+"""Shared fixtures and the session guard against leaked processes.
+
+The guard snapshots this process's descendants (and any TFF ``worker_binary`` or
+``fedkb server|fleet`` process on the machine) before the session and fails the run if
+new ones are still alive at the end. A test that starts a process must stop it, even
+when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+_WATCHED = ("worker_binary", "fedkb server", "fedkb fleet", "fedkb demo", "fedkb simulate",
+            "fedkb.server", "fedkb.device_runtime")
+
+
+def _suspects() -> dict[int, str]:
+    """Processes we would consider leaked: our descendants and any watched command."""
+    me = psutil.Process(os.getpid())
+    found: dict[int, str] = {}
+    for p in me.children(recursive=True):
+        try:
+            found[p.pid] = " ".join(p.cmdline()) or p.name()
+        except psutil.Error:
+            continue
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if p.info["pid"] != os.getpid() and any(w in cmd for w in _WATCHED):
+            found[p.info["pid"]] = cmd
+    return found
+
+
+def _alive(pids: dict[int, str]) -> dict[int, str]:
+    out = {}
+    for pid, cmd in pids.items():
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out[pid] = cmd
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes():
+    """Fail the session if a test left a server, fleet worker or TFF worker running."""
+    before = set(_suspects())
+    yield
+    deadline = time.monotonic() + 10.0
+    leaked: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        leaked = {pid: c for pid, c in _alive(_suspects()).items() if pid not in before}
+        if not leaked:
+            return
+        time.sleep(0.25)
+    for pid in leaked:  # clean up so the CI runner does not hang, then fail loudly
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    pytest.fail(f"tests left processes running: {leaked}", pytrace=False)
+
+
+# --- data fixtures ---------------------------------------------------------------------
+
+TINY_SPEECHES = {
+    "alice": "The cat sat on the mat. The dog sat on the log! Where is the cat? "
+    "'Tis the cat that sat. I don't know where the dog is.",
+    "bob": "The dog ran to the park. The cat ran to the house. Is the dog in the park? "
+    "Yes, the dog is in the park.",
+    "carol": "I love the cat. I love the dog. The cat and the dog love me. "
+    "Do you love the cat?",
+    "dave": "The park is green. The house is red. The mat is on the floor of the house.",
+    "erin": "Where is the park? The park is near the house. The dog knows the way.",
+    "frank": "The log is by the park. The cat sat on the log. The dog sat on the mat.",
+    "grace": "Good night, sweet cat. Good night, sweet dog. The house is quiet now.",
+    "heidi": "The cat is on the mat and the dog is on the log. Where is the house?",
+    "ivan": "I think the dog is in the house. I think the cat is in the park.",
+    "judy": "The mat, the log, the park and the house: the cat knows them all.",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_jsonl(tmp_path_factory) -> Path:
+    """A small JSONL corpus: ten users, a few sentences each."""
+    import json
+
+    path = tmp_path_factory.mktemp("corpus") / "tiny.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for user, text in TINY_SPEECHES.items():
+            for sentence in text.split(". "):
+                fh.write(json.dumps({"user": user, "text": sentence}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_jsonl, tmp_path_factory) -> Path:
+    """A prepared dataset directory from :func:`tiny_jsonl` (T=10, 20% held out)."""
+    from fedkb.datasets.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare(PrepareConfig(corpus=str(tiny_jsonl), out=out, vocab_size=40, seq_len=10,
+                          heldout_fraction=0.2, seed=0))
+    return out
