@@ -1,0 +1,1 @@
+"""The next-word LSTM (Keras) and its LiteRT on-device training artifact."""

@@ -1,0 +1,1 @@
+"""The Flask federated server: check-in, rounds, aggregation, persistence, predictions."""
