@@ -1,0 +1,237 @@
+"""Device availability traces: when a phone is charging, on which network, idle, how full.
+
+A trace is piecewise constant in *simulated* seconds since the fleet's epoch (t=0 is
+midnight UTC of day 0): row i holds from ``t[i]`` until ``t[i+1]``. Each row has:
+
+- ``charging`` (bool): plugged in;
+- ``network``: ``wifi`` (unmetered), ``cell`` (metered) or ``offline``;
+- ``idle`` (bool): screen off and not in use;
+- ``battery`` (0..100): the level when the row starts.
+
+A phone may train only when ``charging and network == "wifi" and idle`` (Bonawitz et al.
+2019, §2; Hard et al. 2018). FedScale showed availability is dominated by charging at
+night; :func:`diurnal_trace` generates that pattern from a seed, in the phone's local time.
+
+Plain-text schema (so users can replay real traces; no pickles)::
+
+    CSV  header: device,t,charging,network,idle,battery
+         one row per state change; t in seconds (float), charging/idle as 0/1
+    JSON {"devices": {"<device>": [[t, charging, network, idle, battery], ...]}}
+
+A device's rows must be sorted by t; the first row's t is where the trace starts (before
+it the phone counts as unavailable and offline). After the last row the last state holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+NETWORKS = ("offline", "cell", "wifi")
+_NET_CODE = {n: i for i, n in enumerate(NETWORKS)}
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class State:
+    charging: bool
+    network: str
+    idle: bool
+    battery: float
+
+    @property
+    def eligible(self) -> bool:
+        """Charging, on an unmetered network, and idle: the phone may run a task."""
+        return self.charging and self.network == "wifi" and self.idle
+
+    def why_not(self) -> str | None:
+        """The first reason the phone may not train (used as an abort reason), or None."""
+        if not self.charging:
+            return "unplugged"
+        if self.network != "wifi":
+            return "network" if self.network == "cell" else "offline"
+        if not self.idle:
+            return "in_use"
+        return None
+
+
+_OFF = State(False, "offline", False, 0.0)
+
+
+class Trace:
+    """One device's trace as compact arrays (a few hundred bytes per simulated day)."""
+
+    __slots__ = ("battery", "flags", "t")
+
+    def __init__(self, t: np.ndarray, charging: np.ndarray, network: np.ndarray,
+                 idle: np.ndarray, battery: np.ndarray):
+        t = np.asarray(t, dtype=np.float64)
+        if t.ndim != 1 or len(t) == 0:
+            raise ValueError("a trace needs at least one row")
+        if np.any(np.diff(t) < 0):
+            raise ValueError("trace rows must be sorted by time")
+        net = np.asarray(network, dtype=np.int64)
+        if np.any((net < 0) | (net >= len(NETWORKS))):
+            raise ValueError("bad network code in trace")
+        self.t = t
+        # bit 0 charging, bit 1 idle, bits 2-3 network code
+        self.flags = (np.asarray(charging, bool).astype(np.uint8)
+                      | (np.asarray(idle, bool).astype(np.uint8) << 1)
+                      | (net.astype(np.uint8) << 2))
+        self.battery = np.clip(np.asarray(battery, dtype=np.float32), 0, 100).astype(np.float16)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def _row(self, t: float) -> int:
+        return int(np.searchsorted(self.t, t, side="right")) - 1
+
+    def state_at(self, t: float) -> State:
+        i = self._row(t)
+        if i < 0:
+            return _OFF
+        f = int(self.flags[i])
+        return State(bool(f & 1), NETWORKS[(f >> 2) & 3], bool(f & 2), float(self.battery[i]))
+
+    def next_change(self, t: float) -> float | None:
+        """The simulated time of the next row after ``t`` (None: the state never changes)."""
+        i = self._row(t) + 1
+        return float(self.t[i]) if i < len(self.t) else None
+
+    def next_eligible(self, t: float) -> float | None:
+        """The earliest time >= ``t`` at which the phone is eligible (None: never again)."""
+        if self.state_at(t).eligible:
+            return t
+        ok = (self.flags & 0b1111) == (1 | 2 | (_NET_CODE["wifi"] << 2))
+        later = np.nonzero(ok & (self.t > t))[0]
+        return float(self.t[later[0]]) if len(later) else None
+
+    def rows(self) -> list[tuple[float, bool, str, bool, float]]:
+        out = []
+        for t in self.t:
+            s = self.state_at(float(t))
+            out.append((float(t), s.charging, s.network, s.idle, s.battery))
+        return out
+
+
+def diurnal_trace(rng: np.random.Generator, tz_hours: float = 0.0, days: int = 2,
+                  step_s: float = 300.0) -> Trace:
+    """A realistic day-night pattern, in local time shifted by ``tz_hours``.
+
+    Overnight: plugged in between ~22:00-01:30 and ~06:00-08:30, on Wi‑Fi, mostly idle
+    (a few short wake-ups). Daytime: on cellular or Wi‑Fi, in use in bursts, with a chance
+    of a short top-up charge. Battery drains when unplugged, fills when charging.
+    ``step_s`` is the resolution of the simulated state (5 minutes by default).
+    """
+    n = int(days * DAY / step_s)
+    t = np.arange(n) * step_s
+    local_h = ((t / 3600.0) + tz_hours) % 24.0
+    day_idx = ((t / 3600.0 + tz_hours) // 24.0).astype(int)
+    n_days = int(day_idx.max()) + 2
+    plug = rng.normal(23.3, 0.9, n_days)  # bed time
+    unplug = rng.normal(7.0, 0.7, n_days)  # wake time
+    charging = np.zeros(n, bool)
+    for d in range(-1, n_days - 1):
+        start = d * 24.0 + plug[d + 1]
+        stop = (d + 1) * 24.0 + unplug[d + 1]
+        h_abs = t / 3600.0 + tz_hours
+        charging |= (h_abs >= start) & (h_abs < stop)
+    # daytime top-up charges (about one day in three), 30-90 minutes
+    for d in range(n_days):
+        if rng.random() < 0.35:
+            s = d * 24.0 + rng.uniform(10, 20)
+            h_abs = t / 3600.0 + tz_hours
+            charging |= (h_abs >= s) & (h_abs < s + rng.uniform(0.5, 1.5))
+    night = (local_h >= 21) | (local_h < 8)
+    home = night | (rng.random(n) < 0.25)
+    network = np.where(home, _NET_CODE["wifi"], _NET_CODE["cell"])
+    network = np.where(rng.random(n) < 0.02, _NET_CODE["offline"], network)
+    # idle: asleep -> mostly idle; awake -> in use about 40% of the time, in bursts
+    asleep = charging & night
+    use = _bursts(rng, n, p_start=0.25, mean_len=2.0)
+    idle = np.where(asleep, rng.random(n) > 0.04, ~use)
+    battery = np.empty(n, np.float32)
+    level = rng.uniform(30, 90)
+    for i in range(n):
+        battery[i] = level
+        level = min(100.0, level + 6.0) if charging[i] else max(2.0, level - 0.9)
+    return _compress(t, charging, network, idle, battery)
+
+
+def _bursts(rng: np.random.Generator, n: int, p_start: float, mean_len: float) -> np.ndarray:
+    on = np.zeros(n, bool)
+    i = 0
+    while i < n:
+        if rng.random() < p_start:
+            k = max(1, int(rng.exponential(mean_len)))
+            on[i : i + k] = True
+            i += k
+        else:
+            i += 1
+    return on
+
+
+def _compress(t, charging, network, idle, battery) -> Trace:
+    """Keep only rows where a discrete field changes (battery then is sampled at those)."""
+    change = np.ones(len(t), bool)
+    change[1:] = ((charging[1:] != charging[:-1]) | (network[1:] != network[:-1])
+                  | (idle[1:] != idle[:-1]))
+    return Trace(t[change], charging[change], network[change], idle[change], battery[change])
+
+
+# --- plain-text trace files --------------------------------------------------------------
+
+
+def load_traces(path: str | Path) -> dict[str, Trace]:
+    """Read a CSV or JSON trace file (schema in the module docstring)."""
+    path = Path(path)
+    rows: dict[str, list[tuple[float, bool, str, bool, float]]] = {}
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for dev, items in doc["devices"].items():
+                rows[str(dev)] = [(float(r[0]), bool(r[1]), str(r[2]), bool(r[3]), float(r[4]))
+                                  for r in items]
+        else:
+            with path.open(newline="", encoding="utf-8") as fh:
+                for r in csv.DictReader(fh):
+                    rows.setdefault(r["device"], []).append(
+                        (float(r["t"]), r["charging"].strip() in ("1", "true", "True"),
+                         r["network"].strip(), r["idle"].strip() in ("1", "true", "True"),
+                         float(r["battery"])))
+    except (KeyError, IndexError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid trace file ({exc!r})") from None
+    out = {}
+    for dev, rs in rows.items():
+        bad = [r[2] for r in rs if r[2] not in _NET_CODE]
+        if bad:
+            raise ValueError(f"{path}: device {dev}: unknown network {bad[0]!r} "
+                             f"(expected one of {', '.join(NETWORKS)})")
+        try:
+            out[dev] = Trace(np.array([r[0] for r in rs]), np.array([r[1] for r in rs]),
+                             np.array([_NET_CODE[r[2]] for r in rs]),
+                             np.array([r[3] for r in rs]), np.array([r[4] for r in rs]))
+        except ValueError as exc:
+            raise ValueError(f"{path}: device {dev}: {exc}") from None
+    if not out:
+        raise ValueError(f"{path}: no trace rows")
+    return out
+
+
+def save_traces(traces: dict[str, Trace], path: str | Path) -> None:
+    """Write traces as CSV (or JSON when ``path`` ends in .json)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        doc = {"devices": {d: [list(r) for r in tr.rows()] for d, tr in traces.items()}}
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        return
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["device", "t", "charging", "network", "idle", "battery"])
+        for dev, tr in traces.items():
+            for t, c, net, idle, b in tr.rows():
+                w.writerow([dev, f"{t:g}", int(c), net, int(idle), f"{b:.1f}"])

@@ -1,0 +1,104 @@
+"""Device availability: eligibility rules, trace lookup, generator, plain-text files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedkb.device_runtime.traces import (
+    DAY,
+    NETWORKS,
+    State,
+    Trace,
+    diurnal_trace,
+    load_traces,
+    save_traces,
+)
+
+
+def _trace(rows):
+    t, c, n, i, b = zip(*rows, strict=True)
+    return Trace(np.array(t), np.array(c), np.array([NETWORKS.index(x) for x in n]),
+                 np.array(i), np.array(b))
+
+
+FIXED = [  # t, charging, network, idle, battery
+    (0, False, "cell", False, 50),
+    (100, True, "cell", True, 55),
+    (200, True, "wifi", False, 60),
+    (300, True, "wifi", True, 65),
+    (400, False, "wifi", True, 70),
+]
+
+
+@pytest.mark.parametrize(("state", "eligible", "reason"), [
+    (State(True, "wifi", True, 50), True, None),
+    (State(False, "wifi", True, 50), False, "unplugged"),
+    (State(True, "cell", True, 50), False, "network"),
+    (State(True, "offline", True, 50), False, "offline"),
+    (State(True, "wifi", False, 50), False, "in_use"),
+])
+def test_eligibility_needs_charging_unmetered_and_idle(state, eligible, reason):
+    assert state.eligible is eligible
+    assert state.why_not() == reason
+
+
+def test_trace_lookup_is_piecewise_constant():
+    tr = _trace(FIXED)
+    assert tr.state_at(-1).network == "offline" and not tr.state_at(-1).eligible
+    assert tr.state_at(0) == State(False, "cell", False, 50)
+    assert tr.state_at(299.9).why_not() == "in_use"
+    assert tr.state_at(300).eligible
+    assert tr.state_at(10_000).why_not() == "unplugged"  # last state holds
+    assert tr.next_change(300) == 400 and tr.next_change(400) is None
+    assert tr.next_eligible(0) == 300 and tr.next_eligible(350) == 350
+    assert tr.next_eligible(401) is None
+
+
+def test_unsorted_or_bad_rows_are_refused():
+    with pytest.raises(ValueError):
+        _trace([(10, True, "wifi", True, 1), (5, True, "wifi", True, 1)])
+    with pytest.raises(ValueError):
+        Trace(np.array([0.0]), np.array([True]), np.array([7]), np.array([True]), np.array([1]))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_trace_files_round_trip(tmp_path, suffix):
+    traces = {"phone-a": _trace(FIXED), "phone-b": diurnal_trace(np.random.default_rng(3))}
+    path = tmp_path / f"traces{suffix}"
+    save_traces(traces, path)
+    back = load_traces(path)
+    assert set(back) == {"phone-a", "phone-b"}
+    for dev, tr in traces.items():
+        np.testing.assert_allclose(back[dev].t, tr.t)
+        for t in (0, 150, 310, 3600 * 3, 3600 * 13):
+            a, b = tr.state_at(t), back[dev].state_at(t)
+            assert (a.charging, a.network, a.idle) == (b.charging, b.network, b.idle)
+            assert abs(a.battery - b.battery) < 0.6
+
+
+def test_trace_file_errors_name_the_problem(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("device,t,charging,network,idle,battery\nx,0,1,satellite,1,50\n")
+    with pytest.raises(ValueError, match="unknown network 'satellite'"):
+        load_traces(p)
+    p.write_text("device,t\nx,0\n")
+    with pytest.raises(ValueError, match="not a valid trace file"):
+        load_traces(p)
+
+
+def test_diurnal_generator_is_seeded_and_available_mostly_at_night():
+    a, b = diurnal_trace(np.random.default_rng(7)), diurnal_trace(np.random.default_rng(7))
+    np.testing.assert_array_equal(a.t, b.t)
+    np.testing.assert_array_equal(a.flags, b.flags)
+    traces = [diurnal_trace(np.random.default_rng(s), days=2) for s in range(40)]
+    grid = np.arange(0, 2 * DAY, 900)
+    hours = (grid / 3600) % 24
+    el = np.array([[tr.state_at(t).eligible for t in grid] for tr in traces])
+    night = el[:, (hours >= 1) & (hours < 5)].mean()
+    day = el[:, (hours >= 10) & (hours < 18)].mean()
+    assert night > 0.6 and day < 0.1
+    # a time zone shifts the pattern: +12 h makes the UTC night the local day
+    shifted = [diurnal_trace(np.random.default_rng(s), tz_hours=12) for s in range(40)]
+    el2 = np.array([[tr.state_at(t).eligible for t in grid] for tr in shifted])
+    assert el2[:, (hours >= 1) & (hours < 5)].mean() < 0.1
