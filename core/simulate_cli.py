@@ -43,7 +43,50 @@ def run_ngram(args: argparse.Namespace) -> EngineReport:
         wall_s=round(time.perf_counter() - t0, 3), config={"order": 3, "smoothing": "ikn"})
 
 
-ENGINES: dict[str, Callable[[argparse.Namespace], EngineReport]] = {"ngram": run_ngram}
+def run_central(args: argparse.Namespace) -> EngineReport:
+    """The same Keras model trained on the pooled training users (the upper reference)."""
+    from fedkb.model.central import CentralConfig, train_central
+    from fedkb.model.config import get_preset
+
+    ds = _open_dataset(args.data)
+    try:
+        preset = get_preset(args.preset)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    model_cfg = preset.fit_to_data(len(ds.vocab), ds.seq_len)
+    cfg = CentralConfig(epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.lr if args.lr is not None else model_cfg.learning_rate,
+                        seed=args.seed, max_steps=args.max_steps)
+    t0 = time.perf_counter()
+    res = train_central(ds, model_cfg, cfg, progress=None if args.json else _bar())
+    return EngineReport(
+        engine="central", data=str(args.data),
+        heldout=EngineReport.heldout_figures(res.counts, len(ds.heldout_users), res.loss),
+        wall_s=round(time.perf_counter() - t0, 3),
+        config={"preset": model_cfg.name, "steps": res.steps, **vars(cfg)})
+
+
+def _bar():
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="central training", unit="step")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if step == total:
+            bar.close()
+
+    return update
+
+
+ENGINES: dict[str, Callable[[argparse.Namespace], EngineReport]] = {
+    "ngram": run_ngram,
+    "central": run_central,
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ") and report held-out recall")
     p.add_argument("--engine", choices=sorted(ENGINES), required=True)
     p.add_argument("--data", type=Path, required=True, help="a prepared dataset directory")
+    p.add_argument("--preset", default="small", help="model preset (central, federated)")
+    p.add_argument("--epochs", type=float, default=1.0, help="central: passes over the data")
+    p.add_argument("--batch-size", type=int, default=64, help="central: batch size")
+    p.add_argument("--lr", type=float, default=None, help="client/central SGD learning rate")
+    p.add_argument("--max-steps", type=int, default=None, help="central: cap on SGD steps")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkb.datasets.vocab import PAD, Vocab
+from fedkb.datasets.vocab import OOV, PAD, Vocab
 
 FORMAT = "fedkb-dataset/1"
 TRAIN, HELDOUT = "train", "heldout"
@@ -58,6 +58,16 @@ def windows_to_xy(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     w = np.asarray(windows, dtype=np.int32)
     y = w[:, 1:]
     return w[:, :-1], y, (y != PAD).astype(np.float32)
+
+
+def clip_to_vocab(windows: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Windows for a model of ``vocab_size`` ids: rarer words (id >= V) become OOV.
+
+    The vocabulary is ordered by frequency, so a model with a smaller V keeps the V-4
+    most frequent words of the dataset.
+    """
+    w = np.asarray(windows, dtype=np.int32)
+    return np.where(w >= vocab_size, OOV, w).astype(np.int32)
 
 
 def make_windows(sentence_ids: list[list[int]], seq_len: int) -> np.ndarray:
