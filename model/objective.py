@@ -1,0 +1,81 @@
+"""Loss, metric and suggestion math in TensorFlow, written with LiteRT builtin ops only.
+
+These functions are traced into the artifact's signatures *and* used for the Keras side
+of the parity check, so both sides compute exactly the same thing.
+
+Metric (DESIGN.md): top-k recall over target positions whose target is an
+in-vocabulary word (id >= 4: not PAD, BOS, EOS or OOV); special tokens are never
+suggested, so their logits are pushed to -1e9 before ranking. A target counts as a
+top-k hit when fewer than k other words have a strictly larger logit.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+NUM_SPECIAL = 4  # PAD, BOS, EOS, OOV are ids 0..3 (fedkb.datasets.vocab)
+NEG = -1e9
+
+
+def token_cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Per-position cross-entropy, (B, T, V) logits and (B, T) targets -> (B, T)."""
+    logp = tf.nn.log_softmax(logits, axis=-1)
+    return -tf.reduce_sum(tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype) * logp, -1)
+
+
+def masked_mean_loss(logits: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean cross-entropy over positions with mask 1 (0 when the mask is empty)."""
+    ce = token_cross_entropy(logits, y)
+    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def training_loss(model, x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Masked mean cross-entropy of a :class:`NextWordModel`, in a LiteRT-friendly form.
+
+    Mathematically :func:`masked_mean_loss` of ``model(x)``, written as
+    ``logsumexp(logits) - logit[y]`` with the target logit taken from the features and
+    the gathered target embedding (``h . E[y] + b[y]``). Its gradient avoids
+    LOG_SOFTMAX and a (B, T, V) ONE_HOT, the two large ops LiteRT's XNNPACK delegate
+    does not run; what is left over the (B, T, V) logits are delegated element-wise ops.
+    """
+    h = model.features(x)
+    logits = model.logits_from_features(h)
+    top = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
+    lse = tf.math.log(tf.reduce_sum(tf.exp(logits - top), axis=-1)) + top[..., 0]
+    target = tf.reduce_sum(h * tf.gather(model.embedding.embeddings, y), axis=-1)
+    target = target + tf.gather(model.output_bias, y)
+    return tf.reduce_sum((lse - target) * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def mask_special(logits: tf.Tensor) -> tf.Tensor:
+    """Logits with the special tokens' entries set to -1e9 (never suggested)."""
+    V = logits.shape[-1]
+    special = tf.constant([1.0] * NUM_SPECIAL + [0.0] * (V - NUM_SPECIAL), dtype=logits.dtype)
+    return logits * (1.0 - special) + NEG * special
+
+
+def evaluation_sums(logits: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Sums for one batch: loss_sum, count (mask), iv_count, top1_hits, top3_hits."""
+    ce = token_cross_entropy(logits, y)
+    masked = mask_special(logits)
+    target = tf.reduce_sum(tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype) * logits, -1)
+    rank = tf.reduce_sum(tf.cast(masked > target[..., None], tf.float32), -1)
+    iv = mask * tf.cast(y >= NUM_SPECIAL, tf.float32)
+    return {
+        "loss_sum": tf.reduce_sum(ce * mask),
+        "count": tf.reduce_sum(mask),
+        "iv_count": tf.reduce_sum(iv),
+        "top1_hits": tf.reduce_sum(iv * tf.cast(rank < 1.0, tf.float32)),
+        "top3_hits": tf.reduce_sum(iv * tf.cast(rank < 3.0, tf.float32)),
+    }
+
+
+def top_suggestions(logits: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
+    """(N, V) logits -> top-k word ids (int32) and their probabilities.
+
+    Probabilities are a softmax over the words only (special tokens removed), so the
+    suggestions of a prefix sum to at most 1.
+    """
+    probs = tf.nn.softmax(mask_special(logits), axis=-1)
+    top = tf.math.top_k(probs, k=k)
+    return {"ids": tf.cast(top.indices, tf.int32), "probs": top.values}
