@@ -107,3 +107,20 @@ def tiny_data(tiny_jsonl, tmp_path_factory) -> Path:
     prepare(PrepareConfig(corpus=str(tiny_jsonl), out=out, vocab_size=40, seq_len=10,
                           heldout_fraction=0.2, seed=0))
     return out
+
+
+# --- model artifact fixtures (issue 3: model/, device_runtime/trainer.py) --------------
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_data, tmp_path_factory) -> Path:
+    """The ``tiny`` preset exported from :func:`tiny_data` once per session (via the CLI)."""
+    from fedkb.cli import main
+
+    out = tmp_path_factory.mktemp("artifact") / "tiny"
+    assert main(["model", "export", "--preset", "tiny", "--data", str(tiny_data),
+                 "--out", str(out), "--json"]) == 0
+    return out
+
+
+# --- end of model artifact fixtures ----------------------------------------------------
