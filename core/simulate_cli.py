@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from fedkb.errors import UserError
 from fedkb.metrics import EngineReport
 
@@ -66,6 +68,66 @@ def run_central(args: argparse.Namespace) -> EngineReport:
         config={"preset": model_cfg.name, "steps": res.steps, **vars(cfg)})
 
 
+def federated_rounds(users: list[str], rounds: int, per_round: int, seed: int
+                     ) -> list[list[list]]:
+    """Client sampling shared by the federated engines: per round ``[[user, batch_seed]]``.
+
+    Round r draws ``per_round`` distinct training users with ``default_rng([seed, r])``;
+    each client's batch-order seed comes from the same generator.
+    """
+    out = []
+    for r in range(rounds):
+        rng = np.random.default_rng([seed, r])
+        picked = rng.choice(len(users), size=min(per_round, len(users)), replace=False)
+        out.append([[users[i], int(rng.integers(2**31))] for i in sorted(picked)])
+    return out
+
+
+def run_tff(args: argparse.Namespace) -> EngineReport:
+    """TensorFlow Federated's weighted FedAvg (in a reaped child process group)."""
+    import tempfile
+
+    from fedkb.codec import decode_arrays, encode_arrays
+    from fedkb.datasets.store import clip_to_vocab
+    from fedkb.model.central import evaluate_keras
+    from fedkb.model.config import get_preset
+    from fedkb.model.keras_model import build_model
+    from fedkb.model.tff_reference import run_tff_isolated
+    from fedkb.model.weights import initial_weights
+
+    ds = _open_dataset(args.data)
+    try:
+        preset = get_preset(args.preset)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    cfg = preset.fit_to_data(len(ds.vocab), ds.seq_len)
+    lr = args.lr if args.lr is not None else cfg.learning_rate
+    epochs = max(1, int(args.epochs))
+    rounds = federated_rounds(ds.train_users, args.rounds, args.clients_per_round, args.seed)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedkb-tff-") as tmp:
+        work = Path(tmp)
+        (work / "w0.bin").write_bytes(encode_arrays(initial_weights(cfg)))
+        out = run_tff_isolated({
+            "data": str(args.data), "model": cfg.to_dict(), "weights": str(work / "w0.bin"),
+            "rounds": rounds, "epochs": epochs, "max_steps": args.max_steps, "client_lr": lr,
+            "server_lr": args.server_lr, "weights_out": str(work / "final.bin")}, work)
+        final = decode_arrays((work / "final.bin").read_bytes())
+    counts, loss = evaluate_keras(build_model(cfg, weights=final),
+                                  clip_to_vocab(ds.all_windows("heldout", "eval"),
+                                                cfg.vocab_size))
+    return EngineReport(
+        engine="tff", data=str(args.data),
+        heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
+        wall_s=round(time.perf_counter() - t0, 3),
+        config={"preset": cfg.name, "rounds": args.rounds,
+                "clients_per_round": args.clients_per_round, "epochs": epochs,
+                "max_steps": args.max_steps, "client_lr": lr, "server_lr": args.server_lr,
+                "seed": args.seed, "tff_setup_s": round(out["setup_s"], 3),
+                "tff_train_s": round(out["train_s"], 3)},
+        rounds=out["rounds"])
+
+
 def _bar():
     from tqdm import tqdm
 
@@ -86,6 +148,7 @@ def _bar():
 ENGINES: dict[str, Callable[[argparse.Namespace], EngineReport]] = {
     "ngram": run_ngram,
     "central": run_central,
+    "tff": run_tff,
 }
 
 
@@ -95,10 +158,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=sorted(ENGINES), required=True)
     p.add_argument("--data", type=Path, required=True, help="a prepared dataset directory")
     p.add_argument("--preset", default="small", help="model preset (central, federated)")
-    p.add_argument("--epochs", type=float, default=1.0, help="central: passes over the data")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="passes over the data (central) or over each client's shard")
+    p.add_argument("--rounds", type=int, default=20, help="federated: rounds")
+    p.add_argument("--clients-per-round", type=int, default=20, help="federated: clients")
+    p.add_argument("--server-lr", type=float, default=1.0, help="federated: server SGD lr")
     p.add_argument("--batch-size", type=int, default=64, help="central: batch size")
     p.add_argument("--lr", type=float, default=None, help="client/central SGD learning rate")
-    p.add_argument("--max-steps", type=int, default=None, help="central: cap on SGD steps")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap on SGD steps (central: in total; federated: per client)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)

@@ -63,3 +63,14 @@ def test_tff_round_matches_litert_clients_and_weighted_mean(tiny_data, tiny_arti
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(ours, w0, strict=True))
     assert moved > 1e-3  # the round really changed the model
     assert worst < 1e-5, worst
+
+
+def test_simulate_tff_cli_reports_the_shared_schema(capsys, tiny_data):
+    from fedkb.cli import main
+
+    assert main(["simulate", "--engine", "tff", "--data", str(tiny_data), "--preset", "tiny",
+                 "--rounds", "2", "--clients-per-round", "3", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["engine"] == "tff" and [r["round"] for r in rep["rounds"]] == [1, 2]
+    assert all(r["clients"] == 3 and r["train_loss"] > 0 for r in rep["rounds"])
+    assert set(rep["heldout"]) == {"users", "iv_targets", "top1_recall", "top3_recall", "loss"}
