@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" / Keras {row['keras_train_step_ms']:7.2f} ms"
                   f" = {row['lite_over_keras']:.2f}"
                   f"  (TF same graph {row['tf_same_graph_step_ms']:.2f} ms)"
+                  f"  eval {row['lite_evaluate_batch_ms']:.2f} ms"
                   f"  infer {row['lite_infer_ms']:.3f} ms"
                   f"  parity loss {row['parity_max_abs_loss_diff']:.1e}"
                   f" w {row['parity_max_abs_weight_diff']:.1e}", flush=True)

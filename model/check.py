@@ -115,6 +115,8 @@ def check_artifact(path: str | Path, steps: int = 5, timing_steps: int = 20,
     # Timing on one fixed batch.
     x, y, m = batches[0]
     lite_step = _median_seconds(lambda: trainer.step(x, y, m, lr), timing_steps)
+    evaluate = trainer._runners["evaluate"]
+    lite_eval = _median_seconds(lambda: evaluate(x=x, y=y, mask=m), timing_steps)
     tx, ty, tm = tf.constant(x), tf.constant(y), tf.constant(m)
     keras_step_s = _median_seconds(lambda: keras_step(tx, ty, tm).numpy(), timing_steps)
     # TensorFlow running the exported step itself (same graph as the artifact).
@@ -153,6 +155,7 @@ def check_artifact(path: str | Path, steps: int = 5, timing_steps: int = 20,
             "keras_train_step_ms": keras_step_s * 1e3,
             "lite_over_keras": lite_step / keras_step_s,
             "tf_same_graph_step_ms": tf_graph_s * 1e3,
+            "lite_evaluate_batch_ms": lite_eval * 1e3,
             "lite_infer_ms": lite_infer * 1e3,
         },
     }
@@ -175,6 +178,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"step time    LiteRT {t['lite_train_step_ms']:.2f} ms, Keras "
         f"{t['keras_train_step_ms']:.2f} ms (ratio {t['lite_over_keras']:.2f}, "
         f"{t['threads']} threads); TF on the exported graph {t['tf_same_graph_step_ms']:.2f} ms",
+        f"evaluate     LiteRT {t['lite_evaluate_batch_ms']:.2f} ms per batch",
         f"infer        LiteRT {t['lite_infer_ms']:.3f} ms for one prefix",
     ]
     return "\n".join(lines)

@@ -15,7 +15,8 @@ from fedkb.model.config import PRESETS, get_preset
 
 
 def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Hide TensorFlow's C++ start-up chatter (CUDA probing); errors still raise."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

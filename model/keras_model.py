@@ -71,6 +71,9 @@ class NextWordModel(tf.keras.Model):
         """(B, T) ids -> (B, T, V) next-word logits."""
         return self.logits_from_features(self.features(x))
 
+    def get_config(self) -> dict:
+        return self.config.to_dict()
+
     @property
     def weights_in_order(self) -> list[tf.Variable]:
         """The trainable variables in the canonical weight order."""

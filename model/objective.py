@@ -55,11 +55,19 @@ def mask_special(logits: tf.Tensor) -> tf.Tensor:
 
 
 def evaluation_sums(logits: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Sums for one batch: loss_sum, count (mask), iv_count, top1_hits, top3_hits."""
-    ce = token_cross_entropy(logits, y)
-    masked = mask_special(logits)
-    target = tf.reduce_sum(tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype) * logits, -1)
-    rank = tf.reduce_sum(tf.cast(masked > target[..., None], tf.float32), -1)
+    """Sums for one batch: loss_sum, count (mask), iv_count, top1_hits, top3_hits.
+
+    The target logit is gathered from ``logits`` itself (so the rank test compares a value
+    with its own copy exactly) and the loss is ``logsumexp - target``: no LOG_SOFTMAX or
+    (B, T, V) ONE_HOT, which LiteRT would run outside its XNNPACK delegate.
+    """
+    V = logits.shape[-1]
+    target = tf.reshape(tf.gather(tf.reshape(logits, (-1, V)), tf.reshape(y, (-1,)),
+                                  batch_dims=1), tf.shape(y))
+    top = tf.reduce_max(logits, axis=-1, keepdims=True)
+    lse = tf.math.log(tf.reduce_sum(tf.exp(logits - top), axis=-1)) + top[..., 0]
+    ce = lse - target
+    rank = tf.reduce_sum(tf.cast(mask_special(logits) > target[..., None], tf.float32), -1)
     iv = mask * tf.cast(y >= NUM_SPECIAL, tf.float32)
     return {
         "loss_sum": tf.reduce_sum(ce * mask),
