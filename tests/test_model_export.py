@@ -131,3 +131,15 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
     assert main(["model", "check", str(tmp_path)]) == 2
+
+
+def test_model_cli_module_does_not_import_tensorflow():
+    """`fedkb --help` stays fast: the model command group imports TF only when run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fedkb.model.cli, fedkb.model.config, fedkb.model.weights, "
+            "fedkb.model.oplist; assert 'tensorflow' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
