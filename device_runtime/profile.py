@@ -56,13 +56,17 @@ def _rng_for(seed: int, name: str) -> np.random.Generator:
 
 
 def make_profile(user: str, role: str, seed: int, trace: Trace | None = None,
-                 trace_days: int = 3) -> DeviceProfile:
-    """A reproducible profile for ``user``'s phone: the same (seed, user) gives the same phone.
+                 trace_days: int = 3, name: str | None = None) -> DeviceProfile:
+    """A reproducible profile for a phone holding ``user``'s shard.
+
+    The same (seed, name) gives the same phone; ``name`` defaults to one derived from the
+    user (a fleet with more phones than users names the extra phones itself).
 
     Time zones are spread over UTC-8..UTC+9 so that some phones are always at night.
     ``trace`` replaces the generated diurnal trace (a replayed real trace).
     """
-    rng = _rng_for(seed, user)
+    name = name or f"phone-{zlib.crc32(user.encode()):08x}"
+    rng = _rng_for(seed, name)
     tier = TIERS[int(rng.choice(len(TIERS), p=[t.share for t in TIERS]))]
     tz = float(rng.integers(-8, 10))
     # Wi-Fi download ~ lognormal around 25 Mbit/s, upload around a quarter of that
@@ -70,5 +74,4 @@ def make_profile(user: str, role: str, seed: int, trace: Trace | None = None,
     up = down * float(rng.uniform(0.15, 0.4))
     if trace is None:
         trace = diurnal_trace(rng, tz_hours=tz, days=trace_days)
-    return DeviceProfile(f"phone-{zlib.crc32(user.encode()):08x}", user, role, tier,
-                         down, up, tz, trace)
+    return DeviceProfile(name, user, role, tier, down, up, tz, trace)

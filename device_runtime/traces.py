@@ -110,6 +110,14 @@ class Trace:
         later = np.nonzero(ok & (self.t > t))[0]
         return float(self.t[later[0]]) if len(later) else None
 
+    def next_ineligible(self, t: float) -> float | None:
+        """The earliest time >= ``t`` at which the phone is not eligible (None: never)."""
+        if not self.state_at(t).eligible:
+            return t
+        ok = (self.flags & 0b1111) == (1 | 2 | (_NET_CODE["wifi"] << 2))
+        later = np.nonzero(~ok & (self.t > t))[0]
+        return float(self.t[later[0]]) if len(later) else None
+
     def rows(self) -> list[tuple[float, bool, str, bool, float]]:
         out = []
         for t in self.t:

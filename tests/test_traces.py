@@ -53,6 +53,7 @@ def test_trace_lookup_is_piecewise_constant():
     assert tr.next_change(300) == 400 and tr.next_change(400) is None
     assert tr.next_eligible(0) == 300 and tr.next_eligible(350) == 350
     assert tr.next_eligible(401) is None
+    assert tr.next_ineligible(300) == 400 and tr.next_ineligible(50) == 50
 
 
 def test_unsorted_or_bad_rows_are_refused():

@@ -1,0 +1,255 @@
+"""A worker: many emulated phones in one process, driven by one event heap.
+
+Phones are not threads (a fleet has thousands): each is a small :class:`Phone` with a
+wake-up time in the heap. The main loop pops phones that are due and does what a phone's
+job scheduler would: sleep while not eligible (charging, Wi‑Fi, idle), register once,
+check in, honour "come back in N s", hand a task to the training thread, and deliver the
+task's result or abort when its simulated time comes. Failed deliveries are retried with
+jittered exponential backoff and the same bytes, so nothing is lost or sent twice.
+
+One training thread per worker runs the LiteRT work, keeping one interpreter per model
+artifact for all the worker's phones: memory grows with workers, not with phones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import queue
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedkb import wire
+from fedkb.codec import decode_arrays
+from fedkb.datasets.store import Dataset
+from fedkb.device_runtime.client import DeviceClient, Refused, Retry, Unauthorized
+from fedkb.device_runtime.clock import SimClock
+from fedkb.device_runtime.phone import ModelFiles, Outcome, Phone, run_task
+from fedkb.device_runtime.profile import DeviceProfile
+
+MAX_BACKOFF_S = 30.0  # wall seconds
+
+
+@dataclass
+class WorkerStats:
+    """Counters a worker reports (summed over workers by the fleet)."""
+
+    counts: Counter = field(default_factory=Counter)
+    aborted: Counter = field(default_factory=Counter)  # by reason
+    failed: Counter = field(default_factory=Counter)  # by server error code
+    completed_by_tier: Counter = field(default_factory=Counter)
+    eligible: int = 0
+    training: int = 0
+    phones: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "aborted": dict(self.aborted),
+                "failed": dict(self.failed), "completed_by_tier": dict(self.completed_by_tier),
+                "eligible": self.eligible, "training": self.training, "phones": self.phones}
+
+
+class Worker:
+    """Runs ``profiles`` against the server at ``server_url`` until :meth:`stop`."""
+
+    def __init__(self, server_url: str, data_dir: str, profiles: list[DeviceProfile],
+                 clock: SimClock, seed: int = 0):
+        self.client = DeviceClient(server_url)
+        self.train_client = DeviceClient(server_url)  # the training thread's own session
+        self.dataset = Dataset.open(data_dir)
+        self.clock = clock
+        self.phones = [Phone(p) for p in profiles]
+        self.stats = WorkerStats(phones=len(self.phones))
+        self._heap: list[tuple[float, int, Phone, str, Outcome | None]] = []
+        self._seq = itertools.count()
+        self._jobs: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._models: dict[tuple[str, int], ModelFiles] = {}
+        self._trainers: dict[str, tuple[Any, int]] = {}
+        self._rng = random.Random(seed)
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def _push(self, due: float, phone: Phone, action: str, outcome: Outcome | None = None):
+        heapq.heappush(self._heap, (due, next(self._seq), phone, action, outcome))
+
+    def _backoff(self, phone: Phone, hint_s: float = 0.0) -> float:
+        """Simulated delay before trying again (jittered, doubling, in wall terms)."""
+        wall = max(hint_s, phone.backoff_s) * self._rng.uniform(0.5, 1.5)
+        phone.backoff_s = min(MAX_BACKOFF_S, phone.backoff_s * 2)
+        return wall * self.clock.speedup
+
+    def stop(self) -> None:
+        self.clock.stop()
+
+    def run(self) -> WorkerStats:
+        """The main loop; returns when the clock is stopped."""
+        trainer_thread = threading.Thread(target=self._train_loop, name="fedkb-train",
+                                          daemon=True)
+        trainer_thread.start()
+        now = self.clock.now()
+        for i, phone in enumerate(self.phones):  # spread the first wake-ups a little
+            self._push(now + i * 0.01 * self.clock.speedup / max(1, len(self.phones)),
+                       phone, "wake")
+        try:
+            while not self.clock.stopped:
+                self._drain_done()
+                now = self.clock.now()
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, phone, action, outcome = heapq.heappop(self._heap)
+                    if action == "wake":
+                        self._wake(phone, now)
+                    else:
+                        self._deliver(phone, outcome, now)
+                    continue
+                wait = 0.2 if not self._heap else self.clock.wall_for(self._heap[0][0] - now)
+                with contextlib.suppress(queue.Empty):
+                    self._finished(*self._done.get(timeout=min(0.2, max(0.0, wait))))
+        finally:
+            self._jobs.put(None)
+            trainer_thread.join(timeout=30)
+            self.client.close()
+            self.train_client.close()
+        return self.stats
+
+    def _drain_done(self) -> None:
+        while True:
+            try:
+                self._finished(*self._done.get_nowait())
+            except queue.Empty:
+                return
+
+    def _finished(self, phone: Phone, outcome: Outcome | None) -> None:
+        """The training thread is done with a phone's task: schedule its report."""
+        if outcome is None:  # the task could not even start (download failed, etc.)
+            phone.busy = False
+            self.stats.training -= 1
+            self._push(self.clock.now(), phone, "wake")
+        else:
+            self.stats.counts["bytes_down"] += int(outcome.timings.get("download_bytes", 0))
+            self._push(outcome.due, phone, "send", outcome)
+
+    # -- a phone wakes up -------------------------------------------------------------
+
+    def _wake(self, phone: Phone, now: float) -> None:
+        if phone.busy or phone.retired:
+            return
+        trace = phone.profile.trace
+        state = trace.state_at(now)
+        if not state.eligible:
+            nxt = trace.next_eligible(now)
+            if nxt is None:
+                phone.retired = True
+            else:
+                self._push(nxt, phone, "wake")
+            return
+        try:
+            if phone.device_id is None:
+                reg = self.client.register(
+                    "train" if phone.profile.role == "train" else "heldout",
+                    phone.profile.device_id)
+                phone.device_id, phone.token = reg.device_id, reg.token
+                self.stats.counts["registered"] += 1
+            cond = wire.Conditions(state.charging, state.network == "wifi", state.idle,
+                                   state.battery / 100.0)
+            resp = self.client.checkin(phone.token or "", cond, phone.cached_version)
+            self.stats.counts["checkins"] += 1
+        except Unauthorized:
+            phone.device_id = phone.token = None
+            self.stats.counts["reregistered"] += 1
+            self._push(now + self._backoff(phone), phone, "wake")
+            return
+        except Retry as r:
+            self.stats.counts["server_unreachable"] += 1
+            self._push(now + self._backoff(phone, r.after_s), phone, "wake")
+            return
+        except Refused as r:
+            self.stats.failed[f"checkin_{r.code}"] += 1
+            self._push(now + self._backoff(phone), phone, "wake")
+            return
+        phone.backoff_s = 1.0
+        if resp.task is None:
+            delay = float(resp.retry_after_s or 1.0) * self.clock.speedup
+            self._push(now + delay, phone, "wake")
+            return
+        phone.busy = True
+        self.stats.counts["tasks_received"] += 1
+        self.stats.training += 1
+        self._jobs.put((phone, resp.task, now))
+
+    # -- a finished task is delivered -------------------------------------------------
+
+    def _deliver(self, phone: Phone, outcome: Outcome, now: float) -> None:
+        outcome.attempts += 1
+        try:
+            if outcome.kind == "upload":
+                self.client.upload(phone.token or "", outcome.task.task_id, outcome.body)
+                self.stats.counts["completed"] += 1
+                self.stats.completed_by_tier[phone.profile.tier.name] += 1
+                self.stats.counts["bytes_up"] += len(outcome.body)
+            else:
+                self.client.abort(phone.token or "", outcome.task.task_id, outcome.reason)
+                self.stats.aborted[outcome.reason] += 1
+        except Retry as r:
+            self.stats.counts["delivery_retries"] += 1
+            self._push(now + self._backoff(phone, r.after_s), phone, "send", outcome)
+            return
+        except Refused as r:
+            if r.code == "late":
+                self.stats.counts["late"] += 1
+            else:
+                self.stats.failed[r.code] += 1
+            if isinstance(r, Unauthorized):
+                phone.device_id = phone.token = None
+        phone.backoff_s = 1.0
+        phone.busy = False
+        self.stats.training -= 1
+        self._push(now, phone, "wake")
+
+    # -- the training thread ----------------------------------------------------------
+
+    def _model(self, task: wire.Task) -> ModelFiles:
+        key = (task.artifact_url, task.model_version)
+        if key not in self._models:
+            from fedkb.device_runtime.artifact import load_artifact_bytes
+            from fedkb.device_runtime.trainer import Trainer
+
+            if task.artifact_url not in self._trainers:
+                blob = self.train_client.download(task.artifact_url)
+                self._trainers[task.artifact_url] = (Trainer(load_artifact_bytes(blob)),
+                                                     len(blob))
+            trainer, artifact_bytes = self._trainers[task.artifact_url]
+            raw = self.train_client.download(task.weights_url)
+            weights = decode_arrays(raw)
+            for old in [k for k in self._models if k[0] == task.artifact_url]:
+                del self._models[old]  # keep only the newest version per artifact
+            self._models[key] = ModelFiles(trainer, weights, len(raw), artifact_bytes)
+        return self._models[key]
+
+    def _train_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            phone, task, t_task = job
+            try:
+                model = self._model(task)
+                shard = self.dataset.shard(phone.profile.user)
+                windows = shard.train if task.plan.kind == "train" else shard.eval
+                outcome = run_task(phone, task, t_task, model, windows)
+            except (Retry, Refused):
+                self.stats.counts["download_failed"] += 1
+                outcome = None
+            except Exception as exc:  # a device bug must not kill the fleet: count it
+                self.stats.failed[f"device_error_{type(exc).__name__}"] += 1
+                outcome = None
+            self._done.put((phone, outcome))
+
+    def refresh_gauges(self) -> None:
+        """Recount how many phones are eligible right now (for the progress display)."""
+        now = self.clock.now()
+        self.stats.eligible = sum(1 for p in self.phones
+                                  if p.profile.trace.state_at(now).eligible)

@@ -1,0 +1,104 @@
+"""One emulated phone's task timeline: bandwidth, tier timing, aborts when unplugged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedkb import wire
+from fedkb.datasets.store import Dataset
+from fedkb.device_runtime.phone import ModelFiles, Phone, run_task
+from fedkb.device_runtime.profile import TIERS, DeviceProfile, Tier
+from fedkb.device_runtime.traces import NETWORKS, Trace
+
+
+def _trace(rows):
+    t, c, n, i, b = zip(*rows, strict=True)
+    return Trace(np.array(t, float), np.array(c), np.array([NETWORKS.index(x) for x in n]),
+                 np.array(i), np.array(b, float))
+
+
+ALWAYS = _trace([(0, True, "wifi", True, 80)])
+UNPLUG_AT_100 = _trace([(0, True, "wifi", True, 80), (100, False, "wifi", True, 80)])
+
+
+def _profile(trace, tier=TIERS[2], down=1e6, up=2.5e5):
+    return DeviceProfile("phone-x", "u", "train", tier, down, up, 0.0, trace)
+
+
+def _task(kind="train", version=3):
+    plan = wire.Plan(kind, 0.5, 8, 1, 0)
+    return wire.Task("t1", 7, version, plan, "/w", "/a", 60.0)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_artifact):
+    from fedkb.device_runtime.trainer import Trainer
+
+    trainer = Trainer(tiny_artifact)
+    w = trainer.artifact.initial_weights()
+    return ModelFiles(trainer, w, weights_bytes=40_000, artifact_bytes=200_000)
+
+
+@pytest.fixture(scope="module")
+def windows(tiny_data):
+    ds = Dataset.open(tiny_data)
+    return ds.shard(ds.train_users[0]).train
+
+
+def test_completed_task_timeline_adds_bandwidth_and_tier_time(model, windows):
+    slow = Tier("slow", 1.0, 50.0, 1024)
+    phone = Phone(_profile(ALWAYS, tier=slow))
+    out = run_task(phone, _task(), t_task=1000.0, model=model, windows=windows)
+    assert out.kind == "upload"
+    t = out.timings
+    assert t["download_bytes"] == 240_000 and t["download_s"] == pytest.approx(0.24)
+    assert t["upload_s"] == pytest.approx(t["upload_bytes"] / 2.5e5)
+    assert t["compute_s"] > 0
+    assert out.due == pytest.approx(1000.0 + t["download_s"] + t["compute_s"] + t["upload_s"])
+    meta, delta = wire.decode_upload(out.body)
+    assert meta.task_id == "t1" and meta.num_examples == len(windows)
+    assert len(delta) == len(model.weights) and any(np.abs(d).max() > 0 for d in delta)
+    # the phone now caches the artifact and this version: the next task downloads nothing
+    again = run_task(phone, _task(), t_task=2000.0, model=model, windows=windows)
+    assert again.timings["download_bytes"] == 0
+    newer = run_task(phone, _task(version=4), t_task=3000.0, model=model, windows=windows)
+    assert newer.timings["download_bytes"] == 40_000
+
+
+def test_compute_time_scales_with_the_tier(model, windows):
+    fast = run_task(Phone(_profile(ALWAYS, tier=Tier("f", 1, 1.0, 1))), _task(), 0.0, model,
+                    windows)
+    slow = run_task(Phone(_profile(ALWAYS, tier=Tier("s", 1, 1000.0, 1))), _task(), 0.0, model,
+                    windows)
+    # the same real work (same steps) times a 1000x factor; allow for timing noise
+    assert slow.timings["compute_s"] > 100 * fast.timings["compute_s"]
+
+
+def test_unplugged_during_training_aborts_at_that_moment(model, windows):
+    glacial = Tier("glacial", 1.0, 1e6, 512)  # a step takes "forever" in simulated time
+    out = run_task(Phone(_profile(UNPLUG_AT_100, tier=glacial)), _task(), 0.0, model, windows)
+    assert (out.kind, out.reason, out.due) == ("abort", "unplugged", 100.0)
+
+
+def test_unplugged_during_download_aborts_before_training(model, windows):
+    phone = Phone(_profile(UNPLUG_AT_100, down=1_000.0))  # 240 kB at 1 kB/s: 240 s
+    out = run_task(phone, _task(), 0.0, model, windows)
+    assert (out.kind, out.reason, out.due) == ("abort", "unplugged", 100.0)
+    assert phone.cached_version is None  # the download never finished
+
+
+def test_evaluation_task_reports_metrics_only(model, tiny_data):
+    ds = Dataset.open(tiny_data)
+    windows = ds.shard(ds.heldout_users[0]).eval
+    out = run_task(Phone(_profile(ALWAYS)), _task("evaluate"), 0.0, model, windows)
+    meta, arrays = wire.decode_upload(out.body)
+    assert out.kind == "upload" and arrays == []
+    assert set(meta.metrics) == {"loss", "top1_recall", "top3_recall"}
+    assert meta.num_examples > 0
+
+
+def test_no_data_is_an_abort_not_a_crash(model):
+    out = run_task(Phone(_profile(ALWAYS)), _task(), 0.0, model,
+                   np.zeros((0, 11), np.int32))
+    assert (out.kind, out.reason) == ("abort", "no_data")
