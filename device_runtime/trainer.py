@@ -19,14 +19,13 @@ or step by step, to stop when the phone is unplugged::
             break                       # session.result() still works (partial delta)
     result = session.result()
 
-Batching: each epoch shuffles the windows (seeded) and cuts them into batches of the
-artifact's fixed size B; the last batch is padded with empty rows whose mask is 0.
+Batching follows :func:`fedkb.device_runtime.batching.batch_plan` (shared with the TFF
+reference); the last batch is padded with empty rows whose mask is 0.
 Token ids at or above the model's V become OOV (a dataset vocabulary may be larger).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from fedkb.device_runtime.artifact import (
     WeightsError,
     check_weights,
 )
+from fedkb.device_runtime.batching import batch_plan
 
 __all__ = ["EvalResult", "StepInfo", "TrainResult", "TrainSession", "Trainer", "WeightsError"]
 
@@ -238,11 +238,8 @@ class TrainSession:
                  epochs: int, max_steps: int | None, lr: float, seed: int):
         self.trainer, self.start, self.data = trainer, start, data
         self.epochs, self.lr = epochs, lr
-        B = trainer.B
-        per_epoch = math.ceil(len(data) / B)
-        planned = per_epoch * epochs
-        self.planned_steps = planned if max_steps is None else min(planned, max_steps)
-        self._rng = np.random.default_rng(seed)
+        self._plan = batch_plan(len(data), trainer.B, epochs, max_steps, seed)
+        self.planned_steps = len(self._plan)
         self.steps = 0
         self._loss_tokens = 0.0
         self._tokens = 0.0
@@ -250,22 +247,16 @@ class TrainSession:
         self._seen = np.zeros(len(data), dtype=bool)
 
     def __iter__(self) -> Iterator[StepInfo]:
-        B = self.trainer.B
-        for epoch in range(self.epochs):
-            order = self._rng.permutation(len(self.data))
-            for i in range(0, len(order), B):
-                if self.steps >= self.planned_steps:
-                    return
-                idx = order[i : i + B]
-                x, y, mask = self.trainer._batch(self.data[idx])
-                loss = self.trainer.step(x, y, mask, self.lr)
-                tokens = float(mask.sum())
-                self._loss_tokens += loss * tokens
-                self._tokens += tokens
-                self._processed += len(idx)
-                self._seen[idx] = True
-                self.steps += 1
-                yield StepInfo(self.steps - 1, epoch, loss, len(idx))
+        for epoch, idx in self._plan[self.steps :]:
+            x, y, mask = self.trainer._batch(self.data[idx])
+            loss = self.trainer.step(x, y, mask, self.lr)
+            tokens = float(mask.sum())
+            self._loss_tokens += loss * tokens
+            self._tokens += tokens
+            self._processed += len(idx)
+            self._seen[idx] = True
+            self.steps += 1
+            yield StepInfo(self.steps - 1, epoch, loss, len(idx))
 
     def result(self) -> TrainResult:
         """The delta of the current weights against the start (partial if stopped early)."""
