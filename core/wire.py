@@ -1,0 +1,376 @@
+"""The typed wire protocol shared by the device runtime and the server.
+
+Every JSON message that crosses the network is a frozen dataclass here, with
+``to_json() -> dict`` and ``from_json(dict)`` that check types and raise :class:`WireError`
+(naming the field) on anything malformed. The module imports the standard library, NumPy
+and :mod:`fedkb.codec` only (no Flask, no TensorFlow), so a phone process can import it.
+
+HTTP exchanges (all JSON bodies are ``application/json``; device calls carry
+``Authorization: Bearer <device token>``):
+
+====================================  ======================  ===========================
+request                               body                    answer
+====================================  ======================  ===========================
+``POST /v1/devices``                  :class:`RegisterRequest`   :class:`RegisterResponse`
+``POST /v1/checkin``                  :class:`CheckinRequest`    :class:`CheckinResponse`
+``POST /v1/tasks/<id>/result``        binary, see below          :class:`UploadResult`
+``POST /v1/tasks/<id>/abort``         :class:`AbortRequest`      :class:`AbortResult`
+====================================  ======================  ===========================
+
+Binary upload framing (content type :data:`UPLOAD_CONTENT_TYPE`), one body::
+
+    b"FKBU" | u32 little-endian n | n bytes of UTF-8 JSON (UploadMetadata) | codec bytes
+
+The codec bytes are :func:`fedkb.codec.encode_arrays` of the update (a *delta*:
+new local weights minus the task's global weights, float32, in the model's weight order).
+An evaluation task uploads metrics only: the codec part is empty (zero bytes).
+Use :func:`encode_upload` / :func:`decode_upload`; the server decodes the arrays itself
+(after size and ownership checks), so :func:`split_upload` returns them still encoded.
+
+Errors from the server are ``{"error": {"code": str, "message": str}}`` with a 4xx status;
+:class:`ErrorBody` parses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from fedkb.codec import decode_arrays, encode_arrays
+
+UPLOAD_CONTENT_TYPE = "application/x-fedkb-update"
+UPLOAD_MAGIC = b"FKBU"
+MAX_HEADER_BYTES = 64 * 1024
+
+TaskKind = Literal["train", "evaluate"]
+Population = Literal["train", "heldout"]
+TASK_KINDS = ("train", "evaluate")
+POPULATIONS = ("train", "heldout")
+
+
+class WireError(ValueError):
+    """A message that does not match the protocol (wrong type, missing field, bad framing)."""
+
+
+# --- field checks ----------------------------------------------------------------------
+
+
+def _obj(d: Any, what: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise WireError(f"{what} must be a JSON object, not {type(d).__name__}")
+    return d
+
+
+def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str,
+         default: Any = ...) -> Any:
+    if key not in d or d[key] is None:
+        if default is ...:
+            raise WireError(f"{what}.{key} is required")
+        return default
+    v = d[key]
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(v, bool) and bool not in kinds:
+        raise WireError(f"{what}.{key} must be {_names(kinds)}, not a boolean")
+    if not isinstance(v, kinds):
+        raise WireError(f"{what}.{key} must be {_names(kinds)}, not {type(v).__name__}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise WireError(f"{what}.{key} must be finite")
+    return v
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _choice(v: str, allowed: tuple[str, ...], what: str) -> str:
+    if v not in allowed:
+        raise WireError(f"{what} must be one of {', '.join(allowed)}, not {v!r}")
+    return v
+
+
+def _float_map(d: Any, what: str) -> dict[str, float]:
+    d = _obj(d, what)
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise WireError(f"{what}.{k} must be a finite number")
+        out[str(k)] = float(v)
+    return out
+
+
+class _Message:
+    """Mixin: ``to_json`` drops nothing; subclasses implement ``from_json``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json())
+
+
+# --- registration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisterRequest(_Message):
+    """A phone asks for an identity. ``population`` says which user split it holds."""
+
+    population: Population = "train"
+    name: str = ""
+
+    @classmethod
+    def from_json(cls, d: Any) -> RegisterRequest:
+        d = _obj(d, "register")
+        pop = _choice(_get(d, "population", str, "register", "train"), POPULATIONS,
+                      "register.population")
+        return cls(pop, _get(d, "name", str, "register", ""))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RegisterResponse(_Message):
+    device_id: str
+    token: str
+    token_ttl_s: float
+
+    @classmethod
+    def from_json(cls, d: Any) -> RegisterResponse:
+        d = _obj(d, "registered")
+        return cls(_get(d, "device_id", str, "registered"), _get(d, "token", str, "registered"),
+                   _get(d, "token_ttl_s", float, "registered"))
+
+
+# --- check-in --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conditions(_Message):
+    """What the phone reports about itself (Hard et al. 2018: charging, unmetered, idle)."""
+
+    charging: bool
+    unmetered: bool
+    idle: bool
+    battery: float  # 0..1
+
+    @classmethod
+    def from_json(cls, d: Any) -> Conditions:
+        d = _obj(d, "conditions")
+        battery = _get(d, "battery", float, "conditions")
+        if not 0.0 <= battery <= 1.0:
+            raise WireError("conditions.battery must be in [0, 1]")
+        return cls(_get(d, "charging", bool, "conditions"),
+                   _get(d, "unmetered", bool, "conditions"),
+                   _get(d, "idle", bool, "conditions"), battery)
+
+
+@dataclass(frozen=True)
+class CheckinRequest(_Message):
+    conditions: Conditions
+    cached_version: int | None = None  # the newest model version the phone already holds
+
+    @classmethod
+    def from_json(cls, d: Any) -> CheckinRequest:
+        d = _obj(d, "checkin")
+        return cls(Conditions.from_json(_get(d, "conditions", dict, "checkin")),
+                   _get(d, "cached_version", int, "checkin", None))
+
+
+@dataclass(frozen=True)
+class Plan(_Message):
+    """How to run a task on the phone (the server's "configuration" of a round)."""
+
+    kind: TaskKind
+    lr: float
+    batch_size: int
+    epochs: int
+    max_steps: int
+
+    @classmethod
+    def from_json(cls, d: Any) -> Plan:
+        d = _obj(d, "plan")
+        return cls(_choice(_get(d, "kind", str, "plan"), TASK_KINDS, "plan.kind"),  # type: ignore[arg-type]
+                   _get(d, "lr", float, "plan"), _get(d, "batch_size", int, "plan"),
+                   _get(d, "epochs", int, "plan"), _get(d, "max_steps", int, "plan"))
+
+
+@dataclass(frozen=True)
+class Task(_Message):
+    """One unit of work: train (or evaluate) ``model_version`` and report before ``deadline``.
+
+    ``weights_url`` / ``artifact_url`` are server-relative paths; both are immutable per
+    version, so a phone caches them by ``model_version``. ``deadline_s`` is the number of
+    seconds the phone has left to report, measured when the task was issued.
+    """
+
+    task_id: str
+    round_id: int
+    model_version: int
+    plan: Plan
+    weights_url: str
+    artifact_url: str
+    deadline_s: float
+
+    @classmethod
+    def from_json(cls, d: Any) -> Task:
+        d = _obj(d, "task")
+        return cls(_get(d, "task_id", str, "task"), _get(d, "round_id", int, "task"),
+                   _get(d, "model_version", int, "task"),
+                   Plan.from_json(_get(d, "plan", dict, "task")),
+                   _get(d, "weights_url", str, "task"), _get(d, "artifact_url", str, "task"),
+                   _get(d, "deadline_s", float, "task"))
+
+
+@dataclass(frozen=True)
+class CheckinResponse(_Message):
+    """Either ``retry_after_s`` (pace steering: come back later) or a ``task``, never both."""
+
+    retry_after_s: float | None = None
+    task: Task | None = None
+    reason: str = ""  # why no task: "ineligible", "no_round", "not_selected", ...
+
+    def __post_init__(self) -> None:
+        if (self.retry_after_s is None) == (self.task is None):
+            raise WireError("a check-in response holds exactly one of retry_after_s and task")
+
+    def to_json(self) -> dict[str, Any]:
+        if self.task is not None:
+            return {"task": self.task.to_json()}
+        return {"retry_after_s": self.retry_after_s, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: Any) -> CheckinResponse:
+        d = _obj(d, "checkin_response")
+        if d.get("task") is not None:
+            return cls(task=Task.from_json(d["task"]))
+        return cls(retry_after_s=_get(d, "retry_after_s", float, "checkin_response"),
+                   reason=_get(d, "reason", str, "checkin_response", ""))
+
+
+# --- reporting -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadMetadata(_Message):
+    """What accompanies an update: the task, its weight (examples), loss, metrics, timings.
+
+    For an evaluation task, ``metrics`` holds e.g. ``loss``, ``top1_recall``,
+    ``top3_recall``; the server averages each weighted by ``num_examples``.
+    """
+
+    task_id: str
+    round_id: int
+    num_examples: int
+    loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Any) -> UploadMetadata:
+        d = _obj(d, "upload")
+        n = _get(d, "num_examples", int, "upload")
+        if n < 0:
+            raise WireError("upload.num_examples must be >= 0")
+        return cls(_get(d, "task_id", str, "upload"), _get(d, "round_id", int, "upload"), n,
+                   _get(d, "loss", float, "upload", None),
+                   _float_map(d.get("metrics") or {}, "upload.metrics"),
+                   _float_map(d.get("timings") or {}, "upload.timings"))
+
+
+@dataclass(frozen=True)
+class UploadResult(_Message):
+    task_id: str
+    round_id: int
+    status: str  # "accepted"
+    received_at: float
+
+    @classmethod
+    def from_json(cls, d: Any) -> UploadResult:
+        d = _obj(d, "upload_result")
+        return cls(_get(d, "task_id", str, "upload_result"),
+                   _get(d, "round_id", int, "upload_result"),
+                   _get(d, "status", str, "upload_result"),
+                   _get(d, "received_at", float, "upload_result"))
+
+
+@dataclass(frozen=True)
+class AbortRequest(_Message):
+    """The phone gives up a task, e.g. ``"unplugged"``, ``"network"``, ``"error"``."""
+
+    reason: str
+
+    MAX_REASON: ClassVar[int] = 64
+
+    @classmethod
+    def from_json(cls, d: Any) -> AbortRequest:
+        r = _get(_obj(d, "abort"), "reason", str, "abort")
+        if not r or len(r) > cls.MAX_REASON or not r.replace("_", "").replace("-", "").isalnum():
+            raise WireError("abort.reason must be a short word ([A-Za-z0-9_-], 1-64 chars)")
+        return cls(r)
+
+
+@dataclass(frozen=True)
+class AbortResult(_Message):
+    task_id: str
+    status: str  # "aborted"
+
+    @classmethod
+    def from_json(cls, d: Any) -> AbortResult:
+        d = _obj(d, "abort_result")
+        return cls(_get(d, "task_id", str, "abort_result"), _get(d, "status", str, "abort_result"))
+
+
+@dataclass(frozen=True)
+class ErrorBody(_Message):
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    @classmethod
+    def from_json(cls, d: Any) -> ErrorBody:
+        e = _obj(_obj(d, "error_body").get("error"), "error")
+        return cls(_get(e, "code", str, "error"), _get(e, "message", str, "error"))
+
+
+# --- binary upload framing -------------------------------------------------------------
+
+
+def encode_upload(meta: UploadMetadata, update: list[np.ndarray] | None) -> bytes:
+    """One upload body: the framed JSON header followed by the codec bytes (or nothing)."""
+    header = json.dumps(meta.to_json()).encode("utf-8")
+    payload = encode_arrays(update) if update is not None else b""
+    return UPLOAD_MAGIC + struct.pack("<I", len(header)) + header + payload
+
+
+def split_upload(body: bytes | memoryview) -> tuple[UploadMetadata, memoryview]:
+    """The metadata and the still-encoded codec bytes of an upload body."""
+    buf = memoryview(body)
+    if len(buf) < 8 or bytes(buf[:4]) != UPLOAD_MAGIC:
+        raise WireError("upload body does not start with the FKBU frame")
+    (n,) = struct.unpack_from("<I", buf, 4)
+    if n > MAX_HEADER_BYTES or 8 + n > len(buf):
+        raise WireError("upload header length is out of range")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"upload header is not JSON: {exc}") from exc
+    return UploadMetadata.from_json(header), buf[8 + n :]
+
+
+def decode_upload(body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
+    """Inverse of :func:`encode_upload` (arrays empty for a metrics-only upload)."""
+    meta, payload = split_upload(body)
+    return meta, (decode_arrays(payload) if len(payload) else [])
+
+
+MESSAGES = (RegisterRequest, RegisterResponse, Conditions, CheckinRequest, Plan, Task,
+            CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody)
+__all__ = [c.__name__ for c in MESSAGES] + [
+    "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload", "encode_upload", "split_upload"]
