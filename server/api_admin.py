@@ -1,0 +1,66 @@
+"""Admin endpoints (``Authorization: Bearer <admin token>``).
+
+=================================  =========================================================
+``POST /v1/admin/training``        ``{"enabled": true|false}``: start or stop training rounds
+``GET /v1/admin/round-config``     the round config in force
+``PATCH /v1/admin/round-config``   ``{"report_goal": 20, ...}``: change it for new rounds
+``POST /v1/admin/model``           ``{"path": "<artifact dir on the server>"}``: publish v0
+=================================  =========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request
+
+from fedkb.server.app import server_state
+from fedkb.server.artifact import ArtifactError
+from fedkb.server.auth import check_admin
+from fedkb.server.config import ConfigError
+from fedkb.server.errors import BadRequest, Unprocessable
+from fedkb.server.http import json_body
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+
+
+@bp.before_request
+def _admin_only() -> None:
+    check_admin(request, server_state().admin_token)
+
+
+@bp.post("/training")
+def training():
+    body = json_body(request)
+    if not isinstance(body.get("enabled"), bool):
+        raise BadRequest("expected {\"enabled\": true|false}", "invalid_message")
+    s = server_state()
+    s.loop.set_training(body["enabled"])
+    return jsonify({"training": s.loop.status()["training"]})
+
+
+@bp.get("/round-config")
+def get_round_config():
+    return jsonify(dataclasses.asdict(server_state().loop.cfg))
+
+
+@bp.patch("/round-config")
+def patch_round_config():
+    try:
+        cfg = server_state().set_round_config(json_body(request))
+    except ConfigError as exc:
+        raise Unprocessable(str(exc), "bad_config") from exc
+    return jsonify(dataclasses.asdict(cfg))
+
+
+@bp.post("/model")
+def publish():
+    body = json_body(request)
+    if not isinstance(body.get("path"), str):
+        raise BadRequest("expected {\"path\": \"<artifact directory>\"}", "invalid_message")
+    try:
+        version = server_state().publish(Path(body["path"]))
+    except ArtifactError as exc:
+        raise Unprocessable(str(exc), "bad_artifact") from exc
+    return jsonify({"model_version": version}), 201

@@ -1,0 +1,72 @@
+"""Device endpoints: register, check in, upload a result, abort a task.
+
+=======================================  ==============================================
+``POST /v1/devices``                     RegisterRequest -> RegisterResponse (201)
+``POST /v1/checkin``                     CheckinRequest -> CheckinResponse
+``POST /v1/tasks/<task_id>/result``      framed upload (fedkb.wire) -> UploadResult
+``POST /v1/tasks/<task_id>/abort``       AbortRequest -> AbortResult
+=======================================  ==============================================
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from fedkb.server.app import server_state
+from fedkb.server.errors import PayloadTooLarge, UnsupportedMediaType
+from fedkb.server.http import json_body, parse
+from fedkb.wire import (
+    UPLOAD_CONTENT_TYPE,
+    AbortRequest,
+    CheckinRequest,
+    RegisterRequest,
+    RegisterResponse,
+)
+
+bp = Blueprint("devices", __name__, url_prefix="/v1")
+
+
+@bp.post("/devices")
+def register():
+    s = server_state()
+    msg = parse(RegisterRequest, json_body(request))
+    device_id = s.devices.register(msg.population, msg.name)
+    s.metrics.registrations.inc()
+    resp = RegisterResponse(device_id, s.tokens.issue(device_id), s.tokens.ttl_s)
+    return jsonify(resp.to_json()), 201
+
+
+@bp.post("/checkin")
+def checkin():
+    s = server_state()
+    device_id = s.authenticate(request)
+    msg = parse(CheckinRequest, json_body(request))
+    return jsonify(s.loop.checkin(device_id, msg.conditions).to_json())
+
+
+@bp.post("/tasks/<task_id>/result")
+def upload(task_id: str):
+    s = server_state()
+    device_id = s.authenticate(request)
+    if request.mimetype != UPLOAD_CONTENT_TYPE:
+        s.loop.reject_for_task(task_id, "unsupported_media_type")
+        raise UnsupportedMediaType(f"uploads are {UPLOAD_CONTENT_TYPE}, "
+                                   f"not {request.mimetype or 'none'!r}")
+    limit = s.max_upload_bytes
+    if (request.content_length or 0) > limit:
+        s.loop.reject_for_task(task_id, "payload_too_large")
+        raise PayloadTooLarge(f"upload of {request.content_length} bytes is over the "
+                              f"{limit}-byte limit")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        s.loop.reject_for_task(task_id, "payload_too_large")
+        raise PayloadTooLarge(f"upload is over the {limit}-byte limit")
+    return jsonify(s.loop.report(device_id, task_id, body).to_json())
+
+
+@bp.post("/tasks/<task_id>/abort")
+def abort(task_id: str):
+    s = server_state()
+    device_id = s.authenticate(request)
+    msg = parse(AbortRequest, json_body(request))
+    return jsonify(s.loop.abort(device_id, task_id, msg.reason).to_json())

@@ -1,0 +1,81 @@
+"""Model downloads by version: immutable, cacheable (ETag = SHA-256, ``immutable``).
+
+===================================  =====================================================
+``GET /v1/models``                   ``{"latest": v, "versions": [...]}`` (not cached)
+``GET /v1/models/<v>``               manifest: URLs, hashes and sizes of weights and files
+``GET /v1/models/<v>/weights``       the global weights of version v (fedkb.codec bytes)
+``GET /v1/models/<v>/files/<name>``  an artifact file (model.tflite, metadata.json, ...)
+===================================  =====================================================
+
+The artifact files are the same for every version (only the weights change), but their
+URLs carry the version so that a phone caches everything of one version together.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from fedkb.server.app import server_state
+from fedkb.server.errors import NotFound
+
+bp = Blueprint("models", __name__, url_prefix="/v1/models")
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _immutable(data: bytes, etag: str, mimetype: str) -> Response:
+    resp = Response(data, mimetype=mimetype)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = IMMUTABLE
+    return resp.make_conditional(request)
+
+
+def _artifact():
+    s = server_state()
+    if s.loop.artifact is None:
+        raise NotFound("no model has been published", "no_model")
+    return s.loop.artifact
+
+
+@bp.get("")
+def versions():
+    s = server_state()
+    rows = s.db.query("SELECT version FROM models WHERE damaged = 0 ORDER BY version")
+    latest = s.loop.model.version if s.loop.model else None
+    resp = jsonify({"latest": latest, "versions": [r["version"] for r in rows]})
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+@bp.get("/<int:version>")
+def manifest(version: int):
+    art = _artifact()
+    ckpt = server_state().loop.weights(version)
+    base = f"/v1/models/{version}"
+    body = {
+        "version": version,
+        "weights": {"url": f"{base}/weights", "sha256": ckpt.sha256,
+                    "bytes": len(ckpt.weights_bytes)},
+        "files": {name: {"url": f"{base}/files/{name}", "sha256": f.sha256, "bytes": len(f.data)}
+                  for name, f in art.files.items()},
+    }
+    resp = jsonify(body)
+    resp.set_etag(ckpt.sha256)
+    resp.headers["Cache-Control"] = IMMUTABLE
+    return resp.make_conditional(request)
+
+
+@bp.get("/<int:version>/weights")
+def weights(version: int):
+    ckpt = server_state().loop.weights(version)
+    return _immutable(ckpt.weights_bytes, ckpt.sha256, "application/octet-stream")
+
+
+@bp.get("/<int:version>/files/<name>")
+def artifact_file(version: int, name: str):
+    art = _artifact()
+    server_state().loop.weights(version)  # the version must exist
+    f = art.files.get(name)
+    if f is None:
+        raise NotFound(f"the artifact has no file {name!r}")
+    mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
+    return _immutable(f.data, f.sha256, mimetype)

@@ -1,0 +1,63 @@
+"""Read-only views: status, rounds, evaluations, Prometheus metrics.
+
+=============================  =========================================================
+``GET /v1/status``             model_version, rounds_committed, rounds_abandoned,
+                               current_round, open_rounds, devices, training, ...
+``GET /v1/rounds``             ``{"rounds": [...]}`` newest first (``?limit=&before=``)
+``GET /v1/rounds/<id>``        one round: state, times, selected/reported/late,
+                               aborted and rejected by reason, durations, metrics
+``GET /v1/evaluations``        evaluation metrics per model version
+``GET /metrics``               Prometheus text format
+=============================  =========================================================
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from fedkb.server.app import server_state
+from fedkb.server.db import row_dict
+from fedkb.server.errors import BadRequest
+from fedkb.server.rounds import round_json
+
+bp = Blueprint("status", __name__)
+
+
+@bp.get("/v1/status")
+def status():
+    return jsonify(server_state().loop.status())
+
+
+@bp.get("/v1/rounds")
+def rounds():
+    s = server_state()
+    try:
+        limit = min(max(int(request.args.get("limit", 50)), 1), 1000)
+        before = int(request.args.get("before", 2**62))
+    except ValueError as exc:
+        raise BadRequest("limit and before must be integers", "bad_query") from exc
+    ids = [r["id"] for r in s.db.query("SELECT id FROM rounds WHERE id < ? ORDER BY id DESC "
+                                       "LIMIT ?", (before, limit))]
+    out = []
+    for rid in ids:  # open rounds come from memory (live counters), closed ones from rows
+        info = s.loop.round_info(rid) if rid in s.loop.open else \
+            round_json(row_dict(s.db.one("SELECT * FROM rounds WHERE id = ?", (rid,))))  # type: ignore[arg-type]
+        out.append(info)
+    return jsonify({"rounds": out})
+
+
+@bp.get("/v1/rounds/<int:round_id>")
+def round_detail(round_id: int):
+    return jsonify(server_state().loop.round_info(round_id))
+
+
+@bp.get("/v1/evaluations")
+def evaluations():
+    return jsonify({"evaluations": server_state().loop.evaluations()})
+
+
+@bp.get("/metrics")
+def metrics():
+    m = server_state().metrics
+    return Response(m.render(), mimetype=m.content_type.split(";")[0],
+                    headers={"Content-Type": m.content_type})

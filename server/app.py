@@ -1,0 +1,186 @@
+"""``create_app(config)``: the Flask application, its shared state and its blueprints.
+
+No module globals: everything a request needs hangs off ``app.extensions["fedkb"]``, a
+:class:`ServerState` built from the :class:`~fedkb.server.config.ServerConfig` (and an
+injectable clock for tests). The state directory holds::
+
+    fedkb.db        SQLite (devices, rounds, tasks, models, metrics, settings), WAL mode
+    artifact/       the published model artifact (copied, hash-checked)
+    checkpoints/    v000000.fkb, v000001.fkb, ... (global weights + optimizer state)
+    admin_token     only when neither the config nor $FEDKB_ADMIN_TOKEN gives one
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Request, current_app, g, request
+
+from fedkb.server.artifact import ArtifactError, ModelArtifact
+from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token
+from fedkb.server.checkpoints import CheckpointStore
+from fedkb.server.config import RoundConfig, ServerConfig, round_config_from_dict
+from fedkb.server.db import Database
+from fedkb.server.devices import DeviceRegistry
+from fedkb.server.errors import Conflict, register_error_handlers
+from fedkb.server.loop import RoundLoop
+from fedkb.server.metrics import ServerMetrics
+from fedkb.server.strategy import make_strategy
+
+log = logging.getLogger(__name__)
+ARTIFACT_DIR = "artifact"
+CHECKPOINT_DIR = "checkpoints"
+UPLOAD_SLACK = 64 * 1024  # header + codec framing on top of the raw float32 bytes
+
+
+@dataclass
+class ServerState:
+    """What the request handlers share: database, registries, the round loop."""
+
+    config: ServerConfig
+    db: Database
+    devices: DeviceRegistry
+    tokens: DeviceTokens
+    loop: RoundLoop
+    metrics: ServerMetrics
+    admin_token: str
+    clock: Callable[[], float]
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _ticker: threading.Thread | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    @property
+    def max_upload_bytes(self) -> int:
+        if self.config.max_upload_bytes is not None:
+            return self.config.max_upload_bytes
+        art = self.loop.artifact
+        return (art.model_bytes if art else 0) + UPLOAD_SLACK
+
+    def authenticate(self, req: Request) -> str:
+        """The id of the device that sent ``req`` (401 if no valid token)."""
+        device_id = self.tokens.verify(bearer(req))
+        self.devices.population(device_id)
+        return device_id
+
+    def publish(self, source: Path) -> int:
+        """Publish an exported artifact as version 0 (refused once a model exists)."""
+        art = ModelArtifact.load(source)
+        with self.loop.lock:
+            if self.loop.artifact is not None:
+                raise Conflict("a model is already published on this server", "model_exists")
+            copied = art.copy_to(self.state_dir / ARTIFACT_DIR)
+            self._attach(copied)
+            assert self.loop.model is not None
+            return self.loop.model.version
+
+    def _attach(self, art: ModelArtifact) -> None:
+        store = CheckpointStore(self.state_dir / CHECKPOINT_DIR, self.db, len(art.specs))
+        self.loop.attach(art, store)
+
+    def set_round_config(self, changes: dict[str, Any]) -> RoundConfig:
+        cfg = round_config_from_dict(self.loop.cfg, changes)
+        overrides = {**self.db.get("round_overrides", {}), **changes}
+        self.db.put("round_overrides", overrides)
+        self.loop.set_config(cfg)
+        return cfg
+
+    def start_ticker(self) -> None:
+        """Advance deadlines every ``tick_s`` even when no request comes."""
+        if self.config.tick_s <= 0 or self._ticker is not None:
+            return
+
+        def run() -> None:
+            while not self._stop.wait(self.config.tick_s):
+                try:
+                    self.loop.tick()
+                except Exception:  # keep ticking; the error is logged
+                    log.exception("tick failed")
+
+        self._ticker = threading.Thread(target=run, name="fedkb-ticker", daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        self.db.close()
+
+
+def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) -> ServerState:
+    """Open (or create) the state directory and restore the server from it."""
+    clock = clock or time.time
+    state_dir = config.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(state_dir / "fedkb.db")
+    secret = config.secret_key or db.get("secret_key")
+    if not secret:
+        secret = secrets.token_urlsafe(32)
+        db.put("secret_key", secret)
+    round_cfg = round_config_from_dict(config.round, db.get("round_overrides", {}))
+    metrics = ServerMetrics()
+    devices = DeviceRegistry(db, clock)
+    metrics.devices.set_function(devices.count)
+    loop = RoundLoop(round_cfg, db, devices, None, make_strategy(config.strategy), metrics,
+                     clock, random.Random(config.seed))
+    state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
+                        loop, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
+    served = state_dir / ARTIFACT_DIR
+    if (served / "metadata.json").is_file():
+        art = ModelArtifact.load(served)
+        if config.model is not None and _fingerprint(ModelArtifact.load(config.model)) \
+                != _fingerprint(art):
+            raise ArtifactError(f"{state_dir} already serves another model; use a fresh "
+                                f"--state-dir to publish {config.model}")
+        state._attach(art)
+    elif config.model is not None:
+        state.publish(config.model)
+    return state
+
+
+def _fingerprint(art: ModelArtifact) -> dict[str, str]:
+    return {name: f.sha256 for name, f in art.files.items()}
+
+
+def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:
+    """The WSGI application for ``config`` (state restored from ``config.state_dir``)."""
+    from fedkb.server import api_admin, api_devices, api_models, api_status
+
+    state = build_state(config, clock)
+    app = Flask("fedkb.server")
+    app.extensions["fedkb"] = state
+    app.config["MAX_CONTENT_LENGTH"] = None  # uploads check their own limit (413)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    register_error_handlers(app)
+    for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp):
+        app.register_blueprint(bp)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp):  # type: ignore[no-untyped-def]
+        endpoint = request.endpoint or "unknown"
+        state.metrics.request.labels(endpoint).observe(time.perf_counter() - g.t0)
+        return resp
+
+    return app
+
+
+def server_state() -> ServerState:
+    """The :class:`ServerState` of the application handling the current request."""
+    return current_app.extensions["fedkb"]
+
+
+__all__ = ["ServerState", "build_state", "create_app", "server_state"]

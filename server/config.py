@@ -1,0 +1,228 @@
+"""Frozen configuration of the server, its rounds and its aggregation strategy.
+
+Three layers, each a frozen dataclass passed explicitly (never read from globals):
+
+- :class:`RoundConfig`: the protocol knobs of Bonawitz et al. 2019 ("Towards Federated
+  Learning at Scale: System Design"): report goal, over-selection, selection window,
+  reporting deadline, minimum fraction, pace steering, eligibility, and the device plan.
+- :class:`StrategyConfig`: which server optimizer turns the mean delta into a new model.
+- :class:`ServerConfig`: where state lives, tokens, limits, and the two above.
+
+A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
+``[round]`` / ``[strategy]`` tables; unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedkb.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration value or file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How rounds are run.
+
+    Attributes:
+        report_goal: reports a training round wants (it commits as soon as it has them).
+        overselect: devices selected per report wanted (1.3: Bonawitz et al. 2019).
+        min_fraction: share of ``report_goal`` needed to commit at the deadline (else the
+            round is abandoned); also the number of devices selection must reach.
+        selection_window_s: how long a round stays open for selection.
+        reporting_deadline_s: how long selected devices have to report, counted from the
+            end of selection.
+        pipeline: let the next round select while the previous one is reporting.
+        eval_every: an evaluation round on held-out devices every N committed versions
+            (0: never). ``eval_goal`` reports are wanted (over-selected likewise).
+        lr, epochs, max_steps: the device plan for training (batch from the artifact).
+        require_charging, require_unmetered, require_idle, min_battery: eligibility, checked
+            again by the server on every check-in.
+        retry_min_s, retry_max_s, retry_jitter, ineligible_retry_s: pace steering.
+        max_rounds: stop scheduling training rounds after this many commits (None: never).
+    """
+
+    report_goal: int = 10
+    overselect: float = 1.3
+    min_fraction: float = 0.8
+    selection_window_s: float = 30.0
+    reporting_deadline_s: float = 120.0
+    pipeline: bool = True
+    eval_every: int = 5
+    eval_goal: int = 10
+    lr: float = 0.5
+    epochs: int = 1
+    max_steps: int = 50
+    require_charging: bool = True
+    require_unmetered: bool = True
+    require_idle: bool = True
+    min_battery: float = 0.2
+    retry_min_s: float = 5.0
+    retry_max_s: float = 600.0
+    retry_jitter: float = 0.2
+    ineligible_retry_s: float = 300.0
+    max_rounds: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "report_goal", "eval_goal", "epochs", "max_steps",
+                  "selection_window_s", "reporting_deadline_s", "retry_min_s",
+                  "retry_max_s", "ineligible_retry_s", "lr")
+        if self.overselect < 1.0:
+            raise ConfigError("round.overselect must be >= 1")
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ConfigError("round.min_fraction must be in (0, 1]")
+        if not 0.0 <= self.retry_jitter < 1.0 or not 0.0 <= self.min_battery <= 1.0:
+            raise ConfigError("round.retry_jitter must be in [0, 1), min_battery in [0, 1]")
+        if self.eval_every < 0 or (self.max_rounds is not None and self.max_rounds < 0):
+            raise ConfigError("round.eval_every and round.max_rounds must be >= 0")
+        if self.retry_min_s > self.retry_max_s:
+            raise ConfigError("round.retry_min_s must be <= retry_max_s")
+
+    def target(self, goal: int) -> int:
+        """Devices to select for ``goal`` reports (over-selection)."""
+        return max(goal, math.ceil(goal * self.overselect - 1e-9))
+
+    def min_reports(self, goal: int) -> int:
+        """Reports needed to commit at the deadline."""
+        return max(1, math.ceil(goal * self.min_fraction - 1e-9))
+
+    def replace(self, **changes: Any) -> RoundConfig:
+        return _replace(self, "round", changes)
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """The server optimizer (Reddi et al. 2021, "Adaptive Federated Optimization").
+
+    Attributes:
+        name: ``fedavg`` (server SGD), ``fedavgm`` (server momentum; ``nesterov`` as in
+            Hard et al. 2018) or ``fedadam``.
+        server_lr: server learning rate (1.0 with ``fedavg`` is plain FedAvg).
+        momentum, nesterov: for ``fedavgm``.
+        beta1, beta2, tau: for ``fedadam`` (``tau`` is the adaptivity epsilon).
+        clip_norm: clip each device delta to this L2 norm before averaging (None: off).
+    """
+
+    name: str = "fedavg"
+    server_lr: float = 1.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ("fedavg", "fedavgm", "fedadam"):
+            raise ConfigError("strategy.name must be fedavg, fedavgm or fedadam, "
+                              f"not {self.name!r}")
+        _positive(self, "server_lr", "tau")
+        if not (0 <= self.momentum < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("strategy.momentum, beta1, beta2 must be in [0, 1)")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ConfigError("strategy.clip_norm must be positive")
+
+    def replace(self, **changes: Any) -> StrategyConfig:
+        return _replace(self, "strategy", changes)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything one server process needs.
+
+    Attributes:
+        state_dir: SQLite database ``fedkb.db``, ``checkpoints/``, ``artifact/``.
+        host, port, threads: the WSGI server (waitress).
+        model: an exported artifact directory to publish as version 0 (if none yet).
+        admin_token: for ``/v1/admin/*``; None: ``FEDKB_ADMIN_TOKEN`` or a random one
+            written to ``state_dir/admin_token``.
+        secret_key: signs device tokens; None: generated once and kept in the database.
+        token_ttl_s: device token lifetime.
+        max_upload_bytes: refuse larger uploads with 413 (None: the model's size + 64 KiB).
+        seed: of the server's random choices (pace-steering jitter).
+        tick_s: how often a background thread advances deadlines (0: only on requests).
+    """
+
+    state_dir: Path = Path("fedkb-state")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 8
+    model: Path | None = None
+    admin_token: str | None = None
+    secret_key: str | None = None
+    token_ttl_s: float = 7 * 24 * 3600.0
+    max_upload_bytes: int | None = None
+    seed: int | None = None
+    tick_s: float = 1.0
+    round: RoundConfig = field(default_factory=RoundConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if self.model is not None:
+            object.__setattr__(self, "model", Path(self.model))
+        if not 0 <= self.port < 65536 or self.threads < 1 or self.token_ttl_s <= 0:
+            raise ConfigError("port must be 0-65535, threads >= 1, token_ttl_s > 0")
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return _replace(self, "server", changes)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{n} must be positive")
+
+
+def _replace(obj: Any, what: str, changes: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s): {', '.join(unknown)}")
+    try:
+        return dataclasses.replace(obj, **changes)
+    except TypeError as exc:
+        raise ConfigError(f"bad {what} setting: {exc}") from exc
+
+
+def round_config_from_dict(base: RoundConfig, d: dict[str, Any]) -> RoundConfig:
+    """``base`` with the keys of ``d`` applied (types checked loosely: ints become floats)."""
+    typed: dict[str, Any] = {}
+    hints = {f.name: f.type for f in dataclasses.fields(RoundConfig)}
+    for k, v in d.items():
+        if k in hints and isinstance(v, bool) != ("bool" in str(hints[k])):
+            raise ConfigError(f"round.{k} has the wrong type")
+        if k in hints and not isinstance(v, (int, float, bool, type(None))):
+            raise ConfigError(f"round.{k} must be a number or boolean")
+        typed[k] = v
+    return base.replace(**typed)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
+    """Read a JSON or TOML config file (optional) and apply command-line overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+            raw = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read config {p}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the config must be an object/table")
+    round_cfg = round_config_from_dict(RoundConfig(), raw.pop("round", {}) or {})
+    strategy_cfg = StrategyConfig().replace(**(raw.pop("strategy", {}) or {}))
+    cfg = ServerConfig(round=round_cfg, strategy=strategy_cfg).replace(**raw)
+    extra = {k: v for k, v in overrides.items() if v is not None}
+    if "max_rounds" in extra:
+        cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))
+    return cfg.replace(**extra)

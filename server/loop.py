@@ -1,0 +1,572 @@
+"""The round loop: check-ins, selection, reports, aborts, deadlines, commits.
+
+:class:`RoundLoop` drives the state machine of :mod:`fedkb.server.rounds` and never knows
+the algorithm: it asks the :class:`~fedkb.server.strategy.Strategy` for a plan, an
+aggregator and, at commit, the new weights. All state changes happen under one lock
+(waitress serves requests from several threads); the expensive part of an upload (decode
+and validation) runs outside it, and only the fold (one in-place add into an O(model)
+accumulator) runs inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedkb.codec import CodecError, decode_arrays
+from fedkb.server import pacing
+from fedkb.server.aggregate import UpdateError, validate_update
+from fedkb.server.artifact import ModelArtifact
+from fedkb.server.checkpoints import Checkpoint, CheckpointStore
+from fedkb.server.config import RoundConfig
+from fedkb.server.db import Database, row_dict
+from fedkb.server.devices import DeviceRegistry
+from fedkb.server.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from fedkb.server.metrics import ServerMetrics
+from fedkb.server.rounds import (
+    ABANDONED,
+    COMMITTED,
+    EVALUATE,
+    KIND_OF,
+    OPEN_STATES,
+    POPULATION_OF,
+    SELECTING,
+    TRAIN,
+    TRAINING,
+    RoundState,
+    RoundStats,
+    TaskRecord,
+    round_json,
+)
+from fedkb.server.strategy import Strategy
+from fedkb.wire import (
+    AbortResult,
+    CheckinResponse,
+    Conditions,
+    Task,
+    UploadMetadata,
+    UploadResult,
+    WireError,
+    split_upload,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RoundLoop:
+    """Owns the global model, the open rounds, and every transition between them."""
+
+    def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
+                 store: CheckpointStore | None, strategy: Strategy, metrics: ServerMetrics,
+                 clock: Callable[[], float], rng: random.Random) -> None:
+        self.cfg, self.db, self.devices, self.store = cfg, db, devices, store
+        self.strategy, self.metrics, self.clock, self.rng = strategy, metrics, clock, rng
+        self.lock = threading.RLock()
+        self.artifact: ModelArtifact | None = None
+        self.model: Checkpoint | None = None
+        self.open: dict[int, RoundState] = {}
+        self._tasks: dict[str, TaskRecord] = {}  # tasks of open rounds
+        self._busy: dict[str, str] = {}  # device id -> its outstanding task id
+        self._cache: dict[int, Checkpoint] = {}
+        self.damaged_versions: list[int] = []
+        self.training_enabled: bool = bool(db.get("training_enabled", True))
+        self._eval_queue: list[int] = list(db.get("eval_queue", []))
+        self._next_round = 1 + int(db.one("SELECT COALESCE(MAX(id), 0) m FROM rounds")["m"])
+
+    # --- start, publish, recover ---------------------------------------------------------
+
+    def attach(self, artifact: ModelArtifact, store: CheckpointStore) -> None:
+        """Serve ``artifact``; load the newest intact checkpoint, abandon rounds left open."""
+        with self.lock:
+            self.artifact, self.store = artifact, store
+            now = self.clock()
+            for r in self.db.query("SELECT * FROM rounds WHERE state IN (?, ?)", OPEN_STATES):
+                stats = RoundStats.from_json(row_dict(r)["stats"])
+                self.db.update("rounds", "id", r["id"], {
+                    "state": ABANDONED, "reason": "server_restart", "closed_at": now,
+                    "stats": _dumps(stats.to_json())})
+                self.metrics.rounds.labels(r["kind"], ABANDONED).inc()
+            ckpt, self.damaged_versions = store.latest()
+            if ckpt is None:  # a fresh state dir (or every checkpoint damaged)
+                self._publish_initial(artifact.initial_weights())
+            else:
+                self.strategy.load_state(ckpt.optimizer_state)
+                self._serve(ckpt)
+
+    def _next_version(self) -> int:
+        return 1 + int(self.db.one("SELECT COALESCE(MAX(version), -1) m FROM models")["m"])
+
+    def _publish_initial(self, weights: list[np.ndarray]) -> None:
+        """Version 0: the artifact's initial weights."""
+        assert self.store is not None
+        version = self._next_version()
+        file_sha, ckpt = self.store.write(version, weights, [])
+        with self.db.transaction() as conn:
+            self.store.record(conn, version, None, file_sha, self.clock())
+        self._serve(ckpt)
+        self._queue_eval(version)
+
+    def _serve(self, ckpt: Checkpoint) -> None:
+        self.model = ckpt
+        self._cache[ckpt.version] = ckpt
+        self.metrics.model_version.set(ckpt.version)
+
+    def weights(self, version: int) -> Checkpoint:
+        """The checkpoint of ``version`` (for downloads); :class:`NotFound` if none."""
+        with self.lock:
+            if self.model is not None and version == self.model.version:
+                return self.model
+            if version in self._cache:
+                return self._cache[version]
+        if self.store is None:
+            raise NotFound("no model has been published", "no_model")
+        try:
+            ckpt = self.store.load(version)
+        except (OSError, CodecError) as exc:
+            raise NotFound(f"model version {version} is not available ({exc})") from exc
+        with self.lock:
+            if len(self._cache) > 4:
+                self._cache.pop(min(k for k in self._cache if k != self.model.version))  # type: ignore[union-attr]
+            self._cache[version] = ckpt
+        return ckpt
+
+    # --- admin -------------------------------------------------------------------------
+
+    def set_training(self, enabled: bool) -> None:
+        with self.lock:
+            self.training_enabled = enabled
+            self.db.put("training_enabled", enabled)
+            self._tick()
+
+    def set_config(self, cfg: RoundConfig) -> None:
+        """New rounds use ``cfg``; open rounds keep the goal and plan they started with."""
+        with self.lock:
+            self.cfg = cfg
+            self._tick()
+
+    # --- check-in: selection and pace steering ---------------------------------------------
+
+    def checkin(self, device_id: str, conditions: Conditions) -> CheckinResponse:
+        population = self.devices.population(device_id)
+        kind = KIND_OF[population]
+        with self.lock:
+            now = self.clock()
+            self._tick(now)
+            busy = self._tasks.get(self._busy.get(device_id, ""))
+            if busy is not None:  # a lost answer or a restarted phone: the same task again
+                self.metrics.checkins.labels("task_again").inc()
+                return CheckinResponse(task=self._wire_task(busy, self.open[busy.round_id], now))
+            why = pacing.ineligibility(conditions, self.cfg)
+            if why is not None:
+                self.metrics.checkins.labels("ineligible").inc()
+                return CheckinResponse(retry_after_s=pacing.ineligible_retry(self.cfg, self.rng),
+                                       reason=why)
+            for rnd in self.open.values():
+                if rnd.kind == kind and rnd.wants_devices() and device_id not in rnd.devices:
+                    self.metrics.checkins.labels("task").inc()
+                    return CheckinResponse(task=self._select(rnd, device_id, now))
+            reason = "no_model" if self.model is None else "no_round"
+            goal = self.cfg.report_goal if kind == TRAIN else self.cfg.eval_goal
+            retry = pacing.steer(self.devices.count(population), self.cfg.target(goal),
+                                 self.cfg, self.rng)
+        self.metrics.checkins.labels("retry").inc()
+        return CheckinResponse(retry_after_s=retry, reason=reason)
+
+    def _select(self, rnd: RoundState, device_id: str, now: float) -> Task:
+        assert self.model is not None
+        version = rnd.base_version if rnd.kind == EVALUATE else self.model.version
+        rec = TaskRecord(TaskRecord.new_id(), rnd.id, device_id, rnd.kind, version, rnd.plan, now)
+        self.db.insert("tasks", rec.row())
+        self._tasks[rec.id] = rec
+        self._busy[device_id] = rec.id
+        rnd.devices.add(device_id)
+        rnd.task_ids.append(rec.id)
+        rnd.stats.selected += 1
+        self.metrics.selected.labels(rnd.kind).inc()
+        if rnd.stats.selected >= rnd.target:
+            self._close_selection(rnd, now)
+        return self._wire_task(rec, rnd, now)
+
+    def _wire_task(self, rec: TaskRecord, rnd: RoundState, now: float) -> Task:
+        return Task(task_id=rec.id, round_id=rec.round_id, model_version=rec.model_version,
+                    plan=rec.plan, weights_url=f"/v1/models/{rec.model_version}/weights",
+                    artifact_url=f"/v1/models/{rec.model_version}",
+                    deadline_s=round(rnd.time_left(now, self.cfg.reporting_deadline_s), 3))
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def report(self, device_id: str, task_id: str, body: bytes) -> UploadResult:
+        """Validate an upload and fold it into its round (or refuse it, counted)."""
+        digest = hashlib.sha256(body).hexdigest()
+        with self.lock:
+            self._tick()
+            task = self._owned_task(device_id, task_id)
+            prior = self._replayed(task, digest)
+            if prior is not None:
+                return prior
+            self._round_for_report(task)
+        t0 = time.perf_counter()
+        try:
+            meta, arrays = self._decode(task, body)
+        except ApiError as exc:
+            with self.lock:
+                self._reject(task.round_id, exc.code)
+            raise
+        with self.lock:
+            self._tick()
+            prior = self._replayed(task, digest)
+            if prior is not None:
+                return prior
+            rnd = self._round_for_report(task)
+            now = self.clock()
+            if rnd.aggregator is not None:
+                rnd.aggregator.accumulate(arrays, float(meta.num_examples))
+                rnd.stats.clipped = int(getattr(rnd.aggregator, "clipped", 0))
+            scalars = dict(meta.metrics)
+            if meta.loss is not None:
+                scalars["loss"] = meta.loss
+            rnd.scalars.accumulate(scalars, float(max(meta.num_examples, 1)))
+            result = UploadResult(task.id, task.round_id, "accepted", now)
+            task.state, task.upload_sha256, task.response = "reported", digest, result.to_json()
+            self.db.update("tasks", "id", task.id, {
+                "state": "reported", "finished_at": now, "upload_sha256": digest,
+                "response": _dumps(task.response), "num_examples": meta.num_examples})
+            self._busy.pop(device_id, None)
+            rnd.stats.reported += 1
+            rnd.stats.num_examples += meta.num_examples
+            self.metrics.reports.labels(rnd.kind).inc()
+            self.metrics.fold.observe(time.perf_counter() - t0)
+            if rnd.stats.reported >= rnd.goal:
+                self._commit(rnd, now)
+            else:
+                self.db.update("rounds", "id", rnd.id, {"stats": _dumps(rnd.stats.to_json())})
+            return result
+
+    def _owned_task(self, device_id: str, task_id: str) -> TaskRecord:
+        task = self._tasks.get(task_id)
+        if task is None:
+            row = row_dict(self.db.one("SELECT * FROM tasks WHERE id = ?", (task_id,)))
+            if row is None:
+                self.metrics.rejections.labels("unknown_task").inc()
+                raise NotFound(f"no task {task_id}", "unknown_task")
+            task = TaskRecord.from_row(row)
+        if task.device_id != device_id:
+            self._reject(task.round_id, "wrong_device")
+            raise Forbidden(f"task {task_id} belongs to another device", "wrong_device")
+        return task
+
+    def _replayed(self, task: TaskRecord, digest: str) -> UploadResult | None:
+        """The earlier answer for an identical retry; :class:`Conflict` for anything else."""
+        if task.state == "reported":
+            if task.upload_sha256 == digest and task.response is not None:
+                return UploadResult.from_json(task.response)
+            self._reject(task.round_id, "already_submitted")
+            raise Conflict(f"task {task.id} already has a different upload",
+                           "already_submitted")
+        if task.state == "aborted":
+            self._reject(task.round_id, "task_aborted")
+            raise Conflict(f"task {task.id} was aborted", "task_aborted")
+        return None
+
+    def _round_for_report(self, task: TaskRecord) -> RoundState:
+        """The task's round if it still takes reports; else count the report and refuse it."""
+        rnd = self.open.get(task.round_id)
+        if rnd is not None:
+            return rnd
+        row = row_dict(self.db.one("SELECT * FROM rounds WHERE id = ?", (task.round_id,)))
+        assert row is not None
+        stats = RoundStats.from_json(row["stats"])
+        if row["state"] == COMMITTED or task.state == "late":
+            stats.late += 1
+            self.metrics.late.inc()
+            if task.state != "late":
+                self.db.update("tasks", "id", task.id, {"state": "late"})
+                task.state = "late"
+            self.db.update("rounds", "id", task.round_id, {"stats": _dumps(stats.to_json())})
+            raise Conflict(f"round {task.round_id} is closed: the report is late", "late_report")
+        stats.count("rejected", "round_abandoned")
+        self.metrics.rejections.labels("round_abandoned").inc()
+        self.db.update("rounds", "id", task.round_id, {"stats": _dumps(stats.to_json())})
+        raise Conflict(f"round {task.round_id} was abandoned ({row['reason']})",
+                       "round_abandoned")
+
+    def _decode(self, task: TaskRecord, body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
+        try:
+            meta, payload = split_upload(body)
+        except WireError as exc:
+            raise BadRequest(str(exc), "malformed_upload") from exc
+        if meta.task_id != task.id:
+            raise BadRequest("the metadata's task_id is not the task of the URL",
+                             "invalid_message")
+        if meta.round_id != task.round_id:
+            exists = self.db.one("SELECT 1 FROM rounds WHERE id = ?", (meta.round_id,))
+            if exists is None:
+                raise NotFound(f"no round {meta.round_id}", "unknown_round")
+            raise BadRequest(f"task {task.id} is in round {task.round_id}, not {meta.round_id}",
+                             "round_mismatch")
+        if task.kind == EVALUATE:
+            if len(payload):
+                raise Unprocessable("an evaluation task uploads metrics only", "unexpected_update")
+            return meta, []
+        if meta.num_examples < 1:
+            raise Unprocessable("a training report needs num_examples >= 1", "no_examples")
+        if not len(payload):
+            raise Unprocessable("a training report needs the update arrays", "missing_update")
+        try:
+            arrays = decode_arrays(payload)
+        except CodecError as exc:
+            raise BadRequest(f"update bytes: {exc}", "malformed_upload") from exc
+        assert self.artifact is not None
+        try:
+            validate_update(arrays, self.artifact.specs)
+        except UpdateError as exc:
+            raise Unprocessable(str(exc), exc.reason) from exc
+        return meta, arrays
+
+    def reject_for_task(self, task_id: str, reason: str) -> None:
+        """Count a refused upload (e.g. wrong content type) against its task's round."""
+        with self.lock:
+            task = self._tasks.get(task_id)
+            row = None if task else self.db.one("SELECT round_id FROM tasks WHERE id = ?",
+                                                (task_id,))
+            if task is None and row is None:
+                self.metrics.rejections.labels(reason).inc()
+                return
+            self._reject(task.round_id if task else int(row["round_id"]), reason)  # type: ignore[index]
+
+    def _reject(self, round_id: int, reason: str) -> None:
+        self.metrics.rejections.labels(reason).inc()
+        rnd = self.open.get(round_id)
+        if rnd is not None:
+            rnd.stats.count("rejected", reason)
+            return
+        row = row_dict(self.db.one("SELECT stats FROM rounds WHERE id = ?", (round_id,)))
+        if row is not None:
+            stats = RoundStats.from_json(row["stats"])
+            stats.count("rejected", reason)
+            self.db.update("rounds", "id", round_id, {"stats": _dumps(stats.to_json())})
+
+    def abort(self, device_id: str, task_id: str, reason: str) -> AbortResult:
+        """The device gives up its task (e.g. unplugged); counted by reason."""
+        with self.lock:
+            task = self._owned_task(device_id, task_id)
+            if task.state == "aborted":
+                return AbortResult(task.id, "aborted")
+            if task.state != "assigned":
+                raise Conflict(f"task {task.id} is already {task.state}", "task_finished")
+            task.state = "aborted"
+            self.db.update("tasks", "id", task.id, {"state": "aborted", "reason": reason,
+                                                     "finished_at": self.clock()})
+            self.metrics.aborts.labels(reason).inc()
+            if self._busy.get(device_id) == task.id:
+                self._busy.pop(device_id)
+            rnd = self.open.get(task.round_id)
+            if rnd is not None:
+                rnd.stats.count("aborted", reason)
+                self.db.update("rounds", "id", rnd.id, {"stats": _dumps(rnd.stats.to_json())})
+            else:
+                row = row_dict(self.db.one("SELECT stats FROM rounds WHERE id = ?",
+                                           (task.round_id,)))
+                stats = RoundStats.from_json(row["stats"])  # type: ignore[index]
+                stats.count("aborted", reason)
+                self.db.update("rounds", "id", task.round_id, {"stats": _dumps(stats.to_json())})
+            return AbortResult(task.id, "aborted")
+
+    # --- time: deadlines and scheduling ------------------------------------------------------
+
+    def tick(self) -> None:
+        with self.lock:
+            self._tick()
+
+    def _tick(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        for rnd in list(self.open.values()):
+            if rnd.state == SELECTING and now >= rnd.selection_deadline:
+                self._close_selection(rnd, now)
+            if rnd.state == TRAINING and rnd.deadline is not None and now >= rnd.deadline:
+                if rnd.stats.reported >= rnd.min_reports:
+                    self._commit(rnd, now)
+                else:
+                    self._abandon(rnd, now, "deadline")
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        if self.model is None:
+            return
+        trains = [r for r in self.open.values() if r.kind == TRAIN]
+        if (self.training_enabled and not self._enough_rounds(len(trains))
+                and not any(r.state == SELECTING for r in trains)
+                and len(trains) < (2 if self.cfg.pipeline else 1)):
+            self._open_round(TRAIN, self.model.version, self.cfg.report_goal, now)
+        if self._eval_queue and not any(r.kind == EVALUATE for r in self.open.values()):
+            version = self._eval_queue.pop(0)
+            self.db.put("eval_queue", self._eval_queue)
+            self._open_round(EVALUATE, version, self.cfg.eval_goal, now)
+
+    def _enough_rounds(self, open_train: int) -> bool:
+        limit = self.cfg.max_rounds
+        return limit is not None and self.rounds_committed() + open_train >= limit
+
+    def rounds_committed(self, kind: str = TRAIN) -> int:
+        return int(self.db.one("SELECT COUNT(*) n FROM rounds WHERE kind = ? AND state = ?",
+                               (kind, COMMITTED))["n"])
+
+    def _open_round(self, kind: str, version: int, goal: int, now: float) -> RoundState:
+        assert self.artifact is not None
+        rid, self._next_round = self._next_round, self._next_round + 1
+        rnd = RoundState(
+            id=rid, kind=kind, base_version=version, goal=goal, target=self.cfg.target(goal),
+            min_reports=self.cfg.min_reports(goal), opened_at=now,
+            selection_deadline=now + self.cfg.selection_window_s,
+            plan=self.strategy.configure(kind, self.cfg, self.artifact.batch_size),
+            aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None)
+        self.db.insert("rounds", rnd.row())
+        self.open[rid] = rnd
+        return rnd
+
+    def _close_selection(self, rnd: RoundState, now: float) -> None:
+        if rnd.state != SELECTING:
+            return
+        rnd.close_selection(now, self.cfg.reporting_deadline_s)
+        self.metrics.phase.labels("selection").observe(rnd.stats.durations["selection_s"])
+        if rnd.stats.selected < rnd.min_reports:
+            self._abandon(rnd, now, "too_few_devices")
+        else:
+            self.db.update("rounds", "id", rnd.id, rnd.row())
+
+    # --- commit / abandon ----------------------------------------------------------------
+
+    def _commit(self, rnd: RoundState, now: float) -> None:
+        t0 = time.perf_counter()
+        if rnd.kind == EVALUATE:
+            rnd.stats.metrics = rnd.scalars.result()
+            self._close(rnd, COMMITTED, now)
+            self._record_metrics(rnd, rnd.base_version)
+            return
+        assert self.model is not None and rnd.aggregator is not None
+        mean_delta = rnd.aggregator.result()
+        if mean_delta is None:
+            self._abandon(rnd, now, "no_weight")
+            return
+        assert self.store is not None
+        before = self.strategy.state()
+        try:
+            new = self.strategy.aggregate(self.model.weights, mean_delta)
+            version = self._next_version()
+            file_sha, ckpt = self.store.write(version, new, self.strategy.state())
+        except Exception as exc:  # the model stays as it was
+            log.exception("commit of round %d failed", rnd.id)
+            self.strategy.load_state(before)
+            self._abandon(rnd, now, f"commit_failed: {type(exc).__name__}")
+            return
+        rnd.stats.metrics = rnd.scalars.result()
+        rnd.committed_version = version
+        rnd.stats.durations["commit_s"] = round(time.perf_counter() - t0, 6)
+        self._finish(rnd, now, COMMITTED, None)
+        with self.db.transaction() as conn:
+            self.store.record(conn, version, rnd.id, file_sha, now)
+            _write_round(conn, rnd)
+        self._serve(ckpt)
+        self.metrics.phase.labels("commit").observe(rnd.stats.durations["commit_s"])
+        self._record_metrics(rnd, rnd.base_version)
+        if self.cfg.eval_every and version % self.cfg.eval_every == 0:
+            self._queue_eval(version)
+
+    def _abandon(self, rnd: RoundState, now: float, reason: str) -> None:
+        self._close(rnd, ABANDONED, now, reason)
+
+    def _close(self, rnd: RoundState, state: str, now: float, reason: str | None = None) -> None:
+        self._finish(rnd, now, state, reason)
+        self.db.update("rounds", "id", rnd.id, rnd.row())
+
+    def _finish(self, rnd: RoundState, now: float, state: str, reason: str | None) -> None:
+        """Take the round out of the open set (the caller writes its row)."""
+        rnd.close(state, now, reason)
+        self.open.pop(rnd.id, None)
+        for tid in rnd.task_ids:
+            task = self._tasks.pop(tid, None)
+            if task is not None and self._busy.get(task.device_id) == tid:
+                self._busy.pop(task.device_id)
+        rnd.aggregator = None  # free the accumulator
+        self.metrics.rounds.labels(rnd.kind, state).inc()
+        self.metrics.phase.labels("reporting").observe(rnd.stats.durations["reporting_s"])
+
+    def _record_metrics(self, rnd: RoundState, version: int) -> None:
+        values = {**rnd.stats.metrics, "reports": float(rnd.stats.reported),
+                  "num_examples": float(rnd.stats.num_examples)}
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO metrics(round_id, model_version, kind, name, value) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(rnd.id, version, rnd.kind, k, float(v)) for k, v in values.items()])
+
+    def _queue_eval(self, version: int) -> None:
+        if self.cfg.eval_every:
+            self._eval_queue.append(version)
+            self.db.put("eval_queue", self._eval_queue)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def round_info(self, round_id: int) -> dict[str, Any]:
+        with self.lock:
+            rnd = self.open.get(round_id)
+            if rnd is not None:
+                return round_json(rnd.row())
+        row = row_dict(self.db.one("SELECT * FROM rounds WHERE id = ?", (round_id,)))
+        if row is None:
+            raise NotFound(f"no round {round_id}", "unknown_round")
+        return round_json(row)
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            self._tick()
+            counts = {(r["kind"], r["state"]): r["n"] for r in self.db.query(
+                "SELECT kind, state, COUNT(*) n FROM rounds GROUP BY kind, state")}
+            trains = sorted((r for r in self.open.values() if r.kind == TRAIN),
+                            key=lambda r: r.id)
+            current = round_json(trains[-1].row()) if trains else None
+            done = self.cfg.max_rounds is not None and \
+                counts.get((TRAIN, COMMITTED), 0) >= self.cfg.max_rounds
+            return {
+                "model_version": self.model.version if self.model else None,
+                "rounds_committed": counts.get((TRAIN, COMMITTED), 0),
+                "rounds_abandoned": counts.get((TRAIN, ABANDONED), 0),
+                "evaluation_rounds_committed": counts.get((EVALUATE, COMMITTED), 0),
+                "evaluation_rounds_abandoned": counts.get((EVALUATE, ABANDONED), 0),
+                "training": ("no_model" if self.model is None else "finished" if done
+                             else "running" if self.training_enabled else "stopped"),
+                "current_round": current,
+                "open_rounds": [round_json(r.row()) for r in self.open.values()],
+                "devices": {p: self.devices.count(p) for p in POPULATION_OF.values()},
+                "damaged_versions": self.damaged_versions,
+                "strategy": self.strategy.name,
+                "time": self.clock(),
+            }
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Evaluation results per model version (newest round per version)."""
+        out: dict[tuple[int, int], dict[str, Any]] = {}
+        for r in self.db.query("SELECT * FROM metrics WHERE kind = ? ORDER BY round_id",
+                               (EVALUATE,)):
+            d = out.setdefault((r["model_version"], r["round_id"]),
+                               {"model_version": r["model_version"], "round_id": r["round_id"]})
+            d[r["name"]] = r["value"]
+        return list(out.values())
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj)
+
+
+def _write_round(conn: Any, rnd: RoundState) -> None:
+    row = rnd.row()
+    sets = ", ".join(f"{k} = ?" for k in row)
+    conn.execute(f"UPDATE rounds SET {sets} WHERE id = ?", [*row.values(), rnd.id])

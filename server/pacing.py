@@ -1,0 +1,57 @@
+"""Eligibility and pace steering (Bonawitz et al. 2019, Sec. 2.3 "Pace Steering").
+
+The server re-checks what a phone reports on every check-in (Hard et al. 2018: devices
+train only when charging, on an unmetered network and idle; we also want some battery),
+and tells a phone that gets no task when to come back. The reconnection window is sized
+so that, across the population, about as many phones check in per selection window as
+the next round needs, with multiplicative jitter so they do not come back in lockstep
+(the thundering herd).
+"""
+
+from __future__ import annotations
+
+import random
+
+from fedkb.server.config import RoundConfig
+from fedkb.wire import Conditions
+
+
+def ineligibility(c: Conditions, rc: RoundConfig) -> str | None:
+    """Why a device may not take a task now (None: it may)."""
+    if rc.require_charging and not c.charging:
+        return "not_charging"
+    if rc.require_unmetered and not c.unmetered:
+        return "metered_network"
+    if rc.require_idle and not c.idle:
+        return "not_idle"
+    if c.battery < rc.min_battery:
+        return "low_battery"
+    return None
+
+
+def jitter(seconds: float, rc: RoundConfig, rng: random.Random) -> float:
+    """``seconds`` scaled by a uniform factor in [1 - jitter, 1 + jitter]."""
+    return seconds * rng.uniform(1.0 - rc.retry_jitter, 1.0 + rc.retry_jitter)
+
+
+def steer(population: int, wanted_per_window: int, rc: RoundConfig, rng: random.Random,
+          soon: bool = False) -> float:
+    """Seconds until a device that got no task should check in again.
+
+    Args:
+        population: devices of this kind the server knows.
+        wanted_per_window: devices the next round of this kind selects.
+        soon: a round is selecting and still needs devices of this kind: come back at the
+            shortest interval.
+    """
+    if soon:
+        base = rc.retry_min_s
+    else:
+        rate = max(wanted_per_window, 1) / rc.selection_window_s  # check-ins per second
+        base = max(population, 1) / rate
+    base = min(max(base, rc.retry_min_s), rc.retry_max_s)
+    return round(jitter(base, rc, rng), 3)
+
+
+def ineligible_retry(rc: RoundConfig, rng: random.Random) -> float:
+    return round(jitter(rc.ineligible_retry_s, rc, rng), 3)

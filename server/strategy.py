@@ -1,0 +1,158 @@
+"""Strategies: how a round is configured and how its mean update becomes the next model.
+
+The round loop (:mod:`fedkb.server.rounds`) calls only the two methods of
+:class:`Strategy`, like Flower's ``Strategy`` (``configure_fit`` / ``aggregate_fit``):
+
+- ``configure(kind, round_config, batch_size)`` -> the :class:`~fedkb.wire.Plan` sent to
+  devices;
+- ``aggregator(specs)`` -> a fresh streaming aggregator for one round's updates;
+- ``aggregate(weights, mean_delta)`` -> the new global weights.
+
+The server optimizers treat the weighted mean of the device deltas, Δ, as a
+pseudo-gradient (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2):
+
+- FedAvg (McMahan et al. 2017): x ← x + η Δ (η = 1: plain FedAvg).
+- FedAvgM (Hsu et al. 2019, server momentum; Nesterov as used for Gboard by Hard et al.
+  2018): v ← μ v + Δ; x ← x + η (μ v + Δ) with Nesterov, else x ← x + η v.
+- FedAdam (Reddi et al. 2021): m ← β₁ m + (1−β₁) Δ; v ← β₂ v + (1−β₂) Δ²;
+  x ← x + η m / (√v + τ)  (no bias correction, as in the paper).
+
+Optimizer state (momentum, moments) is saved with each checkpoint (``state`` /
+``load_state``) so a restarted server continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from fedkb.server.aggregate import Aggregator, Arrays, Spec, mean_factory
+from fedkb.server.config import RoundConfig, StrategyConfig
+from fedkb.wire import Plan
+
+# --- pure optimizer steps --------------------------------------------------------------
+
+
+def sgd_step(x: Sequence[np.ndarray], delta: Sequence[np.ndarray], lr: float) -> Arrays:
+    return [(w + lr * d).astype(w.dtype) for w, d in zip(x, delta, strict=True)]
+
+
+def momentum_step(x: Sequence[np.ndarray], delta: Sequence[np.ndarray], v: Sequence[np.ndarray],
+                  lr: float, mu: float, nesterov: bool) -> tuple[Arrays, Arrays]:
+    """One server-momentum step; returns (new weights, new velocity)."""
+    v_new = [mu * vi + d for vi, d in zip(v, delta, strict=True)]
+    step = [mu * vi + d for vi, d in zip(v_new, delta, strict=True)] if nesterov else v_new
+    return sgd_step(x, step, lr), [vi.astype(np.float32) for vi in v_new]
+
+
+def adam_step(x: Sequence[np.ndarray], delta: Sequence[np.ndarray], m: Sequence[np.ndarray],
+              v: Sequence[np.ndarray], lr: float, b1: float, b2: float, tau: float,
+              ) -> tuple[Arrays, Arrays, Arrays]:
+    """One FedAdam step; returns (new weights, new first moment, new second moment)."""
+    m_new = [b1 * mi + (1 - b1) * d for mi, d in zip(m, delta, strict=True)]
+    v_new = [b2 * vi + (1 - b2) * d * d for vi, d in zip(v, delta, strict=True)]
+    step = [mi / (np.sqrt(vi) + tau) for mi, vi in zip(m_new, v_new, strict=True)]
+    return (sgd_step(x, step, lr), [a.astype(np.float32) for a in m_new],
+            [a.astype(np.float32) for a in v_new])
+
+
+# --- the interface ---------------------------------------------------------------------
+
+
+class Strategy(Protocol):
+    name: str
+
+    def configure(self, kind: str, rc: RoundConfig, batch_size: int) -> Plan: ...
+
+    def aggregator(self, specs: Sequence[Spec]) -> Aggregator: ...
+
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
+                  ) -> Arrays: ...
+
+    def state(self) -> Arrays: ...
+
+    def load_state(self, arrays: Sequence[np.ndarray]) -> None: ...
+
+
+class FedAvg:
+    """Server SGD on the mean delta: plain FedAvg with ``server_lr`` 1."""
+
+    name = "fedavg"
+
+    def __init__(self, cfg: StrategyConfig) -> None:
+        self.cfg = cfg
+
+    def configure(self, kind: str, rc: RoundConfig, batch_size: int) -> Plan:
+        return Plan(kind=kind, lr=rc.lr, batch_size=batch_size,  # type: ignore[arg-type]
+                    epochs=rc.epochs, max_steps=rc.max_steps)
+
+    def aggregator(self, specs: Sequence[Spec]) -> Aggregator:
+        return mean_factory(specs, self.cfg.clip_norm)
+
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
+                  ) -> Arrays:
+        return sgd_step(weights, mean_delta, self.cfg.server_lr)
+
+    def state(self) -> Arrays:
+        return []
+
+    def load_state(self, arrays: Sequence[np.ndarray]) -> None:
+        if arrays:
+            raise ValueError("fedavg keeps no optimizer state")
+
+
+class FedAvgM(FedAvg):
+    name = "fedavgm"
+
+    def __init__(self, cfg: StrategyConfig) -> None:
+        super().__init__(cfg)
+        self._v: Arrays = []
+
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
+                  ) -> Arrays:
+        v = self._v or [np.zeros_like(d, dtype=np.float32) for d in mean_delta]
+        new, self._v = momentum_step(weights, mean_delta, v, self.cfg.server_lr,
+                                     self.cfg.momentum, self.cfg.nesterov)
+        return new
+
+    def state(self) -> Arrays:
+        return list(self._v)
+
+    def load_state(self, arrays: Sequence[np.ndarray]) -> None:
+        self._v = [np.asarray(a, np.float32) for a in arrays]
+
+
+class FedAdam(FedAvg):
+    name = "fedadam"
+
+    def __init__(self, cfg: StrategyConfig) -> None:
+        super().__init__(cfg)
+        self._m: Arrays = []
+        self._v: Arrays = []
+
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
+                  ) -> Arrays:
+        zeros = [np.zeros_like(d, dtype=np.float32) for d in mean_delta]
+        c = self.cfg
+        new, self._m, self._v = adam_step(weights, mean_delta, self._m or zeros,
+                                          self._v or zeros, c.server_lr, c.beta1, c.beta2, c.tau)
+        return new
+
+    def state(self) -> Arrays:
+        return [*self._m, *self._v]
+
+    def load_state(self, arrays: Sequence[np.ndarray]) -> None:
+        if len(arrays) % 2:
+            raise ValueError("fedadam state is two lists of equal length")
+        half = len(arrays) // 2
+        self._m = [np.asarray(a, np.float32) for a in arrays[:half]]
+        self._v = [np.asarray(a, np.float32) for a in arrays[half:]]
+
+
+STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
+
+
+def make_strategy(cfg: StrategyConfig) -> Strategy:
+    return STRATEGIES[cfg.name](cfg)

@@ -1,0 +1,133 @@
+"""Helpers for the server tests: a fake model artifact, a fake clock, a device client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedkb.codec import encode_arrays
+from fedkb.server.app import create_app
+from fedkb.server.config import RoundConfig, ServerConfig, StrategyConfig
+from fedkb.wire import UPLOAD_CONTENT_TYPE, UploadMetadata, encode_upload
+
+SPECS = [("embedding", (6, 3)), ("rnn_kernel", (3, 4)), ("output_bias", (6,))]
+ADMIN = "admin-secret"
+ELIGIBLE = {"charging": True, "unmetered": True, "idle": True, "battery": 0.9}
+
+
+def initial_weights() -> list[np.ndarray]:
+    return [np.arange(np.prod(s), dtype=np.float32).reshape(s) / 10 for _, s in SPECS]
+
+
+def write_artifact(path: Path, weights: list[np.ndarray] | None = None) -> Path:
+    """A fake exported artifact: metadata.json + weights.bin + dummy model.tflite."""
+    path.mkdir(parents=True, exist_ok=True)
+    files = {"model.tflite": b"TFL3-dummy-model", "weights.bin": encode_arrays(
+        weights if weights is not None else initial_weights())}
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    meta = {"format": "fedkb-model/1", "preset": "fake", "batch_size": 4, "seq_len": 5,
+            "vocab_size": 6,
+            "weights": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in SPECS],
+            "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
+                      for n, d in files.items()}}
+    (path / "metadata.json").write_text(json.dumps(meta))
+    return path
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def make_config(tmp: Path, model: bool = True, strategy: StrategyConfig | None = None,
+                **round_kw: Any) -> ServerConfig:
+    rc = {"report_goal": 2, "overselect": 1.5, "min_fraction": 0.5, "selection_window_s": 10,
+          "reporting_deadline_s": 20, "eval_every": 0, "retry_jitter": 0.0, **round_kw}
+    return ServerConfig(state_dir=tmp / "state", admin_token=ADMIN, seed=0,
+                        model=write_artifact(tmp / "artifact") if model else None,
+                        round=RoundConfig(**rc), strategy=strategy or StrategyConfig())
+
+
+@dataclass
+class Harness:
+    app: Any
+    client: Any
+    clock: FakeClock
+
+    @property
+    def state(self) -> Any:
+        return self.app.extensions["fedkb"]
+
+    def register(self, population: str = "train") -> Device:
+        r = self.client.post("/v1/devices", json={"population": population})
+        assert r.status_code == 201, r.get_json()
+        d = r.get_json()
+        return Device(self, d["device_id"], d["token"])
+
+    def status(self) -> dict[str, Any]:
+        return self.client.get("/v1/status").get_json()
+
+    def global_weights(self) -> list[np.ndarray]:
+        return [w.copy() for w in self.state.loop.model.weights]
+
+    def admin(self, method: str, path: str, **kw: Any) -> Any:
+        return self.client.open(path, method=method,
+                                headers={"Authorization": f"Bearer {ADMIN}"}, **kw)
+
+
+@dataclass
+class Device:
+    h: Harness
+    id: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def checkin(self, **cond: Any) -> dict[str, Any]:
+        r = self.h.client.post("/v1/checkin", headers=self.auth,
+                               json={"conditions": {**ELIGIBLE, **cond}})
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
+    def task(self) -> dict[str, Any]:
+        body = self.checkin()
+        assert "task" in body, body
+        return body["task"]
+
+    def upload_raw(self, task_id: str, body: bytes, content_type: str = UPLOAD_CONTENT_TYPE,
+                   **headers: str) -> Any:
+        return self.h.client.post(f"/v1/tasks/{task_id}/result", data=body,
+                                  headers={**self.auth, "Content-Type": content_type, **headers})
+
+    def upload(self, task: dict[str, Any], delta: list[np.ndarray] | None, n: int = 1,
+               loss: float | None = 1.0, **metrics: float) -> Any:
+        meta = UploadMetadata(task["task_id"], task["round_id"], n, loss, dict(metrics))
+        return self.upload_raw(task["task_id"], encode_upload(meta, delta))
+
+    def abort(self, task_id: str, reason: str = "unplugged") -> Any:
+        return self.h.client.post(f"/v1/tasks/{task_id}/abort", headers=self.auth,
+                                  json={"reason": reason})
+
+
+def harness(tmp: Path, clock: FakeClock | None = None, **kw: Any) -> Harness:
+    clock = clock or FakeClock()
+    app = create_app(make_config(tmp, **kw), clock=clock)
+    return Harness(app, app.test_client(), clock)
+
+
+def deltas(value: float) -> list[np.ndarray]:
+    return [np.full(s, value, dtype=np.float32) for _, s in SPECS]
