@@ -162,33 +162,37 @@ def diurnal_trace(rng: np.random.Generator, tz_hours: float = 0.0, days: int = 2
     asleep = charging & night
     use = _bursts(rng, n, p_start=0.25, mean_len=2.0)
     idle = np.where(asleep, rng.random(n) > 0.04, ~use)
-    battery = np.empty(n, np.float32)
-    level = rng.uniform(30, 90)
-    for i in range(n):
-        battery[i] = level
-        level = min(100.0, level + 6.0) if charging[i] else max(2.0, level - 0.9)
-    return _compress(t, charging, network, idle, battery)
+    return _compress(t, charging, network, idle, start_level=rng.uniform(30, 90),
+                     step_s=step_s)
 
 
 def _bursts(rng: np.random.Generator, n: int, p_start: float, mean_len: float) -> np.ndarray:
-    on = np.zeros(n, bool)
-    i = 0
-    while i < n:
-        if rng.random() < p_start:
-            k = max(1, int(rng.exponential(mean_len)))
-            on[i : i + k] = True
-            i += k
-        else:
-            i += 1
-    return on
+    """Steps covered by bursts that start with probability ``p_start`` per step."""
+    idx = np.arange(n)
+    starts = rng.random(n) < p_start
+    lengths = np.maximum(1, rng.exponential(mean_len, n).astype(np.int64))
+    ends = np.where(starts, idx + lengths, 0)
+    return np.maximum.accumulate(ends) > idx
 
 
-def _compress(t, charging, network, idle, battery) -> Trace:
-    """Keep only rows where a discrete field changes (battery then is sampled at those)."""
+def _compress(t, charging, network, idle, start_level: float, step_s: float) -> Trace:
+    """Keep only rows where a discrete field changes; battery at those rows.
+
+    The battery fills 6 points per 5 minutes on the charger and drains ~0.9 per 5 minutes
+    off it, clipped to [2, 100].
+    """
     change = np.ones(len(t), bool)
     change[1:] = ((charging[1:] != charging[:-1]) | (network[1:] != network[:-1])
                   | (idle[1:] != idle[:-1]))
-    return Trace(t[change], charging[change], network[change], idle[change], battery[change])
+    rows = np.nonzero(change)[0]
+    steps = np.diff(np.append(rows, len(t)))
+    battery = np.empty(len(rows), np.float32)
+    level = start_level
+    for i, (r, k) in enumerate(zip(rows, steps, strict=True)):
+        battery[i] = level
+        rate = 6.0 if charging[r] else -0.9
+        level = min(100.0, max(2.0, level + rate * k * step_s / 300.0))
+    return Trace(t[rows], charging[rows], network[rows], idle[rows], battery)
 
 
 # --- plain-text trace files --------------------------------------------------------------
