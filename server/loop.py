@@ -517,6 +517,7 @@ class RoundLoop:
 
     def round_info(self, round_id: int) -> dict[str, Any]:
         with self.lock:
+            self._tick()
             rnd = self.open.get(round_id)
             if rnd is not None:
                 return round_json(rnd.row())

@@ -17,6 +17,7 @@ from fedkb.wire import UPLOAD_CONTENT_TYPE, UploadMetadata, encode_upload
 
 SPECS = [("embedding", (6, 3)), ("rnn_kernel", (3, 4)), ("output_bias", (6,))]
 ADMIN = "admin-secret"
+SERVER_KEYS = ("max_upload_bytes", "token_ttl_s", "secret_key", "tick_s")
 ELIGIBLE = {"charging": True, "unmetered": True, "idle": True, "battery": 0.9}
 
 
@@ -53,11 +54,13 @@ class FakeClock:
 
 def make_config(tmp: Path, model: bool = True, strategy: StrategyConfig | None = None,
                 **round_kw: Any) -> ServerConfig:
+    server_kw = {k: round_kw.pop(k) for k in SERVER_KEYS if k in round_kw}
     rc = {"report_goal": 2, "overselect": 1.5, "min_fraction": 0.5, "selection_window_s": 10,
           "reporting_deadline_s": 20, "eval_every": 0, "retry_jitter": 0.0, **round_kw}
     return ServerConfig(state_dir=tmp / "state", admin_token=ADMIN, seed=0,
                         model=write_artifact(tmp / "artifact") if model else None,
-                        round=RoundConfig(**rc), strategy=strategy or StrategyConfig())
+                        round=RoundConfig(**rc), strategy=strategy or StrategyConfig(),
+                        **server_kw)
 
 
 @dataclass

@@ -1,0 +1,255 @@
+"""The round protocol through the Flask test client, with a fake clock (no sleeping)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from server_support import ADMIN, deltas, harness, initial_weights
+
+from fedkb.server.config import StrategyConfig
+from fedkb.server.strategy import adam_step
+
+
+def test_first_round_selects_with_overselection_and_commits_weighted_mean(tmp_path):
+    h = harness(tmp_path, pipeline=False)  # goal 2, target 3
+    devs = [h.register() for _ in range(4)]
+    tasks = [d.checkin() for d in devs]
+    assert [("task" in t) for t in tasks] == [True, True, True, False]
+    assert tasks[3]["reason"] == "no_round"
+    r = h.client.get("/v1/rounds/1").get_json()
+    assert (r["state"], r["selected"], r["target"], r["goal"]) == ("training", 3, 3, 2)
+    assert devs[0].upload(tasks[0]["task"], deltas(1.0), n=1, loss=4.0).status_code == 200
+    assert devs[1].upload(tasks[1]["task"], deltas(3.0), n=3, loss=2.0).status_code == 200
+    r = h.client.get("/v1/rounds/1").get_json()
+    assert (r["state"], r["committed_version"], r["reported"], r["num_examples"]) == (
+        "committed", 1, 2, 4)
+    assert r["metrics"]["loss"] == 2.5  # (4 * 1 + 2 * 3) / 4
+    for got, w0 in zip(h.global_weights(), initial_weights(), strict=True):
+        np.testing.assert_allclose(got, w0 + 2.5)  # (1 * 1 + 3 * 3) / 4
+    s = h.status()
+    assert (s["model_version"], s["rounds_committed"], s["rounds_abandoned"]) == (1, 1, 0)
+    assert s["current_round"]["id"] == 2 and s["current_round"]["state"] == "selecting"
+
+
+def test_straggler_after_commit_is_refused_as_late_and_counted(tmp_path):
+    h = harness(tmp_path)
+    devs = [h.register() for _ in range(3)]
+    tasks = [d.task() for d in devs]
+    for d, t in zip(devs[:2], tasks[:2], strict=True):
+        d.upload(t, deltas(1.0))
+    before = h.global_weights()
+    r = devs[2].upload(tasks[2], deltas(100.0))
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "late_report"
+    assert h.client.get("/v1/rounds/1").get_json()["late"] == 1
+    assert all(np.array_equal(a, b) for a, b in zip(before, h.global_weights(), strict=True))
+    assert "fedkb_late_reports_total 1.0" in h.client.get("/metrics").text
+
+
+def test_ineligible_devices_are_told_to_come_back_later(tmp_path):
+    h = harness(tmp_path, ineligible_retry_s=300)
+    d = h.register()
+    for cond, why in [({"charging": False}, "not_charging"), ({"unmetered": False},
+                      "metered_network"), ({"idle": False}, "not_idle"),
+                      ({"battery": 0.05}, "low_battery")]:
+        body = d.checkin(**cond)
+        assert body == {"retry_after_s": 300.0, "reason": why}
+    assert h.client.get("/v1/rounds/1").get_json()["selected"] == 0
+
+
+def test_pace_steering_spreads_population_over_the_selection_window(tmp_path):
+    h = harness(tmp_path, pipeline=False, retry_min_s=1, retry_max_s=1000)
+    devs = [h.register() for _ in range(30)]
+    answers = [d.checkin() for d in devs]
+    waits = [a["retry_after_s"] for a in answers if "retry_after_s" in a]
+    # target 3 devices per 10 s window -> 0.3 check-ins/s wanted; 30 devices -> 100 s each
+    assert len(waits) == 27 and set(waits) == {100.0}
+
+
+def test_pace_steering_jitter_stays_within_bounds(tmp_path):
+    h = harness(tmp_path, pipeline=False, retry_jitter=0.2, retry_min_s=1, retry_max_s=1000)
+    devs = [h.register() for _ in range(30)]
+    waits = [a["retry_after_s"] for a in (d.checkin() for d in devs) if "retry_after_s" in a]
+    assert all(80.0 <= w <= 120.0 for w in waits) and len(set(waits)) > 1
+
+
+def test_reporting_deadline_commits_with_min_fraction(tmp_path):
+    h = harness(tmp_path)  # goal 2, min_reports 1
+    devs = [h.register() for _ in range(3)]
+    tasks = [d.task() for d in devs]
+    devs[0].upload(tasks[0], deltas(2.0), n=5)
+    h.clock.advance(20.001)
+    r = h.client.get("/v1/rounds/1").get_json()
+    assert (r["state"], r["reported"], r["committed_version"]) == ("committed", 1, 1)
+    np.testing.assert_allclose(h.global_weights()[0], initial_weights()[0] + 2.0)
+
+
+def test_reporting_deadline_abandons_below_min_fraction(tmp_path):
+    h = harness(tmp_path, min_fraction=1.0, pipeline=False)
+    devs = [h.register() for _ in range(3)]
+    tasks = [d.task() for d in devs]
+    devs[0].upload(tasks[0], deltas(2.0))
+    h.clock.advance(25)
+    s = h.status()
+    r = h.client.get("/v1/rounds/1").get_json()
+    assert (r["state"], r["reason"]) == ("abandoned", "deadline")
+    assert (s["model_version"], s["rounds_abandoned"]) == (0, 1)
+    assert np.array_equal(h.global_weights()[0], initial_weights()[0])
+    assert devs[1].upload(tasks[1], deltas(1.0)).get_json()["error"]["code"] == "round_abandoned"
+
+
+def test_selection_window_without_enough_devices_abandons_and_opens_next(tmp_path):
+    h = harness(tmp_path, min_fraction=1.0)  # needs 2 selected
+    h.register().task()
+    h.clock.advance(10)
+    s = h.status()
+    assert h.client.get("/v1/rounds/1").get_json()["reason"] == "too_few_devices"
+    assert s["current_round"]["id"] == 2 and s["rounds_abandoned"] == 1
+
+
+def test_pipelining_next_round_selects_while_previous_reports(tmp_path):
+    h = harness(tmp_path)
+    r1 = [h.register() for _ in range(3)]
+    t1 = [d.task() for d in r1]
+    r2 = [h.register() for _ in range(3)]
+    t2 = [r2[0].task()]  # round 2 is selecting while round 1 is training
+    assert t2[0]["round_id"] == 2 and t2[0]["model_version"] == 0
+    states = {r["id"]: r["state"] for r in h.status()["open_rounds"]}
+    assert states == {1: "training", 2: "selecting"}
+    r1[0].upload(t1[0], deltas(1.0))
+    r1[1].upload(t1[1], deltas(1.0))  # round 1 commits -> v1
+    t2.append(r2[1].task())
+    assert t2[1]["model_version"] == 1  # selected after the commit: trains the newest
+    r2[0].upload(t2[0], deltas(1.0))
+    r2[1].upload(t2[1], deltas(1.0))
+    assert h.status()["model_version"] == 2
+    np.testing.assert_allclose(h.global_weights()[2], initial_weights()[2] + 2.0)
+
+
+def test_pipelining_off_waits_for_commit(tmp_path):
+    h = harness(tmp_path, pipeline=False)
+    [h.register().task() for _ in range(3)]
+    assert [r["id"] for r in h.status()["open_rounds"]] == [1]
+
+
+def test_abort_is_counted_by_reason_and_blocks_later_upload(tmp_path):
+    h = harness(tmp_path)
+    d = h.register()
+    t = d.task()
+    r = d.abort(t["task_id"], "unplugged")
+    assert r.status_code == 200 and r.get_json() == {"task_id": t["task_id"], "status": "aborted"}
+    assert h.client.get("/v1/rounds/1").get_json()["aborted"] == {"unplugged": 1}
+    assert d.upload(t, deltas(1.0)).get_json()["error"]["code"] == "task_aborted"
+    assert 'fedkb_aborts_total{reason="unplugged"} 1.0' in h.client.get("/metrics").text
+    assert "task" not in d.checkin()  # not selected twice in the same round
+
+
+def test_checkin_while_holding_a_task_returns_the_same_task(tmp_path):
+    h = harness(tmp_path)
+    d = h.register()
+    t = d.task()
+    h.clock.advance(3)
+    again = d.task()
+    assert again["task_id"] == t["task_id"] and again["deadline_s"] == pytest.approx(27.0)
+
+
+def test_evaluation_rounds_on_heldout_devices_record_metrics_per_version(tmp_path):
+    h = harness(tmp_path, eval_every=1, eval_goal=1)
+    train = [h.register() for _ in range(3)]
+    held = [h.register("heldout") for _ in range(2)]
+    ev = held[0].task()
+    assert ev["plan"]["kind"] == "evaluate" and ev["model_version"] == 0
+    assert all(t["plan"]["kind"] == "train" for t in (d.task() for d in train))
+    assert held[0].upload(ev, None, n=10, loss=3.0, top1_recall=0.1,
+                          top3_recall=0.2).status_code == 200
+    for d in train[:2]:
+        d.upload(d.task(), deltas(0.5))
+    ev1 = held[1].task()
+    assert ev1["model_version"] == 1
+    held[1].upload(ev1, None, n=30, loss=1.0, top1_recall=0.3, top3_recall=0.4)
+    evals = h.client.get("/v1/evaluations").get_json()["evaluations"]
+    assert [(e["model_version"], e["loss"], e["top1_recall"], e["top3_recall"]) for e in evals] \
+        == [(0, 3.0, 0.1, 0.2), (1, 1.0, 0.3, 0.4)]
+    assert h.status()["evaluation_rounds_committed"] == 2
+    assert h.status()["model_version"] == 1  # evaluation never changes the model
+
+
+def test_max_rounds_stops_training_but_keeps_serving(tmp_path):
+    h = harness(tmp_path, max_rounds=1, pipeline=True)
+    devs = [h.register() for _ in range(4)]
+    tasks = [d.checkin() for d in devs]
+    assert "task" not in tasks[3]  # no second round is opened: R=1 is already in flight
+    for d, t in zip(devs[:2], tasks[:2], strict=True):
+        d.upload(t["task"], deltas(1.0))
+    s = h.status()
+    assert (s["model_version"], s["training"], s["current_round"]) == (1, "finished", None)
+    assert h.client.get("/v1/models/1/weights").status_code == 200
+
+
+def test_admin_stops_starts_and_reconfigures(tmp_path):
+    h = harness(tmp_path, pipeline=False)
+    assert h.client.post("/v1/admin/training", json={"enabled": False}).status_code == 401
+    r = h.client.post("/v1/admin/training", json={"enabled": False},
+                      headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "forbidden"
+    h.clock.advance(10)  # round 1 abandoned (nobody came); training stopped: no round 2
+    assert h.admin("POST", "/v1/admin/training", json={"enabled": False}).get_json() == {
+        "training": "stopped"}
+    assert h.status()["open_rounds"] == []
+    r = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 5, "lr": 0.1})
+    assert r.status_code == 200 and r.get_json()["report_goal"] == 5
+    bad = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": "many"})
+    assert bad.status_code == 422
+    h.admin("POST", "/v1/admin/training", json={"enabled": True})
+    t = h.register().task()
+    assert t["plan"]["lr"] == 0.1
+    assert h.client.get(f"/v1/rounds/{t['round_id']}").get_json()["target"] == 8  # 5 * 1.5
+
+
+def test_admin_publishes_initial_model(tmp_path):
+    from server_support import write_artifact
+
+    h = harness(tmp_path, model=False)
+    assert h.status()["training"] == "no_model"
+    d = h.register()
+    assert d.checkin()["reason"] == "no_model"
+    art = write_artifact(tmp_path / "art2")
+    r = h.admin("POST", "/v1/admin/model", json={"path": str(art)})
+    assert r.status_code == 201 and r.get_json() == {"model_version": 0}
+    assert "task" in d.checkin()
+    again = h.admin("POST", "/v1/admin/model", json={"path": str(art)})
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "model_exists"
+    bad = h.admin("POST", "/v1/admin/model", json={"path": str(tmp_path / "nothing")})
+    assert bad.status_code in (409, 422)
+
+
+def test_the_loop_calls_the_configured_strategy(tmp_path):
+    cfg = StrategyConfig(name="fedadam", server_lr=0.1)
+    h = harness(tmp_path, strategy=cfg)
+    devs = [h.register() for _ in range(3)]
+    tasks = [d.task() for d in devs]
+    devs[0].upload(tasks[0], deltas(0.5))
+    devs[1].upload(tasks[1], deltas(0.5))
+    zeros = [np.zeros_like(w) for w in initial_weights()]
+    want, _, _ = adam_step(initial_weights(), deltas(0.5), zeros, zeros, 0.1, 0.9, 0.99, 1e-3)
+    for got, w in zip(h.global_weights(), want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-6)
+    assert h.status()["strategy"] == "fedadam"
+
+
+def test_status_and_rounds_listing(tmp_path):
+    h = harness(tmp_path)
+    s = h.status()
+    for key in ("model_version", "rounds_committed", "rounds_abandoned", "current_round",
+                "training", "devices"):
+        assert key in s
+    h.clock.advance(10)
+    h.status()
+    rounds = h.client.get("/v1/rounds?limit=5").get_json()["rounds"]
+    assert [r["id"] for r in rounds] == [2, 1] and rounds[1]["state"] == "abandoned"
+    assert rounds[1]["durations"]["selection_s"] == 10.0
+    assert h.client.get("/v1/rounds?limit=x").status_code == 400
+    assert h.client.get("/v1/rounds/99").get_json()["error"]["code"] == "unknown_round"
+    text = h.client.get("/metrics").text
+    assert 'fedkb_rounds_total{kind="train",outcome="abandoned"} 1.0' in text
+    assert "fedkb_round_phase_seconds_bucket" in text
+    assert ADMIN not in text
