@@ -1,0 +1,123 @@
+"""The real server process (waitress): concurrent devices, kill -9, restart, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from server_support import ELIGIBLE, initial_weights, write_artifact
+
+from fedkb.cli import main
+from fedkb.codec import decode_arrays
+from fedkb.wire import UPLOAD_CONTENT_TYPE, UploadMetadata, encode_upload
+
+ADMIN = "e2e-admin"
+
+
+def start_server(state: Path, artifact: Path, config: Path, log: Path,
+                 ) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "FEDKB_ADMIN_TOKEN": ADMIN}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedkb", "server", "--host", "127.0.0.1", "--port", "0",
+         "--state-dir", str(state), "--model", str(artifact), "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=log.open("ab"), env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    line = b""
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if b"listening on" in line:
+                return proc, line.split(b"listening on ")[1].split()[0].decode()
+    kill(proc)
+    raise AssertionError(f"server did not start: {line!r}\n{log.read_text()[-3000:]}")
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=30)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+class Phone:
+    def __init__(self, url: str, population: str = "train") -> None:
+        self.url, self.s = url, requests.Session()
+        r = self.s.post(f"{url}/v1/devices", json={"population": population}, timeout=10)
+        r.raise_for_status()
+        self.s.headers["Authorization"] = f"Bearer {r.json()['token']}"
+
+    def checkin(self) -> dict:
+        r = self.s.post(f"{self.url}/v1/checkin", json={"conditions": ELIGIBLE}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def upload(self, task: dict, value: float, n: int = 2) -> requests.Response:
+        w = decode_arrays(self.s.get(self.url + task["weights_url"], timeout=10).content)
+        meta = UploadMetadata(task["task_id"], task["round_id"], n, 1.0)
+        body = encode_upload(meta, [np.full_like(a, value) for a in w])
+        return self.s.post(f"{self.url}/v1/tasks/{task['task_id']}/result", data=body,
+                           headers={"Content-Type": UPLOAD_CONTENT_TYPE}, timeout=10)
+
+
+@pytest.mark.e2e
+def test_real_server_round_kill9_restart_recovers(tmp_path):
+    artifact = write_artifact(tmp_path / "artifact")
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps({"tick_s": 0.1, "round": {
+        "report_goal": 3, "overselect": 1.0, "min_fraction": 1.0, "selection_window_s": 60,
+        "reporting_deadline_s": 60, "eval_every": 0, "pipeline": False}}))
+    state, log = tmp_path / "state", tmp_path / "server.log"
+    proc, url = start_server(state, artifact, config, log)
+    try:
+        phones = [Phone(url) for _ in range(4)]
+        tasks = [p.checkin() for p in phones[:3]]
+        assert all("task" in t for t in tasks)
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda p=p, t=t: results.append(
+            p.upload(t["task"], 1.0).status_code)) for p, t in zip(phones, tasks, strict=False)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert results == [200, 200, 200]
+        status = requests.get(f"{url}/v1/status", timeout=10).json()
+        assert status["model_version"] == 1 and status["rounds_committed"] == 1
+        pending = phones[3].checkin()["task"]  # round 2 open, task out
+        w1 = requests.get(f"{url}/v1/models/1/weights", timeout=10).content
+        assert "fedkb_reports_total" in requests.get(f"{url}/metrics", timeout=10).text
+    finally:
+        kill(proc)  # kill -9: no chance to clean up
+    proc, url2 = start_server(state, artifact, config, log)
+    try:
+        phones[3].url = url2
+        status = requests.get(f"{url2}/v1/status", timeout=10).json()
+        assert (status["model_version"], status["rounds_committed"]) == (1, 1)
+        r2 = requests.get(f"{url2}/v1/rounds/2", timeout=10).json()
+        assert (r2["state"], r2["reason"]) == ("abandoned", "server_restart")
+        assert requests.get(f"{url2}/v1/models/1/weights", timeout=10).content == w1
+        np.testing.assert_allclose(decode_arrays(w1)[0], initial_weights()[0] + 1.0)
+        r = phones[3].upload(pending, 5.0)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "round_abandoned"
+        assert "task" in phones[3].checkin()  # round 3 selects
+    finally:
+        kill(proc, signal.SIGTERM)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["server", "--config", str(tmp_path / "missing.json"),
+                 "--state-dir", str(tmp_path / "s")]) == 2
+    assert "cannot read config" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"round": {"overselect": 0.2}}))
+    assert main(["server", "--config", str(bad)]) == 2
+    assert main(["server", "--rounds", "-1"]) == 2
