@@ -1,1 +1,20 @@
-"""The Flask federated server: check-in, rounds, aggregation, persistence, predictions."""
+"""The Flask federated server: check-in, rounds, aggregation, persistence, predictions.
+
+One concept per module:
+
+- :mod:`~fedkb.server.app` ``create_app(config)``, the shared :class:`ServerState`;
+  :mod:`~fedkb.server.cli` ``fedkb server`` on waitress.
+- :mod:`~fedkb.server.config` frozen ServerConfig / RoundConfig / StrategyConfig.
+- :mod:`~fedkb.server.rounds` the round states (Bonawitz et al. 2019);
+  :mod:`~fedkb.server.loop` the loop that drives them; :mod:`~fedkb.server.pacing`
+  eligibility and pace steering.
+- :mod:`~fedkb.server.strategy` FedAvg / FedAvgM / FedAdam behind one interface;
+  :mod:`~fedkb.server.aggregate` streaming weighted mean, clipping, validation.
+- :mod:`~fedkb.server.checkpoints`, :mod:`~fedkb.server.artifact`, :mod:`~fedkb.server.db`,
+  :mod:`~fedkb.server.devices` state on disk; :mod:`~fedkb.server.auth` tokens.
+- :mod:`~fedkb.server.errors` named errors -> JSON; :mod:`~fedkb.server.http` parsing;
+  ``api_devices``, ``api_models``, ``api_status``, ``api_admin`` the blueprints;
+  :mod:`~fedkb.server.metrics` Prometheus.
+
+The server never imports TensorFlow; it reads the artifact's metadata.json and weights.
+"""

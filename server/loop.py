@@ -230,7 +230,7 @@ class RoundLoop:
             if rnd.aggregator is not None:
                 rnd.aggregator.accumulate(arrays, float(meta.num_examples))
                 rnd.stats.clipped = int(getattr(rnd.aggregator, "clipped", 0))
-            scalars = dict(meta.metrics)
+            scalars = {**meta.metrics, **{f"timing_{k}": v for k, v in meta.timings.items()}}
             if meta.loss is not None:
                 scalars["loss"] = meta.loss
             rnd.scalars.accumulate(scalars, float(max(meta.num_examples, 1)))
@@ -284,7 +284,8 @@ class RoundLoop:
         row = row_dict(self.db.one("SELECT * FROM rounds WHERE id = ?", (task.round_id,)))
         assert row is not None
         stats = RoundStats.from_json(row["stats"])
-        if row["state"] == COMMITTED or task.state == "late":
+        after_deadline = row["state"] == ABANDONED and row["reason"] == "deadline"
+        if row["state"] == COMMITTED or after_deadline or task.state == "late":
             stats.late += 1
             self.metrics.late.inc()
             if task.state != "late":

@@ -35,21 +35,19 @@ def jitter(seconds: float, rc: RoundConfig, rng: random.Random) -> float:
 
 
 def steer(population: int, wanted_per_window: int, rc: RoundConfig, rng: random.Random,
-          soon: bool = False) -> float:
+          ) -> float:
     """Seconds until a device that got no task should check in again.
 
     Args:
         population: devices of this kind the server knows.
         wanted_per_window: devices the next round of this kind selects.
-        soon: a round is selecting and still needs devices of this kind: come back at the
-            shortest interval.
+
+    A population of N phones each returning after T seconds on average brings N / T
+    check-ins per second; the next round wants ``wanted_per_window`` of them per
+    selection window W, so T = N * W / wanted, clamped to [retry_min_s, retry_max_s].
     """
-    if soon:
-        base = rc.retry_min_s
-    else:
-        rate = max(wanted_per_window, 1) / rc.selection_window_s  # check-ins per second
-        base = max(population, 1) / rate
-    base = min(max(base, rc.retry_min_s), rc.retry_max_s)
+    rate = max(wanted_per_window, 1) / rc.selection_window_s  # check-ins per second
+    base = min(max(max(population, 1) / rate, rc.retry_min_s), rc.retry_max_s)
     return round(jitter(base, rc, rng), 3)
 
 

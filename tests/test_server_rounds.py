@@ -94,7 +94,8 @@ def test_reporting_deadline_abandons_below_min_fraction(tmp_path):
     assert (r["state"], r["reason"]) == ("abandoned", "deadline")
     assert (s["model_version"], s["rounds_abandoned"]) == (0, 1)
     assert np.array_equal(h.global_weights()[0], initial_weights()[0])
-    assert devs[1].upload(tasks[1], deltas(1.0)).get_json()["error"]["code"] == "round_abandoned"
+    assert devs[1].upload(tasks[1], deltas(1.0)).get_json()["error"]["code"] == "late_report"
+    assert h.client.get("/v1/rounds/1").get_json()["late"] == 1
 
 
 def test_selection_window_without_enough_devices_abandons_and_opens_next(tmp_path):
@@ -253,3 +254,28 @@ def test_status_and_rounds_listing(tmp_path):
     assert 'fedkb_rounds_total{kind="train",outcome="abandoned"} 1.0' in text
     assert "fedkb_round_phase_seconds_bucket" in text
     assert ADMIN not in text
+
+
+def test_concurrent_uploads_fold_exactly_once_each(tmp_path):
+    import threading
+
+    n = 12
+    h = harness(tmp_path, report_goal=n, overselect=1.0, pipeline=False)
+    devs = [h.register() for _ in range(n)]
+    tasks = [d.task() for d in devs]
+    codes: list[int] = []
+
+    def send(i: int) -> None:
+        client = h.app.test_client()
+        d = type(devs[i])(type(h)(h.app, client, h.clock), devs[i].id, devs[i].token)
+        codes.append(d.upload(tasks[i], deltas(float(i)), n=i + 1).status_code)
+        codes.append(d.upload(tasks[i], deltas(float(i)), n=i + 1).status_code)  # retry
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert codes == [200] * (2 * n)
+    want = sum(i * (i + 1) for i in range(n)) / sum(i + 1 for i in range(n))
+    np.testing.assert_allclose(h.global_weights()[1], initial_weights()[1] + want, rtol=1e-6)
+    r = h.client.get("/v1/rounds/1").get_json()
+    assert (r["state"], r["reported"], r["rejected"]) == ("committed", n, {})
