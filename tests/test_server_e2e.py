@@ -121,3 +121,19 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     bad.write_text(json.dumps({"round": {"overselect": 0.2}}))
     assert main(["server", "--config", str(bad)]) == 2
     assert main(["server", "--rounds", "-1"]) == 2
+
+
+def test_server_start_never_imports_tensorflow(tmp_path):
+    art = write_artifact(tmp_path / "art")
+    code = (
+        "import sys\n"
+        "from fedkb.cli import build_parser\n"
+        "from fedkb.server.app import create_app\n"
+        "from fedkb.server.config import ServerConfig\n"
+        f"app = create_app(ServerConfig(state_dir={str(tmp_path / 's')!r}, model={str(art)!r},"
+        " admin_token='x'))\n"
+        "assert app.test_client().get('/v1/status').json['model_version'] == 0\n"
+        "build_parser()\n"
+        "sys.exit(3 if 'tensorflow' in sys.modules else 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
