@@ -6,7 +6,8 @@
 ``GET /v1/rounds``             ``{"rounds": [...]}`` newest first (``?limit=&before=``)
 ``GET /v1/rounds/<id>``        one round: state, times, selected/reported/late,
                                aborted and rejected by reason, durations, metrics
-``GET /v1/evaluations``        evaluation metrics per model version
+``GET /v1/evaluations``        ``{"evaluations": [{model_version, round_id, loss,
+                               top1_recall, top3_recall, reports, num_examples}]}``
 ``GET /metrics``               Prometheus text format
 =============================  =========================================================
 """
@@ -53,7 +54,14 @@ def round_detail(round_id: int):
 
 @bp.get("/v1/evaluations")
 def evaluations():
-    return jsonify({"evaluations": server_state().loop.evaluations()})
+    """Evaluation metrics per model version, one entry per evaluation round."""
+    out: dict[int, dict] = {}
+    for r in server_state().db.query(
+            "SELECT * FROM metrics WHERE kind = 'evaluate' ORDER BY round_id"):
+        d = out.setdefault(r["round_id"], {"model_version": r["model_version"],
+                                           "round_id": r["round_id"]})
+        d[r["name"]] = r["value"]
+    return jsonify({"evaluations": list(out.values())})
 
 
 @bp.get("/metrics")

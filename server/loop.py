@@ -10,7 +10,6 @@ accumulator) runs inside.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -21,15 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from fedkb.codec import CodecError, decode_arrays
+from fedkb.codec import CodecError
 from fedkb.server import pacing
-from fedkb.server.aggregate import UpdateError, validate_update
 from fedkb.server.artifact import ModelArtifact
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
 from fedkb.server.config import RoundConfig
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
-from fedkb.server.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from fedkb.server.errors import ApiError, Conflict, Forbidden, NotFound
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.rounds import (
     ABANDONED,
@@ -47,6 +45,7 @@ from fedkb.server.rounds import (
     round_json,
 )
 from fedkb.server.strategy import Strategy
+from fedkb.server.uploads import parse_upload, upload_fingerprint
 from fedkb.wire import (
     AbortResult,
     CheckinResponse,
@@ -54,8 +53,6 @@ from fedkb.wire import (
     Task,
     UploadMetadata,
     UploadResult,
-    WireError,
-    split_upload,
 )
 
 log = logging.getLogger(__name__)
@@ -300,37 +297,10 @@ class RoundLoop:
                        "round_abandoned")
 
     def _decode(self, task: TaskRecord, body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
-        try:
-            meta, payload = split_upload(body)
-        except WireError as exc:
-            raise BadRequest(str(exc), "malformed_upload") from exc
-        if meta.task_id != task.id:
-            raise BadRequest("the metadata's task_id is not the task of the URL",
-                             "invalid_message")
-        if meta.round_id != task.round_id:
-            exists = self.db.one("SELECT 1 FROM rounds WHERE id = ?", (meta.round_id,))
-            if exists is None:
-                raise NotFound(f"no round {meta.round_id}", "unknown_round")
-            raise BadRequest(f"task {task.id} is in round {task.round_id}, not {meta.round_id}",
-                             "round_mismatch")
-        if task.kind == EVALUATE:
-            if len(payload):
-                raise Unprocessable("an evaluation task uploads metrics only", "unexpected_update")
-            return meta, []
-        if meta.num_examples < 1:
-            raise Unprocessable("a training report needs num_examples >= 1", "no_examples")
-        if not len(payload):
-            raise Unprocessable("a training report needs the update arrays", "missing_update")
-        try:
-            arrays = decode_arrays(payload)
-        except CodecError as exc:
-            raise BadRequest(f"update bytes: {exc}", "malformed_upload") from exc
         assert self.artifact is not None
-        try:
-            validate_update(arrays, self.artifact.specs)
-        except UpdateError as exc:
-            raise Unprocessable(str(exc), exc.reason) from exc
-        return meta, arrays
+        return parse_upload(body, task.id, task.round_id, task.kind, self.artifact.specs,
+                            lambda rid: self.db.one("SELECT 1 FROM rounds WHERE id = ?",
+                                                    (rid,)) is not None)
 
     def reject_for_task(self, task_id: str, reason: str) -> None:
         """Count a refused upload (e.g. wrong content type) against its task's round."""
@@ -552,31 +522,6 @@ class RoundLoop:
                 "strategy": self.strategy.name,
                 "time": self.clock(),
             }
-
-    def evaluations(self) -> list[dict[str, Any]]:
-        """Evaluation results per model version (newest round per version)."""
-        out: dict[tuple[int, int], dict[str, Any]] = {}
-        for r in self.db.query("SELECT * FROM metrics WHERE kind = ? ORDER BY round_id",
-                               (EVALUATE,)):
-            d = out.setdefault((r["model_version"], r["round_id"]),
-                               {"model_version": r["model_version"], "round_id": r["round_id"]})
-            d[r["name"]] = r["value"]
-        return list(out.values())
-
-
-def upload_fingerprint(body: bytes) -> str:
-    """Identifies an upload for replay detection without hashing megabytes twice.
-
-    SHA-256 over the framed JSON header, the body length and the codec trailer (which holds
-    the CRC-32 of all array bytes, verified when the arrays are decoded). Two different
-    updates of one task collide only if their array bytes share a CRC-32 (p = 2^-32), and
-    then only that device's own second upload is affected.
-    """
-    n = int.from_bytes(body[4:8], "little") if len(body) >= 8 else 0
-    h = hashlib.sha256(body[: 8 + n])
-    h.update(len(body).to_bytes(8, "little"))
-    h.update(body[-8:] if len(body) > 8 + n else b"")
-    return h.hexdigest()
 
 
 def _dumps(obj: Any) -> str:
