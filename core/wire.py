@@ -190,13 +190,15 @@ class Plan(_Message):
     batch_size: int
     epochs: int
     max_steps: int
+    seed: int = 0  # batch-order seed (fedkb.device_runtime.batching.batch_plan)
 
     @classmethod
     def from_json(cls, d: Any) -> Plan:
         d = _obj(d, "plan")
         return cls(_choice(_get(d, "kind", str, "plan"), TASK_KINDS, "plan.kind"),  # type: ignore[arg-type]
                    _get(d, "lr", float, "plan"), _get(d, "batch_size", int, "plan"),
-                   _get(d, "epochs", int, "plan"), _get(d, "max_steps", int, "plan"))
+                   _get(d, "epochs", int, "plan"), _get(d, "max_steps", int, "plan"),
+                   _get(d, "seed", int, "plan", 0))
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,16 @@ artifact for all the worker's phones: memory grows with workers, not with phones
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import itertools
+import json
 import queue
 import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedkb import wire
@@ -32,6 +35,8 @@ from fedkb.device_runtime.phone import ModelFiles, Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
 
 MAX_BACKOFF_S = 30.0  # wall seconds
+# The server's answers to a report that came after its round stopped taking reports.
+LATE_CODES = frozenset({"late_report", "round_closed"})
 
 
 @dataclass
@@ -198,7 +203,7 @@ class Worker:
             self._push(now + self._backoff(phone, r.after_s), phone, "send", outcome)
             return
         except Refused as r:
-            if r.code == "late":
+            if r.code in LATE_CODES:
                 self.stats.counts["late"] += 1
             else:
                 self.stats.failed[r.code] += 1
@@ -212,22 +217,39 @@ class Worker:
     # -- the training thread ----------------------------------------------------------
 
     def _model(self, task: wire.Task) -> ModelFiles:
-        key = (task.artifact_url, task.model_version)
-        if key not in self._models:
-            from fedkb.device_runtime.artifact import load_artifact_bytes
-            from fedkb.device_runtime.trainer import Trainer
+        """The trainer and global weights for a task's model version (downloaded once).
 
-            if task.artifact_url not in self._trainers:
-                blob = self.train_client.download(task.artifact_url)
-                self._trainers[task.artifact_url] = (Trainer(load_artifact_bytes(blob)),
-                                                     len(blob))
-            trainer, artifact_bytes = self._trainers[task.artifact_url]
-            raw = self.train_client.download(task.weights_url)
-            weights = decode_arrays(raw)
-            for old in [k for k in self._models if k[0] == task.artifact_url]:
-                del self._models[old]  # keep only the newest version per artifact
-            self._models[key] = ModelFiles(trainer, weights, len(raw), artifact_bytes)
+        The manifest at ``task.artifact_url`` lists the artifact's files with their
+        SHA-256; one interpreter is kept per distinct model file, shared by every
+        version that uses it, and only the newest weights are kept.
+        """
+        key = (task.artifact_url, task.model_version)
+        if key in self._models:
+            return self._models[key]
+        from fedkb.device_runtime.artifact import Artifact
+        from fedkb.device_runtime.trainer import Trainer
+
+        manifest = json.loads(self.train_client.download(task.artifact_url))
+        files = manifest["files"]
+        meta_raw = self._fetch(files["metadata.json"])
+        meta = json.loads(meta_raw)
+        model_rec = files[meta["model_file"]]
+        if model_rec["sha256"] not in self._trainers:
+            model_bytes = self._fetch(model_rec)
+            artifact = Artifact(Path(task.artifact_url), meta, model_bytes)
+            self._trainers[model_rec["sha256"]] = (Trainer(artifact),
+                                                   len(model_bytes) + len(meta_raw))
+        trainer, artifact_bytes = self._trainers[model_rec["sha256"]]
+        raw = self._fetch(manifest["weights"])
+        self._models = {key: ModelFiles(trainer, decode_arrays(raw), len(raw), artifact_bytes)}
         return self._models[key]
+
+    def _fetch(self, rec: dict[str, Any]) -> bytes:
+        """Download a manifest entry and check its SHA-256 (a bad copy is retried)."""
+        data = self.train_client.download(rec["url"])
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise Retry(f"download of {rec['url']} failed its SHA-256 check", 2.0)
+        return data
 
     def _train_loop(self) -> None:
         while True:

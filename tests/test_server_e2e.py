@@ -3,52 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import select
 import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from server_support import ELIGIBLE, initial_weights, write_artifact
+from server_support import ELIGIBLE, initial_weights, kill, start_server, write_artifact
 
 from fedkb.cli import main
 from fedkb.codec import decode_arrays
 from fedkb.wire import UPLOAD_CONTENT_TYPE, UploadMetadata, encode_upload
-
-ADMIN = "e2e-admin"
-
-
-def start_server(state: Path, artifact: Path, config: Path, log: Path,
-                 ) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "FEDKB_ADMIN_TOKEN": ADMIN}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedkb", "server", "--host", "127.0.0.1", "--port", "0",
-         "--state-dir", str(state), "--model", str(artifact), "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=log.open("ab"), env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    line = b""
-    while time.monotonic() < deadline and proc.poll() is None:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if b"listening on" in line:
-                return proc, line.split(b"listening on ")[1].split()[0].decode()
-    kill(proc)
-    raise AssertionError(f"server did not start: {line!r}\n{log.read_text()[-3000:]}")
-
-
-def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    proc.wait(timeout=30)
-    if proc.stdout:
-        proc.stdout.close()
 
 
 class Phone:
