@@ -127,6 +127,13 @@ def summarize(total: dict[str, Any], status: dict[str, Any] | None, wall_s: floa
         "failed_by_code": dict(total["failed"]),
         "bytes": {"down": c.get("bytes_down", 0), "up": c.get("bytes_up", 0)},
         "completed_by_tier": dict(total["completed_by_tier"]),
+        "training": {"steps": c.get("train_steps", 0),
+                     "busy_s": round(c.get("train_busy_s", 0.0), 3),
+                     "wall_per_step_ms": round(1000 * c.get("train_busy_s", 0.0)
+                                               / max(1, c.get("train_steps", 0)), 3)},
+        "mean_device_phase_sim_s": {
+            k: round(c.get(f"sim_{k}", 0.0) / completed, 3) if completed else None
+            for k in ("download_s", "compute_s", "upload_s")},
         "shares": {"completed": share(completed), "late": share(late),
                    "interrupted": share(aborted), "dropout": share(aborted + late + failed)},
         "bonawitz_2019": {"completed": 0.75, "late": 0.22, "interrupted": 0.02,

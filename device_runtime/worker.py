@@ -21,6 +21,7 @@ import json
 import queue
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,9 +260,16 @@ class Worker:
             phone, task, t_task = job
             try:
                 model = self._model(task)
+                busy = time.perf_counter()
                 shard = self.dataset.shard(phone.profile.user)
                 windows = shard.train if task.plan.kind == "train" else shard.eval
                 outcome = run_task(phone, task, t_task, model, windows)
+                c = self.stats.counts
+                c["train_busy_s"] += time.perf_counter() - busy  # shard, steps, delta, encode
+                c["train_steps"] += int(outcome.timings.get("steps", 0))
+                if outcome.kind == "upload":
+                    for k in ("download_s", "compute_s", "upload_s"):
+                        c[f"sim_{k}"] += outcome.timings.get(k, 0.0)
             except (Retry, Refused):
                 self.stats.counts["download_failed"] += 1
                 outcome = None

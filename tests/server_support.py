@@ -147,11 +147,11 @@ def deltas(value: float) -> list[np.ndarray]:
 E2E_ADMIN = "e2e-admin"  # the admin token of servers started by start_server
 
 
-def start_server(state: Path, artifact: Path, config: Path, log: Path,
+def start_server(state: Path, artifact: Path, config: Path, log: Path, port: int = 0,
                  ) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "FEDKB_ADMIN_TOKEN": E2E_ADMIN}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedkb", "server", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "fedkb", "server", "--host", "127.0.0.1", "--port", str(port),
          "--state-dir", str(state), "--model", str(artifact), "--config", str(config)],
         stdout=subprocess.PIPE, stderr=log.open("ab"), env=env, start_new_session=True)
     deadline = time.monotonic() + 60

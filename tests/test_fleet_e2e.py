@@ -105,3 +105,80 @@ def test_one_round_of_our_stack_equals_tff_fedavg(tmp_path, tiny_data, tiny_arti
     assert moved > 1e-3
     print(f"fidelity: max |ours - TFF| = {worst:.2e} (model moved {moved:.2e})")
     assert worst < 1e-4, worst
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fleet_waits_for_a_missing_server_and_survives_a_kill9_restart(tmp_path, tiny_data,
+                                                                       tiny_artifact):
+    from fedkb.device_runtime.fleet import Fleet, FleetConfig
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps({"tick_s": 0.2, "round": {
+        "report_goal": 3, "selection_window_s": 2, "reporting_deadline_s": 10,
+        "eval_every": 0, "max_steps": 5}}))
+    fleet = Fleet(FleetConfig(url, tiny_data, devices=12, speedup=60, start_hour=1.0))
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(fleet.run()), daemon=True)
+    thread.start()  # no server yet: phones back off
+    time.sleep(3)
+    proc = None
+    try:
+        proc, _ = start_server(tmp_path / "state", tiny_artifact, config, tmp_path / "s.log",
+                               port=port)
+        deadline = time.monotonic() + 90
+        while _status(url)["rounds_committed"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _status(url)["rounds_committed"] >= 1
+        kill(proc)  # kill -9 mid-run
+        time.sleep(2)
+        proc, _ = start_server(tmp_path / "state", tiny_artifact, config, tmp_path / "s.log",
+                               port=port)
+        before = _status(url)["rounds_committed"]
+        while _status(url)["rounds_committed"] < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _status(url)["rounds_committed"] >= before + 2
+    finally:
+        fleet.stop()
+        thread.join(timeout=60)
+        if proc is not None:
+            kill(proc)
+    assert box["tasks"]["completed"] > 0
+    assert box["tasks"]["received"] >= box["tasks"]["completed"]
+
+
+def test_sigterm_stops_the_fleet_cleanly_with_a_summary(tmp_path, tiny_data, tiny_artifact):
+    import signal
+
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps({"tick_s": 0.2, "round": {"report_goal": 3,
+                                                           "selection_window_s": 2}}))
+    proc, url = start_server(tmp_path / "state", tiny_artifact, config, tmp_path / "s.log")
+    fleet = None
+    try:
+        fleet = subprocess.Popen(
+            [sys.executable, "-m", "fedkb", "fleet", "--server", url, "--data", str(tiny_data),
+             "--devices", "20", "--workers", "2", "--duration", "600", "--start-hour", "1",
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while sum(_status(url)["devices"].values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        fleet.send_signal(signal.SIGTERM)
+        out, err = fleet.communicate(timeout=60)
+        assert fleet.returncode == 0, err[-2000:]
+        summary = json.loads(out)
+        assert summary["phones"] == 20 and summary["checkins"] > 0
+    finally:
+        if fleet is not None and fleet.poll() is None:
+            fleet.kill()
+            fleet.communicate()
+        kill(proc)
