@@ -346,8 +346,12 @@ class ErrorBody(_Message):
 
 def encode_upload(meta: UploadMetadata, update: list[np.ndarray] | None) -> bytes:
     """One upload body: the framed JSON header followed by the codec bytes (or nothing)."""
+    return frame_upload(meta, encode_arrays(update) if update is not None else b"")
+
+
+def frame_upload(meta: UploadMetadata, payload: bytes) -> bytes:
+    """An upload body from already-encoded codec bytes (encode a large update only once)."""
     header = json.dumps(meta.to_json()).encode("utf-8")
-    payload = encode_arrays(update) if update is not None else b""
     return UPLOAD_MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
@@ -375,4 +379,5 @@ def decode_upload(body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
 MESSAGES = (RegisterRequest, RegisterResponse, Conditions, CheckinRequest, Plan, Task,
             CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody)
 __all__ = [c.__name__ for c in MESSAGES] + [
-    "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload", "encode_upload", "split_upload"]
+    "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload", "encode_upload", "frame_upload",
+    "split_upload"]

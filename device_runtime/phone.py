@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedkb import wire
+from fedkb.codec import encode_arrays
 from fedkb.device_runtime.profile import DeviceProfile
 
 
@@ -127,14 +128,15 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
                                     "top3_recall": ev.top3_recall}, {})
         update = None
     timings["compute_s"] = compute
-    body_probe = wire.encode_upload(meta, update)
-    upload_s = prof.upload_s(len(body_probe))
+    payload = encode_arrays(update) if update is not None else b""
+    upload_bytes = len(payload) + 1024  # + the framed JSON header (under 1 kB)
+    upload_s = prof.upload_s(upload_bytes)
     timings["upload_s"] = upload_s
-    timings["upload_bytes"] = float(len(body_probe))
+    timings["upload_bytes"] = float(upload_bytes)
     t_report = t_train + compute + upload_s
     if t_report >= fail_at:
         return abort(fail_at)
     meta = wire.UploadMetadata(meta.task_id, meta.round_id, meta.num_examples, meta.loss,
                                meta.metrics, {k: round(v, 4) for k, v in timings.items()})
-    return Outcome(task, t_report, "upload", body=wire.encode_upload(meta, update),
+    return Outcome(task, t_report, "upload", body=wire.frame_upload(meta, payload),
                    timings=timings)
