@@ -128,6 +128,40 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
         rounds=out["rounds"])
 
 
+def run_fleet(args: argparse.Namespace) -> EngineReport:
+    """Our stack: `fedkb server` (its own process) + the emulated fleet, same knobs."""
+    from fedkb.federated import FleetRunConfig, run_fleet_engine
+
+    _open_dataset(args.data)
+    cfg = FleetRunConfig(
+        data=args.data, preset=args.preset, rounds=args.rounds,
+        clients_per_round=args.clients_per_round, epochs=max(1, int(args.epochs)),
+        max_steps=args.max_steps if args.max_steps is not None else 50, lr=args.lr,
+        server_lr=args.server_lr, devices=args.devices, workers=args.workers,
+        speedup=args.speedup, seed=args.seed)
+    report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
+        args.rounds))
+    return report
+
+
+def _round_bar(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="federated rounds", unit="round")
+
+    def update(snapshot: dict, status: dict | None, _sim_now: float) -> None:
+        done = min(total, (status or {}).get("rounds_committed", 0))
+        if done > bar.n:
+            bar.update(done - bar.n)
+        c = snapshot["counts"]
+        bar.set_postfix_str(f"uploads {c.get('completed', 0)} late {c.get('late', 0)} "
+                            f"aborts {sum(snapshot['aborted'].values())}", refresh=False)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
 def _bar():
     from tqdm import tqdm
 
@@ -149,6 +183,7 @@ ENGINES: dict[str, Callable[[argparse.Namespace], EngineReport]] = {
     "ngram": run_ngram,
     "central": run_central,
     "tff": run_tff,
+    "fleet": run_fleet,
 }
 
 
@@ -163,6 +198,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=20, help="federated: rounds")
     p.add_argument("--clients-per-round", type=int, default=20, help="federated: clients")
     p.add_argument("--server-lr", type=float, default=1.0, help="federated: server SGD lr")
+    p.add_argument("--devices", type=int, default=300, help="fleet: emulated phones")
+    p.add_argument("--workers", type=int, default=2, help="fleet: worker processes")
+    p.add_argument("--speedup", type=float, default=60.0, help="fleet: simulated time factor")
     p.add_argument("--batch-size", type=int, default=64, help="central: batch size")
     p.add_argument("--lr", type=float, default=None, help="client/central SGD learning rate")
     p.add_argument("--max-steps", type=int, default=None,

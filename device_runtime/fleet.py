@@ -147,9 +147,12 @@ class Fleet:
 
     def __init__(self, cfg: FleetConfig,
                  on_progress: Callable[[dict[str, Any], dict[str, Any] | None, float], None]
-                 | None = None):
+                 | None = None,
+                 stop_when: Callable[[dict[str, Any]], bool] | None = None):
+        """``stop_when(status)`` replaces the ``rounds`` rule when given (parent side only)."""
         self.cfg = cfg
         self.on_progress = on_progress
+        self.stop_when = stop_when
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -166,6 +169,8 @@ class Fleet:
             return True
         if self.cfg.duration_s is not None and time.monotonic() - t0 >= self.cfg.duration_s:
             return True
+        if status and self.stop_when is not None:
+            return self.stop_when(status)
         return bool(self.cfg.rounds is not None and status
                     and status.get("rounds_committed", 0) >= self.cfg.rounds)
 
