@@ -1,30 +1,166 @@
-"""`fedkb demo`: the whole loop on the bundled default corpus.
+"""`fedkb demo`: the whole loop on the bundled Shakespeare corpus, end to end.
 
-Today it runs the stages that exist: it prepares the Shakespeare corpus into per-user
-shards and prints their statistics. Later stages (export, server, fleet, evaluation)
-join here as they land.
+1. prepare the corpus into per-user shards (one user = one role in one play);
+2. export the `small` model as a LiteRT training artifact;
+3. train the baselines on the same training users: Kneser-Ney trigrams and central
+   training of the same model;
+4. start `fedkb server` (its own process) and an emulated fleet of phones that train
+   with LiteRT only when charging, on Wi-Fi and idle, for R rounds, with live progress;
+5. evaluate: federated evaluation rounds on held-out phones during training, and the
+   final model on every held-out user with the baselines' metric;
+6. report: a summary table, PNG learning curves and a JSON report; then leave the server
+   up and print the keyboard page's URL (``--no-serve`` stops it and exits).
+
+Ctrl-C at any point stops everything it started (server, fleet workers).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
-                   help="where the demo writes its dataset, model and reports")
+                   help="where the demo writes its dataset, model and report")
+    p.add_argument("--rounds", type=int, default=40, help="federated training rounds")
+    p.add_argument("--clients-per-round", type=int, default=20)
+    p.add_argument("--devices", type=int, default=300, help="emulated phones")
+    p.add_argument("--workers", type=int, default=2, help="fleet worker processes")
+    p.add_argument("--central-epochs", type=float, default=1.0)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--no-serve", action="store_true", help="exit when done")
     p.set_defaults(func=_demo)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from fedkb.datasets.cli import main_stats
-    from fedkb.datasets.prepare import PrepareConfig, prepare
+def _step(i: int, text: str) -> float:
+    print(f"[{i}/6] {text}", flush=True)
+    return time.perf_counter()
 
-    data_dir = args.workdir / "data"
-    print(f"[1/1] preparing the Shakespeare corpus -> {data_dir}")
-    result = prepare(PrepareConfig(corpus="shakespeare", out=data_dir))
-    print("      " + ("written" if result.changed else "already up to date"))
-    main_stats(data_dir, as_json=False)
-    return 0
+
+def _done(t0: float, text: str = "") -> None:
+    print(f"      done in {time.perf_counter() - t0:.1f}s {text}".rstrip(), flush=True)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fedkb.datasets.prepare import PrepareConfig, prepare
+    from fedkb.federated import FleetRunConfig, ensure_artifact, run_fleet_engine
+    from fedkb.simulate_cli import _round_bar, run_central, run_ngram
+
+    t_all = time.perf_counter()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+
+    t = _step(1, f"preparing the Shakespeare corpus -> {data}")
+    res = prepare(PrepareConfig(corpus="shakespeare", out=data))
+    c = res.meta["counts"]
+    _done(t, f"({c['train_users']} training users, {c['heldout_users']} held-out, "
+             f"{c['tokens']:,} tokens)")
+
+    t = _step(2, f"exporting the '{args.preset}' model as a LiteRT training artifact")
+    artifact = ensure_artifact(data, args.preset, work / f"model-{args.preset}")
+    meta = json.loads((artifact / "metadata.json").read_text())
+    _done(t, f"({meta['num_params']:,} parameters, builtin ops only: {meta['builtin_only']})")
+
+    t = _step(3, "baselines on the same training users: n-gram, then central training")
+    base = argparse.Namespace(data=data, preset=args.preset, epochs=args.central_epochs,
+                              batch_size=64, lr=None, max_steps=None, seed=0, json=False)
+    ngram = run_ngram(base)
+    central = run_central(base)
+    _done(t)
+
+    t = _step(4, f"federated training: fedkb server + {args.devices} emulated phones, "
+                 f"{args.rounds} rounds of {args.clients_per_round}")
+    cfg = FleetRunConfig(data=data, preset=args.preset, rounds=args.rounds,
+                         clients_per_round=args.clients_per_round, devices=args.devices,
+                         workers=args.workers, eval_every=max(1, args.rounds // 8))
+    report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
+                                           on_progress=_round_bar(args.rounds),
+                                           keep_server=not args.no_serve)
+    _done(t)
+    try:
+        t = _step(5, "evaluation on held-out users")
+        _done(t, f"(federated evaluation rounds: {len(run.evaluations)})")
+        t = _step(6, f"report -> {work / 'report'}")
+        out = write_report(work / "report", report, ngram, central, run)
+        print(out["table"])
+        _done(t)
+        print(f"the whole demo took {time.perf_counter() - t_all:.0f}s")
+        if server is None:
+            return 0
+        print(f"\nkeyboard demo: {run.url}/   dashboard: {run.url}/dashboard")
+        print("the server keeps running; press Ctrl-C to stop it", flush=True)
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(1)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
+    """The JSON report, the PNG learning curves and the summary table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    c = run.fleet["tasks"]
+    rows = [("federated (fleet)", fed), ("central", central), ("n-gram (KN trigram)", ngram)]
+    lines = ["", f"{'held-out users':<22}{'top-1 recall':>14}{'top-3 recall':>14}",
+             "-" * 50]
+    lines += [f"{name:<22}{r.heldout['top1_recall']:>14.2%}{r.heldout['top3_recall']:>14.2%}"
+              for name, r in rows]
+    ratio = (fed.heldout["top1_recall"] / central.heldout["top1_recall"]
+             if central.heldout["top1_recall"] else 0.0)
+    beats = fed.heldout["top1_recall"] > ngram.heldout["top1_recall"]
+    lines += ["-" * 50,
+              f"federated reaches {ratio:.0%} of central top-1 recall; "
+              f"{'beats' if beats else 'does not beat'} the n-gram baseline",
+              f"rounds {len(fed.rounds)}, phones {run.fleet['phones']}, "
+              f"tasks {c['received']} (completed {c['completed']}, aborted {c['aborted']}, "
+              f"late {c['late']}, "
+              f"failed {c['failed']}), simulated {run.fleet['simulated_hours']} h", ""]
+    table = "\n".join(lines)
+
+    evals = sorted(run.evaluations, key=lambda e: e["model_version"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if evals:
+        v = [e["model_version"] for e in evals]
+        ax1.plot(v, [e.get("top1_recall", 0) for e in evals], "o-", label="federated top-1")
+        ax1.plot(v, [e.get("top3_recall", 0) for e in evals], "s-", label="federated top-3")
+    for name, r, style in (("central", central, "--"), ("n-gram", ngram, ":")):
+        ax1.axhline(r.heldout["top1_recall"], linestyle=style, color="gray",
+                    label=f"{name} top-1")
+    ax1.set(xlabel="model version (round)", ylabel="recall on held-out phones",
+            title="Federated evaluation")
+    ax1.legend(fontsize=8)
+    ax2.plot([r["round"] for r in fed.rounds], [r["train_loss"] for r in fed.rounds], ".-")
+    ax2.set(xlabel="round", ylabel="mean device training loss", title="Training")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    r_ = fed.rounds
+    ax.bar([r["round"] for r in r_], [r["clients"] for r in r_], label="reported")
+    ax.bar([r["round"] for r in r_], [r["late"] for r in r_],
+           bottom=[r["clients"] for r in r_], label="late")
+    ax.set(xlabel="round", ylabel="devices", title="Participation per round")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "participation.png", dpi=110)
+    plt.close(fig)
+
+    doc = {"federated": fed.to_dict(), "central": central.to_dict(), "ngram": ngram.to_dict(),
+           "fleet": run.fleet, "evaluations": evals, "table": table}
+    (out / "report.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return doc
