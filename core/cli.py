@@ -25,6 +25,7 @@ _AREAS = (
     "fedkb.datasets.cli",
     "fedkb.model.cli",
     "fedkb.server.cli",
+    "fedkb.server.predict_cli",
     "fedkb.device_runtime.cli",
     "fedkb.simulate_cli",
     "fedkb.demo",

@@ -15,6 +15,10 @@ One concept per module:
 - :mod:`~fedkb.server.errors` named errors -> JSON; :mod:`~fedkb.server.http` parsing;
   ``api_devices``, ``api_models``, ``api_status``, ``api_admin`` the blueprints;
   :mod:`~fedkb.server.metrics` Prometheus.
+- :mod:`~fedkb.server.suggest` text -> model prefix, ranking; :mod:`~fedkb.server.predictor`
+  LiteRT interpreter pools and version switching; ``api_predict`` ``POST /v1/predict``;
+  :mod:`~fedkb.server.pages` the keyboard demo and the dashboard (``templates/``,
+  ``static/``); :mod:`~fedkb.server.predict_cli` ``fedkb predict``.
 
 The server never imports TensorFlow; it reads the artifact's metadata.json and weights.
 """

@@ -154,7 +154,7 @@ def _fingerprint(art: ModelArtifact) -> dict[str, str]:
 
 def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:
     """The WSGI application for ``config`` (state restored from ``config.state_dir``)."""
-    from fedkb.server import api_admin, api_devices, api_models, api_status
+    from fedkb.server import api_admin, api_devices, api_models, api_predict, api_status, pages
 
     state = build_state(config, clock)
     app = Flask("fedkb.server")
@@ -162,7 +162,8 @@ def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads check their own limit (413)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
-    for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp):
+    for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp, api_predict.bp,
+               pages.bp):
         app.register_blueprint(bp)
 
     @app.before_request

@@ -29,6 +29,10 @@ code                        status  meaning
 ``unsupported_media_type``  415     wrong ``Content-Type``
 ``bad_shape``/``bad_dtype`` 422     arrays that do not fit the model
 ``non_finite``              422     NaN or Inf in the update
+``bad_text``/``bad_k``      400     ``/v1/predict``: text missing or not a string; k
+                                    not an integer in 1..10
+``text_too_long``           400     ``/v1/predict``: text over the limit (1000 chars)
+``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)
 ==========================  ======  =====================================================
 """
 

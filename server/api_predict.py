@@ -1,0 +1,48 @@
+"""The prediction endpoint: next-word suggestions and completions from the latest model.
+
+=======================  ==============================================================
+``POST /v1/predict``     ``{"text": "...", "k": 3}`` -> ``{"suggestions": [{"word",
+                         "p"}, ...], "model_version": v, "partial": "th" | null}``
+=======================  ==============================================================
+
+``k`` defaults to 3 and must be 1..``max_k`` (10). Refusals (400): ``bad_json`` (not a
+JSON object), ``bad_text`` (missing or not a string), ``text_too_long``, ``bad_k``;
+415 for another content type; 503 ``model_unavailable`` when the published model cannot
+be served. How text is read and suggestions ranked: :mod:`fedkb.server.suggest`; how
+versions switch without blocking: :mod:`fedkb.server.predictor`.
+
+Registering the blueprint attaches a :class:`~fedkb.server.predictor.LivePredictor` to
+the app (``app.extensions["fedkb.predict"]``), built on the app's round loop.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+
+from fedkb.server.http import json_body
+from fedkb.server.predictor import LivePredictor, PredictConfig, check_request
+
+bp = Blueprint("predict", __name__)
+EXTENSION = "fedkb.predict"
+
+
+@bp.record_once
+def _attach(setup: BlueprintSetupState) -> None:
+    state = setup.app.extensions["fedkb"]
+    setup.app.extensions[EXTENSION] = LivePredictor(state.loop, PredictConfig())
+
+
+def predictor() -> LivePredictor:
+    """The :class:`LivePredictor` of the application handling the current request."""
+    return current_app.extensions[EXTENSION]
+
+
+@bp.post("/v1/predict")
+def predict():
+    body = json_body(request)
+    live = predictor()
+    text, k = check_request(body.get("text"), body.get("k"), live.cfg)
+    resp = jsonify(live.predict(text, k).to_json())
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
