@@ -182,11 +182,11 @@ def test_dashboard_draws_charts_and_refreshes_live(browser, live):
 
     def train_rounds() -> int:
         rounds = requests.get(f"{url}/v1/rounds", timeout=10).json()["rounds"]
-        return sum(r["kind"] == "train" for r in rounds)
+        return sum(r["kind"] == "train" and r["closed_at"] is not None for r in rounds)
 
     try:
         page.goto(url + "/dashboard")
-        n = train_rounds()  # committed ones and the open one
+        n = train_rounds()  # closed ones (the open one is only in the table)
         page.wait_for_function("n => document.querySelector('[data-chart=participants] svg')"
                                ".dataset.points === String(n)", arg=3 * n)
         assert page.locator("[data-chart=participants] circle.point").count() == 3 * n

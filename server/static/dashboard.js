@@ -20,13 +20,17 @@
     $("s-committed").textContent = s.rounds_committed;
     $("s-abandoned").textContent = s.rounds_abandoned;
     $("s-training").textContent = s.training;
+    const cur = s.current_round;
+    $("s-current").textContent = cur ? `${cur.id}: ${cur.reported}/${cur.goal} reported` : "none";
     $("s-devices").textContent = Object.entries(s.devices || {})
       .map(([k, v]) => `${v} ${k}`).join(", ");
     $("s-updated").textContent = new Date().toLocaleTimeString();
   }
 
   function charts(rounds, evaluations) {
-    const train = rounds.filter((r) => r.kind === "train").sort((a, b) => a.id - b.id);
+    // Closed training rounds (an open one's counters are still moving: see the table).
+    const train = rounds.filter((r) => r.kind === "train" && r.closed_at !== null)
+      .sort((a, b) => a.id - b.id);
     const pts = (f) => train.map((r) => [r.id, f(r)]);
     FedkbCharts.lineChart(svg("participants"), {
       xLabel: "round",
