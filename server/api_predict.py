@@ -21,7 +21,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
 from fedkb.server.http import json_body
-from fedkb.server.predictor import LivePredictor, PredictConfig, check_request
+from fedkb.server.predictor import LivePredictor, check_request
 
 bp = Blueprint("predict", __name__)
 EXTENSION = "fedkb.predict"
@@ -30,7 +30,7 @@ EXTENSION = "fedkb.predict"
 @bp.record_once
 def _attach(setup: BlueprintSetupState) -> None:
     state = setup.app.extensions["fedkb"]
-    setup.app.extensions[EXTENSION] = LivePredictor(state.loop, PredictConfig())
+    setup.app.extensions[EXTENSION] = LivePredictor(state.loop, state.config.predict)
 
 
 def predictor() -> LivePredictor:

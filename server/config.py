@@ -136,6 +136,35 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """The prediction endpoint (``POST /v1/predict``, :mod:`fedkb.server.predictor`).
+
+    Attributes:
+        max_text_chars: longer texts are refused (400 ``text_too_long``).
+        max_k, default_k: suggestions per request (``k`` must be 1..max_k).
+        interpreters: LiteRT interpreters per model version (requests borrow one each).
+        num_threads: threads of each interpreter.
+        cache_size: model answers kept per version, by prefix (0: no cache); completions
+            of one word share their prefix, so typing hits the cache on most keystrokes.
+    """
+
+    max_text_chars: int = 1000
+    max_k: int = 10
+    default_k: int = 3
+    interpreters: int = 2
+    num_threads: int = 1
+    cache_size: int = 4096
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_text_chars", "max_k", "interpreters", "num_threads")
+        if not 1 <= self.default_k <= self.max_k or self.cache_size < 0:
+            raise ConfigError("default_k must be 1..max_k and cache_size >= 0")
+
+    def replace(self, **changes: Any) -> PredictConfig:
+        return _replace(self, "predict", changes)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs.
 
@@ -150,6 +179,7 @@ class ServerConfig:
         max_upload_bytes: refuse larger uploads with 413 (None: the model's size + 64 KiB).
         seed: of the server's random choices (pace-steering jitter).
         tick_s: how often a background thread advances deadlines (0: only on requests).
+        round, strategy, predict: the per-layer configs (sections of the config file).
     """
 
     state_dir: Path = Path("fedkb-state")
@@ -165,6 +195,7 @@ class ServerConfig:
     tick_s: float = 1.0
     round: RoundConfig = field(default_factory=RoundConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
@@ -221,7 +252,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
             raise ConfigError(f"{p}: the config must be an object/table")
     round_cfg = round_config_from_dict(RoundConfig(), raw.pop("round", {}) or {})
     strategy_cfg = StrategyConfig().replace(**(raw.pop("strategy", {}) or {}))
-    cfg = ServerConfig(round=round_cfg, strategy=strategy_cfg).replace(**raw)
+    predict_cfg = PredictConfig().replace(**(raw.pop("predict", {}) or {}))
+    cfg = ServerConfig(round=round_cfg, strategy=strategy_cfg, predict=predict_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}
     if "max_rounds" in extra:
         cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))

@@ -59,8 +59,9 @@ def _from_server(url: str, text: str, k: int) -> dict[str, Any]:
 def _local(model: Path, weights: Path | None, text: str, k: int) -> dict[str, Any]:
     from fedkb.codec import CodecError, decode_arrays
     from fedkb.device_runtime.artifact import ArtifactError, WeightsError
+    from fedkb.server.config import PredictConfig
     from fedkb.server.errors import ApiError
-    from fedkb.server.predictor import Engine, PredictConfig, check_request
+    from fedkb.server.predictor import Engine, check_request
 
     cfg = PredictConfig(interpreters=1)
     try:

@@ -19,6 +19,7 @@ No TensorFlow anywhere: LiteRT (``ai_edge_litert``), NumPy and the tokenizer.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -33,6 +34,7 @@ import numpy as np
 
 from fedkb.device_runtime.artifact import Artifact
 from fedkb.device_runtime.trainer import Trainer
+from fedkb.server.config import PredictConfig
 from fedkb.server.errors import ApiError, BadRequest
 from fedkb.server.suggest import Suggester, Suggestion
 
@@ -43,17 +45,6 @@ class ModelUnavailable(ApiError):
     """No model can serve predictions (none published, or it does not load in LiteRT)."""
 
     status, code = 503, "model_unavailable"
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Limits of the prediction endpoint and the size of the interpreter pool."""
-
-    max_text_chars: int = 1000
-    max_k: int = 10
-    default_k: int = 3
-    interpreters: int = 2
-    num_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,12 +76,21 @@ def check_request(text: Any, k: Any, cfg: PredictConfig) -> tuple[str, int]:
 
 @dataclass
 class Engine:
-    """One model version in a pool of LiteRT interpreters (thread-safe :meth:`predict`)."""
+    """One model version in a pool of LiteRT interpreters (thread-safe :meth:`predict`).
+
+    The model's answers are cached by prefix (``cache_size`` per engine, so per version):
+    while a word is typed, every keystroke asks about the same prefix.
+    """
 
     version: int | None
     suggester: Suggester
     pool: queue.SimpleQueue[Trainer] = field(repr=False)
     infer_k: int
+    cache_size: int = 0
+
+    def __post_init__(self) -> None:
+        self._cached = functools.lru_cache(maxsize=self.cache_size)(self._infer) \
+            if self.cache_size else self._infer
 
     @classmethod
     def build(cls, artifact: Artifact, vocab: Sequence[str], weights: list[np.ndarray],
@@ -101,7 +101,8 @@ class Engine:
             trainer = Trainer(artifact, num_threads=cfg.num_threads)
             trainer.set_weights(weights)
             pool.put(trainer)
-        return cls(version, Suggester(vocab), pool, int(artifact.meta.get("infer_k", 10)))
+        return cls(version, Suggester(vocab), pool, int(artifact.meta.get("infer_k", 10)),
+                   cfg.cache_size)
 
     @classmethod
     def from_dir(cls, path: str | Path, weights: list[np.ndarray] | None = None,
@@ -112,12 +113,17 @@ class Engine:
         return cls.build(art, art.vocab(), w, None, cfg or PredictConfig())
 
     def infer(self, prefix: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The model's top ``infer_k`` (ids, probs) after ``prefix``, on a pooled interpreter."""
-        trainer = self.pool.get()
+        """The model's top ``infer_k`` (ids, probs) after ``prefix`` (read-only arrays)."""
+        return self._cached(tuple(prefix))
+
+    def _infer(self, prefix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        trainer = self.pool.get()  # an interpreter of our own for the call
         try:
-            return trainer.infer(prefix)
+            ids, probs = trainer.infer(prefix)
         finally:
             self.pool.put(trainer)
+        ids.flags.writeable = probs.flags.writeable = False
+        return ids, probs
 
     def predict(self, text: str, k: int) -> Prediction:
         query = self.suggester.query(text)
