@@ -247,3 +247,38 @@ def test_cli_predict_local_model(tiny_artifact, tmp_path, capsys):
     assert main(["predict", "the ", "--model", str(tmp_path / "nothing")]) == 2
     assert main(["predict", "the ", "--server", "http://127.0.0.1:9", "--weights", "x"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# --- configuration and the prefix cache --------------------------------------------------
+
+
+def test_predict_config_section(tmp_path, tiny_artifact):
+    from fedkb.server.config import ConfigError, load_config
+
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"predict": {"max_k": 5, "cache_size": 0, "max_text_chars": 20}}))
+    cfg = load_config(conf, state_dir=tmp_path / "s", model=tiny_artifact)
+    assert (cfg.predict.max_k, cfg.predict.cache_size) == (5, 0)
+    c = create_app(cfg).test_client()
+    assert c.post("/v1/predict", json={"text": "the ", "k": 5}).status_code == 200
+    assert c.post("/v1/predict", json={"text": "the ", "k": 6}).get_json()["error"]["code"] \
+        == "bad_k"
+    assert c.post("/v1/predict", json={"text": "t" * 21}).status_code == 400
+    for bad in ({"nope": 1}, {"interpreters": 0}, {"cache_size": -1}, {"default_k": 11}):
+        conf.write_text(json.dumps({"predict": bad}))
+        with pytest.raises(ConfigError):
+            load_config(conf)
+
+
+def test_prefix_cache_gives_the_models_answers(tiny_artifact):
+    from fedkb.server.config import PredictConfig
+    from fedkb.server.predictor import Engine
+
+    cached = Engine.from_dir(tiny_artifact, cfg=PredictConfig(cache_size=8))
+    plain = Engine.from_dir(tiny_artifact, cfg=PredictConfig(cache_size=0))
+    texts = ["the c", "the ca", "the cat ", "", "the c", "where is the d"] * 3
+    for text in texts:
+        assert cached.predict(text, 5) == plain.predict(text, 5)
+    ids, probs = cached.infer((BOS,))
+    assert not ids.flags.writeable and not probs.flags.writeable
+    assert cached._cached.cache_info().hits >= len(texts) - 5  # type: ignore[attr-defined]
