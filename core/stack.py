@@ -125,11 +125,13 @@ def write_round_config(path: Path, round_cfg: dict[str, Any],
 def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
                   speedup: float = 60.0, start_hour: float = 22.0, seed: int = 0,
                   on_progress: Callable | None = None, final_eval: bool = True,
-                  eval_timeout_s: float = 120.0) -> FederatedRun:
+                  eval_timeout_s: float = 120.0, timeout_s: float | None = None
+                  ) -> FederatedRun:
     """Run a fleet against the server at ``url`` until it has committed ``rounds`` rounds.
 
     With ``final_eval``, the fleet keeps going (at most ``eval_timeout_s`` more) until the
-    held-out phones have evaluated the final model version too.
+    held-out phones have evaluated the final model version too. ``timeout_s`` bounds the
+    whole run (the fleet then stops wherever it is: rounds may be fewer than asked).
     """
     from fedkb.device_runtime.fleet import Fleet, FleetConfig
 
@@ -148,7 +150,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
         return any(e["model_version"] >= status["model_version"] for e in evals)
 
     fleet = Fleet(FleetConfig(url, Path(data), devices, speedup=speedup, start_hour=start_hour,
-                              workers=workers, rounds=rounds, seed=seed),
+                              workers=workers, rounds=rounds, seed=seed,
+                              duration_s=timeout_s),
                   on_progress=on_progress, stop_when=done)
     summary = fleet.run()
     wall = time.monotonic() - t0

@@ -1,9 +1,11 @@
 """Shared fixtures and the session guard against leaked processes.
 
-The guard snapshots this process's descendants (and any TFF ``worker_binary`` or
-``fedkb server|fleet`` process on the machine) before the session and fails the run if
-new ones are still alive at the end. A test that starts a process must stop it, even
-when the test fails.
+At the start of the session the guard puts a unique marker in this process's
+environment; every process the tests start inherits it, including ones that outlive
+their parent and get re-parented (TFF's ``worker_binary``). At the end, any process
+still alive that carries the marker is leaked: the guard kills it (so CI never hangs on
+it) and fails the run. Processes that belong to others on the same machine (another
+session's server, a developer's fleet) are never touched.
 """
 
 from __future__ import annotations
@@ -11,52 +13,41 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-_WATCHED = ("worker_binary", "fedkb server", "fedkb fleet", "fedkb demo", "fedkb simulate",
-            "fedkb.server", "fedkb.device_runtime")
+MARKER = "FEDKB_TEST_SESSION"
 
 
 def _suspects() -> dict[int, str]:
-    """Processes we would consider leaked: our descendants and any watched command."""
-    me = psutil.Process(os.getpid())
+    """Live processes started by this test session (they carry its marker)."""
+    token = os.environ.get(MARKER)
     found: dict[int, str] = {}
-    for p in me.children(recursive=True):
-        try:
-            found[p.pid] = " ".join(p.cmdline()) or p.name()
-        except psutil.Error:
-            continue
+    if not token:
+        return found
     for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if p.info["pid"] != os.getpid() and any(w in cmd for w in _WATCHED):
-            found[p.info["pid"]] = cmd
-    return found
-
-
-def _alive(pids: dict[int, str]) -> dict[int, str]:
-    out = {}
-    for pid, cmd in pids.items():
+        if p.info["pid"] == os.getpid():
+            continue
         try:
-            p = psutil.Process(pid)
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out[pid] = cmd
+            if p.environ().get(MARKER) == token and p.status() != psutil.STATUS_ZOMBIE:
+                found[p.info["pid"]] = " ".join(p.info.get("cmdline") or []) or p.name()
         except psutil.Error:
             continue
-    return out
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_processes():
-    """Fail the session if a test left a server, fleet worker or TFF worker running."""
-    before = set(_suspects())
+    """Fail the session if a test left a server, fleet worker, browser or TFF worker."""
+    os.environ[MARKER] = uuid.uuid4().hex
     yield
     deadline = time.monotonic() + 10.0
     leaked: dict[int, str] = {}
     while time.monotonic() < deadline:
-        leaked = {pid: c for pid, c in _alive(_suspects()).items() if pid not in before}
+        leaked = _suspects()
         if not leaked:
             return
         time.sleep(0.25)
