@@ -138,7 +138,8 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
         clients_per_round=args.clients_per_round, epochs=max(1, int(args.epochs)),
         max_steps=args.max_steps if args.max_steps is not None else 50, lr=args.lr,
         server_lr=args.server_lr, devices=args.devices, workers=args.workers,
-        speedup=args.speedup, seed=args.seed)
+        speedup=args.speedup, seed=args.seed, selection_window_s=args.selection_window,
+        reporting_deadline_s=args.reporting_deadline)
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
         args.rounds))
     return report
@@ -201,6 +202,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=300, help="fleet: emulated phones")
     p.add_argument("--workers", type=int, default=2, help="fleet: worker processes")
     p.add_argument("--speedup", type=float, default=60.0, help="fleet: simulated time factor")
+    p.add_argument("--selection-window", type=float, default=5.0,
+                   help="fleet: server selection window, wall seconds")
+    p.add_argument("--reporting-deadline", type=float, default=15.0,
+                   help="fleet: server reporting deadline, wall seconds")
     p.add_argument("--batch-size", type=int, default=64, help="central: batch size")
     p.add_argument("--lr", type=float, default=None, help="client/central SGD learning rate")
     p.add_argument("--max-steps", type=int, default=None,
