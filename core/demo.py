@@ -29,10 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the demo writes its dataset, model and report")
     p.add_argument("--rounds", type=int, default=40, help="federated training rounds")
     p.add_argument("--clients-per-round", type=int, default=20)
-    p.add_argument("--devices", type=int, default=300, help="emulated phones")
+    p.add_argument("--devices", type=int, default=500, help="emulated phones")
     p.add_argument("--workers", type=int, default=2, help="fleet worker processes")
     p.add_argument("--central-epochs", type=float, default=1.0)
     p.add_argument("--preset", default="small")
+    p.add_argument("--strategy", default="fedavgm", choices=("fedavg", "fedavgm", "fedadam"),
+                   help="server optimizer (default: FedAvg with Nesterov momentum, as Gboard)")
     p.add_argument("--no-serve", action="store_true", help="exit when done")
     p.set_defaults(func=_demo)
 
@@ -78,7 +80,8 @@ def _demo(args: argparse.Namespace) -> int:
                  f"{args.rounds} rounds of {args.clients_per_round}")
     cfg = FleetRunConfig(data=data, preset=args.preset, rounds=args.rounds,
                          clients_per_round=args.clients_per_round, devices=args.devices,
-                         workers=args.workers, eval_every=max(1, args.rounds // 8))
+                         workers=args.workers, eval_every=max(1, args.rounds // 8),
+                         strategy=args.strategy)
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=_round_bar(args.rounds),
                                            keep_server=not args.no_serve)

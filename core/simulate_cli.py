@@ -137,7 +137,8 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
         data=args.data, preset=args.preset, rounds=args.rounds,
         clients_per_round=args.clients_per_round, epochs=max(1, int(args.epochs)),
         max_steps=args.max_steps if args.max_steps is not None else 50, lr=args.lr,
-        server_lr=args.server_lr, devices=args.devices, workers=args.workers,
+        server_lr=args.server_lr, strategy=args.strategy, devices=args.devices,
+        workers=args.workers,
         speedup=args.speedup, seed=args.seed, selection_window_s=args.selection_window,
         reporting_deadline_s=args.reporting_deadline)
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
@@ -199,6 +200,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=20, help="federated: rounds")
     p.add_argument("--clients-per-round", type=int, default=20, help="federated: clients")
     p.add_argument("--server-lr", type=float, default=1.0, help="federated: server SGD lr")
+    p.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedavgm", "fedadam"),
+                   help="fleet: server strategy (tff: FedAvg with server SGD)")
     p.add_argument("--devices", type=int, default=300, help="fleet: emulated phones")
     p.add_argument("--workers", type=int, default=2, help="fleet: worker processes")
     p.add_argument("--speedup", type=float, default=60.0, help="fleet: simulated time factor")

@@ -78,8 +78,12 @@ def _worker_main(cfg: FleetConfig, indices: range, wall0: float, stop: Any, out:
     worker = Worker(cfg.server, str(cfg.data), fleet_profiles(cfg, indices), clock,
                     seed=cfg.seed + indices.start)
 
+    parent = os.getppid()
+
     def report() -> None:
         while not stop.wait(0.5):
+            if os.getppid() != parent:  # the fleet's process died without stopping us
+                break
             worker.refresh_gauges()
             out.put({**worker.stats.snapshot(), "worker": indices.start})
         worker.stop()

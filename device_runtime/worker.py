@@ -255,7 +255,7 @@ class Worker:
     def _train_loop(self) -> None:
         while True:
             job = self._jobs.get()
-            if job is None:
+            if job is None or self.clock.stopped:  # shutting down: drop queued tasks
                 return
             phone, task, t_task = job
             try:

@@ -48,6 +48,8 @@ class RoundConfig:
         require_charging, require_unmetered, require_idle, min_battery: eligibility, checked
             again by the server on every check-in.
         retry_min_s, retry_max_s, retry_jitter, ineligible_retry_s: pace steering.
+        pace_margin: bring back this many times the check-ins a round needs, since some
+            steered phones are no longer eligible (or are busy) when their time comes.
         max_rounds: stop scheduling training rounds after this many commits (None: never).
     """
 
@@ -70,12 +72,13 @@ class RoundConfig:
     retry_max_s: float = 600.0
     retry_jitter: float = 0.2
     ineligible_retry_s: float = 300.0
+    pace_margin: float = 3.0
     max_rounds: int | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "report_goal", "eval_goal", "epochs", "max_steps",
                   "selection_window_s", "reporting_deadline_s", "retry_min_s",
-                  "retry_max_s", "ineligible_retry_s", "lr")
+                  "retry_max_s", "ineligible_retry_s", "lr", "pace_margin")
         if self.overselect < 1.0:
             raise ConfigError("round.overselect must be >= 1")
         if not 0.0 < self.min_fraction <= 1.0:

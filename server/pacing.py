@@ -44,9 +44,11 @@ def steer(population: int, wanted_per_window: int, rc: RoundConfig, rng: random.
 
     A population of N phones each returning after T seconds on average brings N / T
     check-ins per second; the next round wants ``wanted_per_window`` of them per
-    selection window W, so T = N * W / wanted, clamped to [retry_min_s, retry_max_s].
+    selection window W, times ``pace_margin`` because a share of the returning phones is
+    unplugged or busy by then, so T = N * W / (wanted * margin), clamped to
+    [retry_min_s, retry_max_s].
     """
-    rate = max(wanted_per_window, 1) / rc.selection_window_s  # check-ins per second
+    rate = max(wanted_per_window, 1) * rc.pace_margin / rc.selection_window_s
     base = min(max(max(population, 1) / rate, rc.retry_min_s), rc.retry_max_s)
     return round(jitter(base, rc, rng), 3)
 

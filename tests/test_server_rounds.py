@@ -57,7 +57,7 @@ def test_ineligible_devices_are_told_to_come_back_later(tmp_path):
 
 
 def test_pace_steering_spreads_population_over_the_selection_window(tmp_path):
-    h = harness(tmp_path, pipeline=False, retry_min_s=1, retry_max_s=1000)
+    h = harness(tmp_path, pipeline=False, retry_min_s=1, retry_max_s=1000, pace_margin=1.0)
     devs = [h.register() for _ in range(30)]
     answers = [d.checkin() for d in devs]
     waits = [a["retry_after_s"] for a in answers if "retry_after_s" in a]
@@ -65,8 +65,16 @@ def test_pace_steering_spreads_population_over_the_selection_window(tmp_path):
     assert len(waits) == 27 and set(waits) == {100.0}
 
 
+def test_pace_margin_brings_phones_back_sooner(tmp_path):
+    h = harness(tmp_path, pipeline=False, retry_min_s=1, retry_max_s=1000, pace_margin=4.0)
+    devs = [h.register() for _ in range(30)]
+    waits = {a["retry_after_s"] for a in (d.checkin() for d in devs) if "retry_after_s" in a}
+    assert waits == {25.0}  # four times the check-in rate a round needs
+
+
 def test_pace_steering_jitter_stays_within_bounds(tmp_path):
-    h = harness(tmp_path, pipeline=False, retry_jitter=0.2, retry_min_s=1, retry_max_s=1000)
+    h = harness(tmp_path, pipeline=False, retry_jitter=0.2, retry_min_s=1, retry_max_s=1000,
+                pace_margin=1.0)
     devs = [h.register() for _ in range(30)]
     waits = [a["retry_after_s"] for a in (d.checkin() for d in devs) if "retry_after_s" in a]
     assert all(80.0 <= w <= 120.0 for w in waits) and len(set(waits)) > 1
