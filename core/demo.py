@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--strategy", default="fedavgm", choices=("fedavg", "fedavgm", "fedadam"),
                    help="server optimizer (default: FedAvg with Nesterov momentum, as Gboard)")
+    p.add_argument("--server-lr", type=float, default=0.5,
+                   help="server learning rate (momentum 0.9 multiplies it by ~10)")
     p.add_argument("--no-serve", action="store_true", help="exit when done")
     p.set_defaults(func=_demo)
 
@@ -81,7 +83,11 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = FleetRunConfig(data=data, preset=args.preset, rounds=args.rounds,
                          clients_per_round=args.clients_per_round, devices=args.devices,
                          workers=args.workers, eval_every=max(1, args.rounds // 8),
-                         strategy=args.strategy)
+                         # Emulated phones share this machine's 2 cores: overlapping rounds
+                         # (pipelining) would queue more training than the cores can do
+                         # before the deadline, so the demo runs one round at a time.
+                         strategy=args.strategy, server_lr=args.server_lr, pipeline=False,
+                         reporting_deadline_s=30.0)
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=_round_bar(args.rounds),
                                            keep_server=not args.no_serve)

@@ -184,7 +184,7 @@ class Worker:
         phone.busy = True
         self.stats.counts["tasks_received"] += 1
         self.stats.training += 1
-        self._jobs.put((phone, resp.task, now))
+        self._jobs.put((phone, resp.task, now, time.monotonic()))
 
     # -- a finished task is delivered -------------------------------------------------
 
@@ -257,7 +257,13 @@ class Worker:
             job = self._jobs.get()
             if job is None or self.clock.stopped:  # shutting down: drop queued tasks
                 return
-            phone, task, t_task = job
+            phone, task, t_task, received = job
+            if time.monotonic() - received > task.deadline_s:
+                # This worker's training thread fell behind (the machine's limit, not the
+                # phone's): like a phone whose job ran too late, give the task back.
+                self.stats.counts["expired_before_start"] += 1
+                self._done.put((phone, Outcome(task, t_task, "abort", reason="deadline")))
+                continue
             try:
                 model = self._model(task)
                 busy = time.perf_counter()
