@@ -43,6 +43,7 @@ class FleetRunConfig:
     selection_window_s: float = 5.0
     reporting_deadline_s: float = 15.0
     pipeline: bool = True  # next round selects while the previous one reports
+    overselect: float = 1.3  # devices selected per report wanted (Bonawitz et al.)
     eval_every: int = 0  # federated evaluation every N versions (0: none)
     eval_goal: int = 10
     seed: int = 0
@@ -78,7 +79,7 @@ def server_config(cfg: FleetRunConfig, lr: float) -> dict[str, Any]:
     return {
         "round": {"report_goal": cfg.clients_per_round, "selection_window_s":
                   cfg.selection_window_s, "reporting_deadline_s": cfg.reporting_deadline_s,
-                  "pipeline": cfg.pipeline,
+                  "pipeline": cfg.pipeline, "overselect": cfg.overselect,
                   "eval_every": cfg.eval_every, "eval_goal": cfg.eval_goal, "lr": lr,
                   "epochs": cfg.epochs, "max_steps": cfg.max_steps},
         "strategy": {"name": cfg.strategy, "server_lr": cfg.server_lr},

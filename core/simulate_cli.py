@@ -136,11 +136,13 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
     cfg = FleetRunConfig(
         data=args.data, preset=args.preset, rounds=args.rounds,
         clients_per_round=args.clients_per_round, epochs=max(1, int(args.epochs)),
-        max_steps=args.max_steps if args.max_steps is not None else 50, lr=args.lr,
+        # no cap unless asked, like the TFF engine (the plan needs a number)
+        max_steps=args.max_steps if args.max_steps is not None else 1_000_000, lr=args.lr,
         server_lr=args.server_lr, strategy=args.strategy, devices=args.devices,
         workers=args.workers,
         speedup=args.speedup, seed=args.seed, selection_window_s=args.selection_window,
-        reporting_deadline_s=args.reporting_deadline)
+        reporting_deadline_s=args.reporting_deadline, overselect=args.overselect,
+        pipeline=not args.no_pipeline)
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
         args.rounds))
     return report
@@ -205,6 +207,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=300, help="fleet: emulated phones")
     p.add_argument("--workers", type=int, default=2, help="fleet: worker processes")
     p.add_argument("--speedup", type=float, default=60.0, help="fleet: simulated time factor")
+    p.add_argument("--overselect", type=float, default=1.3,
+                   help="fleet: devices selected per report wanted (1.0: wait for all, "
+                        "as TFF's simulation does)")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="fleet: one round at a time (no overlap, no stale deltas)")
     p.add_argument("--selection-window", type=float, default=5.0,
                    help="fleet: server selection window, wall seconds")
     p.add_argument("--reporting-deadline", type=float, default=15.0,
