@@ -31,6 +31,17 @@ def _open_dataset(path: Path):
         raise UserError(str(exc)) from None
 
 
+def _model_config(args: argparse.Namespace, ds):
+    """The preset named by ``--preset``, fitted to the dataset (V capped, T from the data)."""
+    from fedkb.model.config import get_preset
+
+    try:
+        preset = get_preset(args.preset)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    return preset.fit_to_data(len(ds.vocab), ds.seq_len)
+
+
 def run_ngram(args: argparse.Namespace) -> EngineReport:
     """Interpolated Kneser-Ney trigrams on the training users' windows."""
     from fedkb.model.ngram import KneserNeyTrigram
@@ -48,14 +59,9 @@ def run_ngram(args: argparse.Namespace) -> EngineReport:
 def run_central(args: argparse.Namespace) -> EngineReport:
     """The same Keras model trained on the pooled training users (the upper reference)."""
     from fedkb.model.central import CentralConfig, train_central
-    from fedkb.model.config import get_preset
 
     ds = _open_dataset(args.data)
-    try:
-        preset = get_preset(args.preset)
-    except KeyError as exc:
-        raise UserError(str(exc.args[0])) from None
-    model_cfg = preset.fit_to_data(len(ds.vocab), ds.seq_len)
+    model_cfg = _model_config(args, ds)
     cfg = CentralConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr if args.lr is not None else model_cfg.learning_rate,
                         seed=args.seed, max_steps=args.max_steps)
@@ -90,17 +96,12 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
     from fedkb.codec import decode_arrays, encode_arrays
     from fedkb.datasets.store import clip_to_vocab
     from fedkb.model.central import evaluate_keras
-    from fedkb.model.config import get_preset
     from fedkb.model.keras_model import build_model
     from fedkb.model.tff_reference import run_tff_isolated
     from fedkb.model.weights import initial_weights
 
     ds = _open_dataset(args.data)
-    try:
-        preset = get_preset(args.preset)
-    except KeyError as exc:
-        raise UserError(str(exc.args[0])) from None
-    cfg = preset.fit_to_data(len(ds.vocab), ds.seq_len)
+    cfg = _model_config(args, ds)
     lr = args.lr if args.lr is not None else cfg.learning_rate
     epochs = max(1, int(args.epochs))
     rounds = federated_rounds(ds.train_users, args.rounds, args.clients_per_round, args.seed)
