@@ -72,7 +72,7 @@ def heldout_eval(artifact: Path, weights: list[np.ndarray], ds: Dataset
 
     trainer = Trainer(artifact)
     ev = trainer.evaluate(weights, ds.all_windows("heldout", "eval"))
-    return RecallCounts(ev.iv_count, ev.top1_hits, ev.top3_hits), ev.mean_loss
+    return ev.counts, ev.mean_loss
 
 
 def server_config(cfg: FleetRunConfig, lr: float) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from fedkb.device_runtime.artifact import (
     check_weights,
 )
 from fedkb.device_runtime.batching import batch_plan
+from fedkb.metrics import RecallCounts
 
 __all__ = ["EvalResult", "StepInfo", "TrainResult", "TrainSession", "Trainer", "WeightsError"]
 
@@ -91,12 +92,17 @@ class EvalResult:
         return self.loss_sum / self.count if self.count else 0.0
 
     @property
+    def counts(self) -> RecallCounts:
+        """The recall sums in the form every engine reports (fedkb.metrics)."""
+        return RecallCounts(self.iv_count, self.top1_hits, self.top3_hits)
+
+    @property
     def top1_recall(self) -> float:
-        return self.top1_hits / self.iv_count if self.iv_count else 0.0
+        return self.counts.top1_recall
 
     @property
     def top3_recall(self) -> float:
-        return self.top3_hits / self.iv_count if self.iv_count else 0.0
+        return self.counts.top3_recall
 
 
 class Trainer:
