@@ -51,6 +51,10 @@ class RoundConfig:
         pace_margin: bring back this many times the check-ins a round needs, since some
             steered phones are no longer eligible (or are busy) when their time comes.
         max_rounds: stop scheduling training rounds after this many commits (None: never).
+        rejoin_after_rounds: a device given a training task gets no other one until this
+            many newer model versions have been committed (0: no wait). Production
+            systems limit how often a phone takes part; without a limit the phones with
+            the least data finish first, check in first and are picked round after round.
     """
 
     report_goal: int = 10
@@ -74,6 +78,7 @@ class RoundConfig:
     ineligible_retry_s: float = 300.0
     pace_margin: float = 3.0
     max_rounds: int | None = None
+    rejoin_after_rounds: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "report_goal", "eval_goal", "epochs", "max_steps",
@@ -85,8 +90,10 @@ class RoundConfig:
             raise ConfigError("round.min_fraction must be in (0, 1]")
         if not 0.0 <= self.retry_jitter < 1.0 or not 0.0 <= self.min_battery <= 1.0:
             raise ConfigError("round.retry_jitter must be in [0, 1), min_battery in [0, 1]")
-        if self.eval_every < 0 or (self.max_rounds is not None and self.max_rounds < 0):
-            raise ConfigError("round.eval_every and round.max_rounds must be >= 0")
+        if self.eval_every < 0 or self.rejoin_after_rounds < 0 or (
+                self.max_rounds is not None and self.max_rounds < 0):
+            raise ConfigError("round.eval_every, round.max_rounds and "
+                              "round.rejoin_after_rounds must be >= 0")
         if self.retry_min_s > self.retry_max_s:
             raise ConfigError("round.retry_min_s must be <= retry_max_s")
 

@@ -72,6 +72,11 @@ class RoundLoop:
         self.open: dict[int, RoundState] = {}
         self._tasks: dict[str, TaskRecord] = {}  # tasks of open rounds
         self._busy: dict[str, str] = {}  # device id -> its outstanding task id
+        # device id -> model version its latest training task started from
+        self._trained_from: dict[str, int] = {
+            r["device_id"]: int(r["v"]) for r in db.query(
+                "SELECT device_id, MAX(model_version) v FROM tasks WHERE kind = ? "
+                "GROUP BY device_id", (TRAIN,))}
         self._cache: dict[int, Checkpoint] = {}
         self.damaged_versions: list[int] = []
         self.training_enabled: bool = bool(db.get("training_enabled", True))
@@ -166,16 +171,25 @@ class RoundLoop:
                 self.metrics.checkins.labels("ineligible").inc()
                 return CheckinResponse(retry_after_s=pacing.ineligible_retry(self.cfg, self.rng),
                                        reason=why)
+            resting = kind == TRAIN and self._resting(device_id)
             for rnd in self.open.values():
-                if rnd.kind == kind and rnd.wants_devices() and device_id not in rnd.devices:
+                if rnd.kind == kind and rnd.wants_devices() and device_id not in rnd.devices \
+                        and not resting:
                     self.metrics.checkins.labels("task").inc()
                     return CheckinResponse(task=self._select(rnd, device_id, now))
-            reason = "no_model" if self.model is None else "no_round"
+            reason = "no_model" if self.model is None else (
+                "recently_trained" if resting else "no_round")
             goal = self.cfg.report_goal if kind == TRAIN else self.cfg.eval_goal
             retry = pacing.steer(self.devices.count(population), self.cfg.target(goal),
                                  self.cfg, self.rng)
         self.metrics.checkins.labels("retry").inc()
         return CheckinResponse(retry_after_s=retry, reason=reason)
+
+    def _resting(self, device_id: str) -> bool:
+        """Whether the device trained too recently to be given another training task."""
+        last = self._trained_from.get(device_id)
+        return (last is not None and self.model is not None and
+                self.model.version < last + self.cfg.rejoin_after_rounds)
 
     def _select(self, rnd: RoundState, device_id: str, now: float) -> Task:
         assert self.model is not None
@@ -184,6 +198,8 @@ class RoundLoop:
         self.db.insert("tasks", rec.row())
         self._tasks[rec.id] = rec
         self._busy[device_id] = rec.id
+        if rnd.kind == TRAIN:
+            self._trained_from[device_id] = version
         rnd.devices.add(device_id)
         rnd.task_ids.append(rec.id)
         rnd.stats.selected += 1

@@ -136,3 +136,17 @@ def test_round_config_changes_survive_restart(tmp_path):
     h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 7})
     h2 = restart(tmp_path, h)
     assert h2.admin("GET", "/v1/admin/round-config").get_json()["report_goal"] == 7
+
+
+def test_who_trained_recently_survives_restart(tmp_path):
+    from server_support import Device
+
+    h = harness(tmp_path, pipeline=False, rejoin_after_rounds=3)
+    devs = [h.register() for _ in range(3)]
+    tasks = [d.task() for d in devs]
+    for d, t in zip(devs[:2], tasks[:2], strict=True):
+        d.upload(t, [np.ones_like(w) for w in initial_weights()])
+    h2 = restart(tmp_path, h, pipeline=False, rejoin_after_rounds=3)
+    again = Device(h2, devs[0].id, devs[0].token)
+    assert again.checkin()["reason"] == "recently_trained"
+    assert "task" in h2.register().checkin()

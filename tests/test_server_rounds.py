@@ -287,3 +287,21 @@ def test_concurrent_uploads_fold_exactly_once_each(tmp_path):
     np.testing.assert_allclose(h.global_weights()[1], initial_weights()[1] + want, rtol=1e-6)
     r = h.client.get("/v1/rounds/1").get_json()
     assert (r["state"], r["reported"], r["rejected"]) == ("committed", n, {})
+
+
+def test_a_device_that_trained_rests_for_rejoin_after_rounds_versions(tmp_path):
+    h = harness(tmp_path, pipeline=False, overselect=1.0, rejoin_after_rounds=2)  # goal 2
+    devs = [h.register() for _ in range(4)]
+    first = [devs[0].task(), devs[1].task()]
+    for d, t in zip(devs[:2], first, strict=True):
+        d.upload(t, deltas(1.0))
+    assert h.status()["model_version"] == 1
+    # version 1 < 0 + 2: the two that trained from version 0 are told to come back later
+    assert [devs[0].checkin()["reason"], devs[1].checkin()["reason"]] == [
+        "recently_trained", "recently_trained"]
+    second = [devs[2].task(), devs[3].task()]
+    for d, t in zip(devs[2:], second, strict=True):
+        d.upload(t, deltas(1.0))
+    assert h.status()["model_version"] == 2
+    assert "task" in devs[0].checkin()  # 2 >= 0 + 2: it may train again
+    assert devs[2].checkin()["reason"] == "recently_trained"  # trained from version 1
