@@ -10,6 +10,7 @@ users with LiteRT (the same metric every engine reports).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,22 +48,40 @@ class FleetRunConfig:
     eval_every: int = 0  # federated evaluation every N versions (0: none)
     eval_goal: int = 10
     seed: int = 0
+    artifact: Path | None = None  # export here once and reuse it (None: workdir/model-P)
+    rejoin_after_rounds: int | None = None  # None: half the rounds it takes to use everyone
 
 
 def ensure_artifact(data_dir: Path, preset: str, out: Path) -> Path:
-    """Export ``preset`` for ``data_dir`` into ``out`` unless an identical export is there."""
+    """Export ``preset`` for ``data_dir`` into ``out`` unless an identical export is there.
+
+    "Identical" means the same preset fitted to this dataset (every hyperparameter, V and
+    T included) and the same vocabulary file, so a changed preset or re-prepared data is
+    exported again rather than reused.
+    """
+    from fedkb.model.config import get_preset
+
     ds = Dataset.open(data_dir)
+    cfg = get_preset(preset).fit_to_data(len(ds.vocab), ds.seq_len)
     meta_file = out / "metadata.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("preset") == preset and meta.get("data", {}).get("vocab_sha256") == \
-                ds.vocab.sha256 and meta.get("seq_len") == ds.seq_len:
+        if meta.get("config") == cfg.to_dict() and \
+                meta.get("data", {}).get("vocab_sha256") == ds.vocab.sha256:
             return out
-    from fedkb.model.config import get_preset
     from fedkb.model.export import export_from_dataset
 
     export_from_dataset(get_preset(preset), data_dir, out)
     return out
+
+
+def default_artifact_dir(data_dir: Path, preset: str) -> Path:
+    """Where `fedkb simulate --engine fleet` keeps its export: next to the dataset.
+
+    Re-preparing the dataset replaces its whole directory, cached exports included, so a
+    cached export can never outlive the data it was made for.
+    """
+    return Path(data_dir) / "models" / preset
 
 
 def heldout_eval(artifact: Path, weights: list[np.ndarray], ds: Dataset
@@ -75,15 +94,37 @@ def heldout_eval(artifact: Path, weights: list[np.ndarray], ds: Dataset
     return ev.counts, ev.mean_loss
 
 
-def server_config(cfg: FleetRunConfig, lr: float) -> dict[str, Any]:
+def rejoin_rounds(cfg: FleetRunConfig, train_phones: int) -> int:
+    """The server's ``rejoin_after_rounds`` for this run (see :class:`RoundConfig`).
+
+    Unless set, a phone rests for half the rounds it would take to give every training
+    phone one task: enough that fast phones cannot train round after round, loose enough
+    that rounds still fill when some phones are unplugged.
+    """
+    if cfg.rejoin_after_rounds is not None:
+        return cfg.rejoin_after_rounds
+    per_round = max(1, math.ceil(cfg.clients_per_round * cfg.overselect))
+    return max(0, train_phones // per_round // 2)
+
+
+def server_config(cfg: FleetRunConfig, lr: float, train_phones: int) -> dict[str, Any]:
     return {
         "round": {"report_goal": cfg.clients_per_round, "selection_window_s":
                   cfg.selection_window_s, "reporting_deadline_s": cfg.reporting_deadline_s,
                   "pipeline": cfg.pipeline, "overselect": cfg.overselect,
                   "eval_every": cfg.eval_every, "eval_goal": cfg.eval_goal, "lr": lr,
-                  "epochs": cfg.epochs, "max_steps": cfg.max_steps},
+                  "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+                  "rejoin_after_rounds": rejoin_rounds(cfg, train_phones)},
         "strategy": {"name": cfg.strategy, "server_lr": cfg.server_lr},
     }
+
+
+def train_phones(ds: Dataset, cfg: FleetRunConfig) -> int:
+    """How many of the fleet's phones hold a training user's shard."""
+    from fedkb.device_runtime.fleet import FleetConfig, phone_users
+
+    fc = FleetConfig("http://unused", cfg.data, cfg.devices, seed=cfg.seed)
+    return sum(1 for _, role in phone_users(fc, ds) if role == "train")
 
 
 def round_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,10 +155,12 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    artifact = ensure_artifact(cfg.data, cfg.preset, workdir / f"model-{cfg.preset}")
+    artifact = ensure_artifact(cfg.data, cfg.preset,
+                               cfg.artifact or workdir / f"model-{cfg.preset}")
     lr = cfg.lr if cfg.lr is not None else get_preset(cfg.preset).learning_rate
     config_file = workdir / "server-config.json"
-    config_file.write_text(json.dumps(server_config(cfg, lr), indent=2), encoding="utf-8")
+    rc = server_config(cfg, lr, train_phones(ds, cfg))
+    config_file.write_text(json.dumps(rc, indent=2), encoding="utf-8")
     state = workdir / "server-state"
     if state.exists():
         import shutil

@@ -131,7 +131,7 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
 
 def run_fleet(args: argparse.Namespace) -> EngineReport:
     """Our stack: `fedkb server` (its own process) + the emulated fleet, same knobs."""
-    from fedkb.federated import FleetRunConfig, run_fleet_engine
+    from fedkb.federated import FleetRunConfig, default_artifact_dir, run_fleet_engine
 
     _open_dataset(args.data)
     cfg = FleetRunConfig(
@@ -143,7 +143,8 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
         workers=args.workers,
         speedup=args.speedup, seed=args.seed, selection_window_s=args.selection_window,
         reporting_deadline_s=args.reporting_deadline, overselect=args.overselect,
-        pipeline=not args.no_pipeline)
+        pipeline=not args.no_pipeline,
+        artifact=args.artifact or default_artifact_dir(args.data, args.preset))
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
         args.rounds))
     return report
@@ -213,6 +214,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "as TFF's simulation does)")
     p.add_argument("--no-pipeline", action="store_true",
                    help="fleet: one round at a time (no overlap, no stale deltas)")
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="fleet: the model export to use, made there on first use "
+                        "(default: DATA/models/PRESET)")
     p.add_argument("--selection-window", type=float, default=5.0,
                    help="fleet: server selection window, wall seconds")
     p.add_argument("--reporting-deadline", type=float, default=15.0,

@@ -47,16 +47,22 @@ class FleetConfig:
     seed: int = 0
 
 
-def fleet_profiles(cfg: FleetConfig, indices: range | list[int]) -> list[DeviceProfile]:
-    """Profiles of phones ``indices`` (reproducible from ``cfg.seed``, any process)."""
-    ds = Dataset.open(cfg.data)
+def phone_users(cfg: FleetConfig, ds: Dataset | None = None) -> list[tuple[str, str]]:
+    """(user, role) of every phone: user i of a seeded shuffle of all users, repeating."""
+    ds = ds or Dataset.open(cfg.data)
     users = [(u, "train") for u in ds.train_users] + [(u, "eval") for u in ds.heldout_users]
     order = np.random.default_rng(cfg.seed).permutation(len(users))
+    return [users[order[i % len(users)]] for i in range(cfg.devices)]
+
+
+def fleet_profiles(cfg: FleetConfig, indices: range | list[int]) -> list[DeviceProfile]:
+    """Profiles of phones ``indices`` (reproducible from ``cfg.seed``, any process)."""
+    users = phone_users(cfg)
     traces = load_traces(cfg.trace_file) if cfg.trace_file else None
     keys = sorted(traces) if traces else []
     out = []
     for i in indices:
-        user, role = users[order[i % len(users)]]
+        user, role = users[i]
         name = f"phone-{i:05d}"
         trace = traces[keys[i % len(keys)]] if traces else None
         out.append(make_profile(user, role, cfg.seed, trace=trace, name=name))
