@@ -24,6 +24,9 @@ from fedkb.datasets.store import Dataset
 from fedkb.metrics import EngineReport, RecallCounts
 
 
+INELIGIBLE_RETRY_PHONE_S = 300.0  # simulated seconds a phone the server refused waits
+
+
 @dataclass(frozen=True)
 class FleetRunConfig:
     """The knobs shared with `--engine tff`, plus the fleet's own."""
@@ -114,7 +117,12 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int) -> dict[str
                   "pipeline": cfg.pipeline, "overselect": cfg.overselect,
                   "eval_every": cfg.eval_every, "eval_goal": cfg.eval_goal, "lr": lr,
                   "epochs": cfg.epochs, "max_steps": cfg.max_steps,
-                  "rejoin_after_rounds": rejoin_rounds(cfg, train_phones)},
+                  "rejoin_after_rounds": rejoin_rounds(cfg, train_phones),
+                  # The server counts wall seconds; phones live `speedup` times faster. Its
+                  # "come back in 5 minutes" to a phone with a low battery is meant in the
+                  # phone's time (300 wall seconds would be 5 simulated hours at 60x).
+                  "ineligible_retry_s": round(max(0.05, INELIGIBLE_RETRY_PHONE_S / cfg.speedup),
+                                              3)},
         "strategy": {"name": cfg.strategy, "server_lr": cfg.server_lr},
     }
 

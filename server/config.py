@@ -51,8 +51,9 @@ class RoundConfig:
         pace_margin: bring back this many times the check-ins a round needs, since some
             steered phones are no longer eligible (or are busy) when their time comes.
         max_rounds: stop scheduling training rounds after this many commits (None: never).
-        rejoin_after_rounds: a device given a training task gets no other one until this
-            many newer model versions have been committed (0: no wait). Production
+        rejoin_after_rounds: a device whose training report was accepted gets no other
+            training task until this many newer model versions have been committed (0: no
+            wait; late, aborted and abandoned tasks do not count). Production
             systems limit how often a phone takes part; without a limit the phones with
             the least data finish first, check in first and are picked round after round.
     """

@@ -72,11 +72,11 @@ class RoundLoop:
         self.open: dict[int, RoundState] = {}
         self._tasks: dict[str, TaskRecord] = {}  # tasks of open rounds
         self._busy: dict[str, str] = {}  # device id -> its outstanding task id
-        # device id -> model version its latest training task started from
+        # device id -> model version its latest accepted training report started from
         self._trained_from: dict[str, int] = {
             r["device_id"]: int(r["v"]) for r in db.query(
-                "SELECT device_id, MAX(model_version) v FROM tasks WHERE kind = ? "
-                "GROUP BY device_id", (TRAIN,))}
+                "SELECT device_id, MAX(model_version) v FROM tasks WHERE kind = ? AND "
+                "state = 'reported' GROUP BY device_id", (TRAIN,))}
         self._cache: dict[int, Checkpoint] = {}
         self.damaged_versions: list[int] = []
         self.training_enabled: bool = bool(db.get("training_enabled", True))
@@ -198,8 +198,6 @@ class RoundLoop:
         self.db.insert("tasks", rec.row())
         self._tasks[rec.id] = rec
         self._busy[device_id] = rec.id
-        if rnd.kind == TRAIN:
-            self._trained_from[device_id] = version
         rnd.devices.add(device_id)
         rnd.task_ids.append(rec.id)
         rnd.stats.selected += 1
@@ -253,6 +251,8 @@ class RoundLoop:
                 "state": "reported", "finished_at": now, "upload_sha256": digest,
                 "response": _dumps(task.response), "num_examples": meta.num_examples})
             self._busy.pop(device_id, None)
+            if rnd.kind == TRAIN:
+                self._trained_from[device_id] = task.model_version
             rnd.stats.reported += 1
             rnd.stats.num_examples += meta.num_examples
             self.metrics.reports.labels(rnd.kind).inc()
@@ -261,6 +261,7 @@ class RoundLoop:
                 self._commit(rnd, now)
             else:
                 self.db.update("rounds", "id", rnd.id, {"stats": _dumps(rnd.stats.to_json())})
+                self._tick(now)
             return result
 
     def _owned_task(self, device_id: str, task_id: str) -> TaskRecord:
@@ -378,7 +379,12 @@ class RoundLoop:
         for rnd in list(self.open.values()):
             if rnd.state == SELECTING and now >= rnd.selection_deadline:
                 self._close_selection(rnd, now)
-            if rnd.state == TRAINING and rnd.deadline is not None and now >= rnd.deadline:
+            answered = rnd.stats.reported + sum(rnd.stats.aborted.values())
+            everyone = rnd.state == TRAINING and answered >= rnd.stats.selected
+            if everyone or (rnd.state == TRAINING and rnd.deadline is not None
+                            and now >= rnd.deadline):
+                # at the deadline, or earlier when every selected device has answered
+                # (selection closed short of the goal): waiting longer cannot add reports
                 if rnd.stats.reported >= rnd.min_reports:
                     self._commit(rnd, now)
                 else:

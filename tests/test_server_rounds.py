@@ -305,3 +305,17 @@ def test_a_device_that_trained_rests_for_rejoin_after_rounds_versions(tmp_path):
     assert h.status()["model_version"] == 2
     assert "task" in devs[0].checkin()  # 2 >= 0 + 2: it may train again
     assert devs[2].checkin()["reason"] == "recently_trained"  # trained from version 1
+
+
+def test_round_short_of_its_goal_commits_once_every_selected_device_answered(tmp_path):
+    h = harness(tmp_path, pipeline=False, report_goal=3, overselect=1.0, min_fraction=0.5)
+    devs = [h.register() for _ in range(3)]
+    tasks = [devs[0].task(), devs[1].task()]
+    h.clock.advance(11)  # the 10 s selection window ends with 2 of 3 selected
+    assert devs[2].checkin()["reason"] == "no_round"
+    devs[0].upload(tasks[0], deltas(1.0))
+    assert h.client.get("/v1/rounds/1").get_json()["state"] == "training"
+    r = devs[1].upload(tasks[1], deltas(1.0))
+    assert r.status_code == 200
+    r1 = h.client.get("/v1/rounds/1").get_json()  # long before the 20 s deadline
+    assert (r1["state"], r1["reported"]) == ("committed", 2)
