@@ -29,12 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the demo writes its dataset, model and report")
     p.add_argument("--rounds", type=int, default=40, help="federated training rounds")
     p.add_argument("--clients-per-round", type=int, default=20)
-    p.add_argument("--devices", type=int, default=500, help="emulated phones")
+    p.add_argument("--devices", type=int, default=None,
+                   help="emulated phones (default: one per user, 1,419 on Shakespeare)")
     p.add_argument("--workers", type=int, default=2, help="fleet worker processes")
     p.add_argument("--central-epochs", type=float, default=1.0)
     p.add_argument("--preset", default="small")
     p.add_argument("--strategy", default="fedavgm", choices=("fedavg", "fedavgm", "fedadam"),
                    help="server optimizer (default: FedAvg with Nesterov momentum, as Gboard)")
+    p.add_argument("--lr", type=float, default=1.0, help="on-device SGD learning rate")
     p.add_argument("--server-lr", type=float, default=0.5,
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
     p.add_argument("--no-serve", action="store_true", help="exit when done")
@@ -52,6 +54,7 @@ def _done(t0: float, text: str = "") -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
+    from fedkb.datasets.store import Dataset
     from fedkb.federated import FleetRunConfig, ensure_artifact, run_fleet_engine
     from fedkb.simulate_cli import _round_bar, run_central, run_ngram
 
@@ -78,10 +81,12 @@ def _demo(args: argparse.Namespace) -> int:
     central = run_central(base)
     _done(t)
 
-    t = _step(4, f"federated training: fedkb server + {args.devices} emulated phones, "
+    devices = args.devices or len(Dataset.open(data).users)
+    t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
                  f"{args.rounds} rounds of {args.clients_per_round}")
     cfg = FleetRunConfig(data=data, preset=args.preset, rounds=args.rounds,
-                         clients_per_round=args.clients_per_round, devices=args.devices,
+                         clients_per_round=args.clients_per_round, devices=devices,
+                         lr=args.lr,
                          workers=args.workers, eval_every=max(1, args.rounds // 8),
                          # Emulated phones share this machine's 2 cores: overlapping rounds
                          # (pipelining) would queue more training than the cores can do

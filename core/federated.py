@@ -23,7 +23,6 @@ import numpy as np
 from fedkb.datasets.store import Dataset
 from fedkb.metrics import EngineReport, RecallCounts
 
-
 INELIGIBLE_RETRY_PHONE_S = 300.0  # simulated seconds a phone the server refused waits
 
 
@@ -48,6 +47,7 @@ class FleetRunConfig:
     reporting_deadline_s: float = 15.0
     pipeline: bool = True  # next round selects while the previous one reports
     overselect: float = 1.3  # devices selected per report wanted (Bonawitz et al.)
+    pace_margin: float = 3.0  # check-ins steered per device a round needs (server config)
     eval_every: int = 0  # federated evaluation every N versions (0: none)
     eval_goal: int = 10
     seed: int = 0
@@ -92,7 +92,7 @@ def heldout_eval(artifact: Path, weights: list[np.ndarray], ds: Dataset
     """Top-k recall and mean loss of ``weights`` on every held-out user (LiteRT)."""
     from fedkb.device_runtime.trainer import Trainer
 
-    trainer = Trainer(artifact)
+    trainer = Trainer(artifact, num_threads=2)  # the fleet is done: both cores are free
     ev = trainer.evaluate(weights, ds.all_windows("heldout", "eval"))
     return ev.counts, ev.mean_loss
 
@@ -118,6 +118,7 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int) -> dict[str
                   "eval_every": cfg.eval_every, "eval_goal": cfg.eval_goal, "lr": lr,
                   "epochs": cfg.epochs, "max_steps": cfg.max_steps,
                   "rejoin_after_rounds": rejoin_rounds(cfg, train_phones),
+                  "pace_margin": cfg.pace_margin,
                   # The server counts wall seconds; phones live `speedup` times faster. Its
                   # "come back in 5 minutes" to a phone with a low battery is meant in the
                   # phone's time (300 wall seconds would be 5 simulated hours at 60x).

@@ -143,6 +143,7 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
         workers=args.workers,
         speedup=args.speedup, seed=args.seed, selection_window_s=args.selection_window,
         reporting_deadline_s=args.reporting_deadline, overselect=args.overselect,
+        pace_margin=args.pace_margin,
         pipeline=not args.no_pipeline,
         artifact=args.artifact or default_artifact_dir(args.data, args.preset))
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
@@ -212,6 +213,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overselect", type=float, default=1.3,
                    help="fleet: devices selected per report wanted (1.0: wait for all, "
                         "as TFF's simulation does)")
+    p.add_argument("--pace-margin", type=float, default=3.0,
+                   help="fleet: check-ins the server steers per device a round needs")
     p.add_argument("--no-pipeline", action="store_true",
                    help="fleet: one round at a time (no overlap, no stale deltas)")
     p.add_argument("--artifact", type=Path, default=None,
