@@ -475,6 +475,9 @@ class RoundLoop:
 
     def _abandon(self, rnd: RoundState, now: float, reason: str) -> None:
         self._close(rnd, ABANDONED, now, reason)
+        if rnd.kind == EVALUATE and self.model is not None and \
+                rnd.base_version == self.model.version and not self._eval_queue:
+            self._queue_eval(rnd.base_version)  # the latest model is still unevaluated: retry
 
     def _close(self, rnd: RoundState, state: str, now: float, reason: str | None = None) -> None:
         self._finish(rnd, now, state, reason)

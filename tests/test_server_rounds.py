@@ -319,3 +319,14 @@ def test_round_short_of_its_goal_commits_once_every_selected_device_answered(tmp
     assert r.status_code == 200
     r1 = h.client.get("/v1/rounds/1").get_json()  # long before the 20 s deadline
     assert (r1["state"], r1["reported"]) == ("committed", 2)
+
+
+def test_an_abandoned_evaluation_of_the_latest_model_is_tried_again(tmp_path):
+    h = harness(tmp_path, pipeline=False, eval_every=1, eval_goal=1)
+    h.status()  # version 0 is published and its evaluation round opens
+    h.clock.advance(11)  # its selection window passes without a held-out phone
+    open_rounds = h.status()["open_rounds"]
+    evals = [r for r in open_rounds if r["kind"] == "evaluate"]
+    assert len(evals) == 1 and evals[0]["base_version"] == 0 and evals[0]["id"] > 1
+    phone = h.register("heldout")
+    assert "task" in phone.checkin()

@@ -1,0 +1,51 @@
+"""The fleet engine's server config and export reuse (no server, no fleet started)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from fedkb.datasets.store import Dataset
+from fedkb.federated import (
+    FleetRunConfig,
+    default_artifact_dir,
+    ensure_artifact,
+    rejoin_rounds,
+    server_config,
+    train_phones,
+)
+from fedkb.server.config import RoundConfig
+
+
+def test_phones_rest_a_quarter_of_the_rounds_needed_to_use_every_training_phone(tiny_data):
+    cfg = FleetRunConfig(data=tiny_data, clients_per_round=20, overselect=1.1)
+    assert rejoin_rounds(cfg, 1277) == 1277 // 22 // 4 == 14
+    assert rejoin_rounds(cfg, 10) == 0  # a small fleet: no rest, or rounds would starve
+    assert rejoin_rounds(FleetRunConfig(data=tiny_data, rejoin_after_rounds=3), 1277) == 3
+
+
+def test_server_config_is_a_valid_round_config_in_the_servers_clock(tiny_data):
+    cfg = FleetRunConfig(data=tiny_data, devices=30, speedup=300.0, clip_norm=4.0)
+    phones = train_phones(Dataset.open(tiny_data), cfg)
+    assert 0 < phones < 30  # held-out users' phones evaluate, they do not train
+    doc = server_config(cfg, 0.5, phones)
+    rc = RoundConfig(**doc["round"])  # validated like a config file
+    assert rc.ineligible_retry_s == 1.0  # 300 s of phone time at 300x
+    assert doc["strategy"] == {"name": "fedavg", "server_lr": 1.0, "clip_norm": 4.0}
+
+
+def test_export_is_reused_and_redone_when_the_preset_no_longer_matches(tiny_data, tiny_artifact,
+                                                                       tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    out = default_artifact_dir(data, "tiny")
+    shutil.copytree(tiny_artifact, out)
+    stamp = (out / "model.tflite").stat().st_mtime_ns
+    assert ensure_artifact(data, "tiny", out) == out
+    assert (out / "model.tflite").stat().st_mtime_ns == stamp  # reused as is
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["config"]["units"] += 1  # as if the preset had changed since the export
+    (out / "metadata.json").write_text(json.dumps(meta))
+    ensure_artifact(data, "tiny", out)
+    assert json.loads((out / "metadata.json").read_text())["config"]["units"] == \
+        meta["config"]["units"] - 1
