@@ -34,7 +34,7 @@ class ServerProcess:
                  log: Path | None = None, admin_token: str | None = None):
         self.state_dir = Path(state_dir)
         self.cmd = [sys.executable, "-m", "fedkb", "server", "--host", host, "--port",
-                    str(port), "--state-dir", str(self.state_dir)]
+                    str(port), "--state-dir", str(self.state_dir), "--exit-with-parent"]
         if model is not None:
             self.cmd += ["--model", str(model)]
         if config is not None:

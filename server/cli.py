@@ -21,6 +21,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from fedkb.errors import UserError
@@ -39,7 +41,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=None,
                    help="stop training after R committed rounds (keeps serving)")
     p.add_argument("--threads", type=int, default=None, help="WSGI worker threads (default 8)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop (cleanly) when the process that started this one is gone; "
+                        "`fedkb demo` and `fedkb simulate` start their server this way")
     p.set_defaults(func=run)
+
+
+def _watch_parent() -> None:
+    """SIGTERM ourselves (a clean stop) once our parent process has died."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="fedkb-parent-watch", daemon=True).start()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -72,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     (config.state_dir / "server.json").write_text(json.dumps({"url": url, "pid": os.getpid()}))
     state.start_ticker()
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.exit_with_parent:
+        _watch_parent()
     token_note = ("admin token from config/$FEDKB_ADMIN_TOKEN" if config.admin_token
                   or os.environ.get("FEDKB_ADMIN_TOKEN")
                   else f"admin token in {config.state_dir / 'admin_token'}")

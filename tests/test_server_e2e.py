@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -104,3 +105,42 @@ def test_server_start_never_imports_tensorflow(tmp_path):
         "sys.exit(3 if 'tensorflow' in sys.modules else 0)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.e2e
+def test_a_server_started_by_the_stack_stops_when_its_parent_is_killed(tmp_path):
+    import os
+    import time
+
+    artifact = write_artifact(tmp_path / "artifact")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from fedkb.stack import ServerProcess\n"
+        f"s = ServerProcess(Path({str(tmp_path / 'state')!r}), model=Path({str(artifact)!r}))\n"
+        "s.start()\n"
+        "print(s.proc.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server_pid = None
+    try:
+        server_pid = int(parent.stdout.readline())  # type: ignore[union-attr]
+        parent.kill()  # SIGKILL: no clean-up code of the parent runs
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(server_pid, os.WNOHANG)
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server outlived the process that started it")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if server_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)
