@@ -56,7 +56,6 @@ def _done(t0: float, text: str = "") -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
-    from fedkb.datasets.store import Dataset
     from fedkb.federated import FleetRunConfig, ensure_artifact, run_fleet_engine
     from fedkb.simulate_cli import _round_bar, run_central, run_ngram
 
@@ -83,7 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
     central = run_central(base)
     _done(t)
 
-    devices = args.devices or len(Dataset.open(data).users)
+    devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
                  f"{args.rounds} rounds of {args.clients_per_round}")
     cfg = FleetRunConfig(data=data, preset=args.preset, rounds=args.rounds,

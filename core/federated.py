@@ -53,7 +53,7 @@ class FleetRunConfig:
     eval_goal: int = 10
     seed: int = 0
     artifact: Path | None = None  # export here once and reuse it (None: workdir/model-P)
-    rejoin_after_rounds: int | None = None  # None: half the rounds it takes to use everyone
+    rejoin_after_rounds: int | None = None  # None: see rejoin_rounds (a quarter of a cycle)
 
 
 def ensure_artifact(data_dir: Path, preset: str, out: Path) -> Path:
