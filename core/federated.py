@@ -45,7 +45,8 @@ class FleetRunConfig:
     start_hour: float = 22.0
     selection_window_s: float = 5.0
     reporting_deadline_s: float = 15.0
-    pipeline: bool = True  # next round selects while the previous one reports
+    pipeline: bool = True  # next round selects while the previous one trains
+    claim_poll_s: float = 0.25  # wall seconds: how often a phone selected ahead asks again
     overselect: float = 1.3  # devices selected per report wanted (Bonawitz et al.)
     pace_margin: float = 3.0  # check-ins steered per device a round needs (server config)
     clip_norm: float | None = None  # clip each device's delta to this L2 norm (server side)
@@ -121,7 +122,8 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int,
     return {
         "round": {"report_goal": cfg.clients_per_round, "selection_window_s":
                   cfg.selection_window_s, "reporting_deadline_s": cfg.reporting_deadline_s,
-                  "pipeline": cfg.pipeline, "overselect": cfg.overselect,
+                  "pipeline": cfg.pipeline, "claim_poll_s": cfg.claim_poll_s,
+                  "overselect": cfg.overselect,
                   "eval_every": cfg.eval_every, "eval_goal": eval_goal, "lr": lr,
                   "epochs": cfg.epochs, "max_steps": cfg.max_steps,
                   "rejoin_after_rounds": rejoin_rounds(cfg, train_phones),

@@ -216,7 +216,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pace-margin", type=float, default=3.0,
                    help="fleet: check-ins the server steers per device a round needs")
     p.add_argument("--no-pipeline", action="store_true",
-                   help="fleet: one round at a time (no overlap, no stale deltas)")
+                   help="fleet: the next round selects only after the previous one "
+                        "closes (default: it selects while that round trains)")
     p.add_argument("--artifact", type=Path, default=None,
                    help="fleet: the model export to use, made there on first use "
                         "(default: DATA/models/PRESET)")

@@ -41,7 +41,12 @@ class RoundConfig:
         selection_window_s: how long a round stays open for selection.
         reporting_deadline_s: how long selected devices have to report, counted from the
             end of selection.
-        pipeline: let the next round select while the previous one is reporting.
+        pipeline: let the next training round select its devices while the previous one
+            trains; they start from the model that round commits (no staleness).
+        claim_poll_s: how soon (at least) a device selected ahead of its round's model
+            checks in again for its task (the server asks it back about when the round
+            training now should end); selection waits ``claim_window_s`` (five times
+            that) for it once the model is there.
         eval_every: an evaluation round on held-out devices every N committed versions
             (0: never). ``eval_goal`` reports are wanted (over-selected likewise).
         lr, epochs, max_steps: the device plan for training (batch from the artifact).
@@ -64,6 +69,7 @@ class RoundConfig:
     selection_window_s: float = 30.0
     reporting_deadline_s: float = 120.0
     pipeline: bool = True
+    claim_poll_s: float = 1.0
     eval_every: int = 5
     eval_goal: int = 10
     lr: float = 0.5
@@ -84,7 +90,7 @@ class RoundConfig:
     def __post_init__(self) -> None:
         _positive(self, "report_goal", "eval_goal", "epochs", "max_steps",
                   "selection_window_s", "reporting_deadline_s", "retry_min_s",
-                  "retry_max_s", "ineligible_retry_s", "lr", "pace_margin")
+                  "retry_max_s", "ineligible_retry_s", "lr", "pace_margin", "claim_poll_s")
         if self.overselect < 1.0:
             raise ConfigError("round.overselect must be >= 1")
         if not 0.0 < self.min_fraction <= 1.0:
@@ -97,6 +103,11 @@ class RoundConfig:
                               "round.rejoin_after_rounds must be >= 0")
         if self.retry_min_s > self.retry_max_s:
             raise ConfigError("round.retry_min_s must be <= retry_max_s")
+
+    @property
+    def claim_window_s(self) -> float:
+        """How long a configured round waits for its devices selected in advance."""
+        return 5.0 * self.claim_poll_s
 
     def target(self, goal: int) -> int:
         """Devices to select for ``goal`` reports (over-selection)."""

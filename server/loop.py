@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,10 @@ class RoundLoop:
         self.open: dict[int, RoundState] = {}
         self._tasks: dict[str, TaskRecord] = {}  # tasks of open rounds
         self._busy: dict[str, str] = {}  # device id -> its outstanding task id
+        # device id -> the round that selected it before that round's model existed
+        self._reserved: dict[str, int] = {}
+        # how long the last committed training rounds took from selection to commit
+        self._recent_reporting_s: deque[float] = deque(maxlen=5)
         # device id -> model version its latest accepted training report started from
         self._trained_from: dict[str, int] = {
             r["device_id"]: int(r["v"]) for r in db.query(
@@ -166,17 +171,27 @@ class RoundLoop:
             if busy is not None:  # a lost answer or a restarted phone: the same task again
                 self.metrics.checkins.labels("task_again").inc()
                 return CheckinResponse(task=self._wire_task(busy, self.open[busy.round_id], now))
+            held = self.open.get(self._reserved.get(device_id, -1))
             why = pacing.ineligibility(conditions, self.cfg)
             if why is not None:
+                if held is not None:  # selected, but no longer able to train: free the seat
+                    self._release(held, device_id)
                 self.metrics.checkins.labels("ineligible").inc()
                 return CheckinResponse(retry_after_s=pacing.ineligible_retry(self.cfg, self.rng),
                                        reason=why)
+            if held is not None:
+                return self._claim_or_wait(held, device_id, now)
             resting = kind == TRAIN and self._resting(device_id)
             for rnd in self.open.values():
                 if rnd.kind == kind and rnd.wants_devices() and device_id not in rnd.devices \
                         and not resting:
-                    self.metrics.checkins.labels("task").inc()
-                    return CheckinResponse(task=self._select(rnd, device_id, now))
+                    rnd.devices.add(device_id)
+                    rnd.stats.selected += 1
+                    if rnd.configured:
+                        self.metrics.checkins.labels("task").inc()
+                        return CheckinResponse(task=self._assign(rnd, device_id, now))
+                    self._reserved[device_id] = rnd.id
+                    return self._claim_or_wait(rnd, device_id, now)
             reason = "no_model" if self.model is None else (
                 "recently_trained" if resting else "no_round")
             goal = self.cfg.report_goal if kind == TRAIN else self.cfg.eval_goal
@@ -191,18 +206,46 @@ class RoundLoop:
         return (last is not None and self.model is not None and
                 self.model.version < last + self.cfg.rejoin_after_rounds)
 
-    def _select(self, rnd: RoundState, device_id: str, now: float) -> Task:
-        assert self.model is not None
-        version = rnd.base_version if rnd.kind == EVALUATE else self.model.version
-        rec = TaskRecord(TaskRecord.new_id(), rnd.id, device_id, rnd.kind, version, rnd.plan, now)
+    def _claim_or_wait(self, rnd: RoundState, device_id: str, now: float) -> CheckinResponse:
+        """A device selected ahead of its round's model: its task, or "come back soon"."""
+        if rnd.configured:
+            del self._reserved[device_id]
+            self.metrics.checkins.labels("task").inc()
+            return CheckinResponse(task=self._assign(rnd, device_id, now))
+        self.metrics.checkins.labels("selected_waiting").inc()
+        retry = self._claim_retry(now)
+        rnd.claim_by = max(rnd.claim_by, now + retry)  # selection waits for it at least so long
+        return CheckinResponse(retry_after_s=retry, reason="selected_waiting")
+
+    def _claim_retry(self, now: float) -> float:
+        """When a device selected ahead should come back: when the round training now may
+        end at the earliest (its shortest recent duration), at least ``claim_poll_s``."""
+        running = [r for r in self.open.values() if r.kind == TRAIN and r.configured]
+        wait = 0.0
+        if running and running[0].state == TRAINING and self._recent_reporting_s:
+            start = running[0].selection_closed_at
+            assert start is not None
+            wait = (start + min(self._recent_reporting_s) - now) * \
+                self.rng.uniform(1.0 - self.cfg.retry_jitter, 1.0)
+        return round(max(self.cfg.claim_poll_s, wait), 3)
+
+    def _release(self, rnd: RoundState, device_id: str) -> None:
+        """Give back the seat of a device selected ahead of its round's model."""
+        del self._reserved[device_id]
+        rnd.devices.discard(device_id)
+        rnd.stats.selected -= 1
+        self.metrics.checkins.labels("released").inc()
+
+    def _assign(self, rnd: RoundState, device_id: str, now: float) -> Task:
+        """Hand a selected device its task: the round's plan on the round's base model."""
+        rec = TaskRecord(TaskRecord.new_id(), rnd.id, device_id, rnd.kind, rnd.base_version,
+                         rnd.plan, now)
         self.db.insert("tasks", rec.row())
         self._tasks[rec.id] = rec
         self._busy[device_id] = rec.id
-        rnd.devices.add(device_id)
         rnd.task_ids.append(rec.id)
-        rnd.stats.selected += 1
         self.metrics.selected.labels(rnd.kind).inc()
-        if rnd.stats.selected >= rnd.target:
+        if rnd.stats.selected >= rnd.target and len(rnd.task_ids) == rnd.stats.selected:
             self._close_selection(rnd, now)
         return self._wire_task(rec, rnd, now)
 
@@ -261,7 +304,7 @@ class RoundLoop:
                 self._commit(rnd, now)
             else:
                 self.db.update("rounds", "id", rnd.id, {"stats": _dumps(rnd.stats.to_json())})
-                self._tick(now)
+            self._tick(now)  # after a commit: configure or open the next round now
             return result
 
     def _owned_task(self, device_id: str, task_id: str) -> TaskRecord:
@@ -377,7 +420,9 @@ class RoundLoop:
     def _tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         for rnd in list(self.open.values()):
-            if rnd.state == SELECTING and now >= rnd.selection_deadline:
+            if rnd.state == SELECTING and rnd.configured and (
+                    now >= rnd.selection_deadline or (rnd.stats.selected >= rnd.target
+                                                      and now >= rnd.claim_deadline)):
                 self._close_selection(rnd, now)
             answered = rnd.stats.reported + sum(rnd.stats.aborted.values())
             everyone = rnd.state == TRAINING and answered >= rnd.stats.selected
@@ -395,10 +440,15 @@ class RoundLoop:
         if self.model is None:
             return
         trains = [r for r in self.open.values() if r.kind == TRAIN]
+        if trains and not any(r.configured for r in trains):
+            self._configure(min(trains, key=lambda r: r.id), now)
         if (self.training_enabled and not self._enough_rounds(len(trains))
                 and not any(r.state == SELECTING for r in trains)
                 and len(trains) < (2 if self.cfg.pipeline else 1)):
-            self._open_round(TRAIN, self.model.version, self.cfg.report_goal, now)
+            # with ``pipeline`` a round opens while the one before it still trains: it
+            # selects its devices now and is configured when that round closes
+            self._open_round(TRAIN, self.model.version, self.cfg.report_goal, now,
+                             configured=not trains)
         if self._eval_queue and not any(r.kind == EVALUATE for r in self.open.values()):
             version = self._eval_queue.pop(0)
             self.db.put("eval_queue", self._eval_queue)
@@ -412,7 +462,8 @@ class RoundLoop:
         return int(self.db.one("SELECT COUNT(*) n FROM rounds WHERE kind = ? AND state = ?",
                                (kind, COMMITTED))["n"])
 
-    def _open_round(self, kind: str, version: int, goal: int, now: float) -> RoundState:
+    def _open_round(self, kind: str, version: int, goal: int, now: float,
+                    configured: bool = True) -> RoundState:
         assert self.artifact is not None
         rid, self._next_round = self._next_round, self._next_round + 1
         rnd = RoundState(
@@ -420,17 +471,34 @@ class RoundLoop:
             min_reports=self.cfg.min_reports(goal), opened_at=now,
             selection_deadline=now + self.cfg.selection_window_s,
             plan=self.strategy.configure(kind, self.cfg, self.artifact.batch_size),
-            aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None)
+            aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None,
+            configured=configured)
         self.db.insert("rounds", rnd.row())
         self.open[rid] = rnd
         return rnd
 
+    def _configure(self, rnd: RoundState, now: float) -> None:
+        """The round before ``rnd`` has closed: ``rnd`` trains the model it left.
+
+        Its devices selected so far claim their tasks on their next check-in; selection
+        waits ``claim_window_s`` for them (longer if the round still wants devices).
+        """
+        assert self.model is not None
+        rnd.configured, rnd.base_version = True, self.model.version
+        rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
+        rnd.selection_deadline = max(rnd.selection_deadline, rnd.claim_deadline)
+        self.db.update("rounds", "id", rnd.id, rnd.row())
+
     def _close_selection(self, rnd: RoundState, now: float) -> None:
         if rnd.state != SELECTING:
             return
+        for device_id in [d for d, rid in self._reserved.items() if rid == rnd.id]:
+            del self._reserved[device_id]  # selected, never came for its task
+            rnd.stats.count("aborted", "no_show")
+            self.metrics.aborts.labels("no_show").inc()
         rnd.close_selection(now, self.cfg.reporting_deadline_s)
         self.metrics.phase.labels("selection").observe(rnd.stats.durations["selection_s"])
-        if rnd.stats.selected < rnd.min_reports:
+        if len(rnd.task_ids) < rnd.min_reports:
             self._abandon(rnd, now, "too_few_devices")
         else:
             self.db.update("rounds", "id", rnd.id, rnd.row())
@@ -445,6 +513,7 @@ class RoundLoop:
             self._record_metrics(rnd, rnd.base_version)
             return
         assert self.model is not None and rnd.aggregator is not None
+        assert rnd.base_version == self.model.version, "one configured training round at a time"
         mean_delta = rnd.aggregator.result()
         if mean_delta is None:
             self._abandon(rnd, now, "no_weight")
@@ -469,6 +538,7 @@ class RoundLoop:
             _write_round(conn, rnd)
         self._serve(ckpt)
         self.metrics.phase.labels("commit").observe(rnd.stats.durations["commit_s"])
+        self._recent_reporting_s.append(rnd.stats.durations["reporting_s"])
         self._record_metrics(rnd, rnd.base_version)
         if self.cfg.eval_every and version % self.cfg.eval_every == 0:
             self._queue_eval(version)
@@ -487,6 +557,8 @@ class RoundLoop:
         """Take the round out of the open set (the caller writes its row)."""
         rnd.close(state, now, reason)
         self.open.pop(rnd.id, None)
+        for device_id in [d for d, rid in self._reserved.items() if rid == rnd.id]:
+            del self._reserved[device_id]
         for tid in rnd.task_ids:
             task = self._tasks.pop(tid, None)
             if task is not None and self._busy.get(task.device_id) == tid:

@@ -13,10 +13,14 @@ devices) goes through::
 
 Selection over-selects (``target = ceil(goal * overselect)``); the round commits as soon
 as ``goal`` reports are in, and the stragglers' reports are refused as late and counted.
-With ``pipeline`` the next training round starts selecting as soon as the previous one
-stops selecting, so selection overlaps reporting; its devices train the newest committed
-version at the time they are selected, and its mean delta is applied to the newest
-version at its commit (staleness at most one round, recorded per task).
+With ``pipeline`` (the paper's Sec. 2.3 "Pipelining") the next training round starts
+selecting as soon as the previous one stops selecting, so selection overlaps training.
+Until the previous round closes, the new round is not *configured*: its model does not
+exist yet, so its selected devices are told to come back soon ("selected_waiting"); once
+the previous round commits (or is abandoned) the new round's base version is fixed, and
+each selected device gets its task on its next check-in. Every task of a round trains the
+same base version: nothing is stale. A selected device that has not come for its task
+when selection closes counts as aborted ("no_show").
 
 Every state change is written to SQLite; :class:`RoundState` is the in-memory view of
 one open round (its streaming aggregator, counters, devices). The clock is injected, and
@@ -112,6 +116,9 @@ class RoundState:
     selection_deadline: float
     plan: Plan
     aggregator: Aggregator | None
+    configured: bool = True  # False: selecting ahead of the round before it (pipelining)
+    claim_by: float = 0.0  # the latest time a device selected ahead was asked back for
+    claim_deadline: float = 0.0  # when devices selected ahead must have come for their task
     state: str = SELECTING
     selection_closed_at: float | None = None
     deadline: float | None = None

@@ -115,23 +115,48 @@ def test_selection_window_without_enough_devices_abandons_and_opens_next(tmp_pat
     assert s["current_round"]["id"] == 2 and s["rounds_abandoned"] == 1
 
 
-def test_pipelining_next_round_selects_while_previous_reports(tmp_path):
-    h = harness(tmp_path)
+def test_pipelining_selects_ahead_and_trains_the_committed_model(tmp_path):
+    h = harness(tmp_path)  # goal 2, target 3, claim_poll_s 1
     r1 = [h.register() for _ in range(3)]
     t1 = [d.task() for d in r1]
     r2 = [h.register() for _ in range(3)]
-    t2 = [r2[0].task()]  # round 2 is selecting while round 1 is training
-    assert t2[0]["round_id"] == 2 and t2[0]["model_version"] == 0
+    wait = r2[0].checkin()  # round 2 selects while round 1 trains, but has no model yet
+    assert wait["reason"] == "selected_waiting" and wait["retry_after_s"] <= 1.2
     states = {r["id"]: r["state"] for r in h.status()["open_rounds"]}
     assert states == {1: "training", 2: "selecting"}
+    assert r2[0].checkin()["reason"] == "selected_waiting"  # still its seat, still waiting
     r1[0].upload(t1[0], deltas(1.0))
-    r1[1].upload(t1[1], deltas(1.0))  # round 1 commits -> v1
-    t2.append(r2[1].task())
-    assert t2[1]["model_version"] == 1  # selected after the commit: trains the newest
+    r1[1].upload(t1[1], deltas(1.0))  # round 1 commits -> v1: round 2 is configured
+    t2 = [r2[0].task(), r2[1].task()]
+    assert [t["round_id"] for t in t2] == [2, 2]
+    assert [t["model_version"] for t in t2] == [1, 1]  # selected before or after: v1
     r2[0].upload(t2[0], deltas(1.0))
     r2[1].upload(t2[1], deltas(1.0))
     assert h.status()["model_version"] == 2
     np.testing.assert_allclose(h.global_weights()[2], initial_weights()[2] + 2.0)
+
+
+def test_pipelining_no_show_and_released_seats(tmp_path):
+    h = harness(tmp_path, report_goal=2, overselect=1.5)  # target 3
+    r1 = [h.register() for _ in range(3)]
+    t1 = [d.task() for d in r1]
+    early = [h.register() for _ in range(3)]
+    assert all(d.checkin()["reason"] == "selected_waiting" for d in early)
+    gone = early[2].checkin(charging=False)  # unplugged: seat given back
+    assert gone["reason"] == "not_charging"
+    late_comer = h.register()
+    assert late_comer.checkin()["reason"] == "selected_waiting"  # took the freed seat
+    r1[0].upload(t1[0], deltas(1.0))
+    r1[1].upload(t1[1], deltas(1.0))  # round 1 commits: round 2 waits 5 s for its devices
+    t2 = [early[0].task(), late_comer.task()]
+    h.clock.advance(6.5)  # early[1] never came back (asked back at +1 s): a no-show
+    rnd = h.client.get("/v1/rounds/2").get_json()
+    assert rnd["state"] == "training" and rnd["selected"] == 3
+    assert rnd["aborted"] == {"no_show": 1}
+    early[0].upload(t2[0], deltas(1.0))
+    late_comer.upload(t2[1], deltas(1.0))
+    assert h.client.get("/v1/rounds/2").get_json()["state"] == "committed"
+    assert early[1].task()["round_id"] == 3  # its seat went with round 2; round 3 may pick it
 
 
 def test_pipelining_off_waits_for_commit(tmp_path):
@@ -330,3 +355,18 @@ def test_an_abandoned_evaluation_of_the_latest_model_is_tried_again(tmp_path):
     assert len(evals) == 1 and evals[0]["base_version"] == 0 and evals[0]["id"] > 1
     phone = h.register("heldout")
     assert "task" in phone.checkin()
+
+
+def test_device_selected_ahead_is_asked_back_when_the_running_round_may_end(tmp_path):
+    h = harness(tmp_path)  # goal 2, target 3, claim_poll_s 1, retry_jitter 0.2
+    first = [h.register() for _ in range(3)]
+    t1 = [d.task() for d in first]
+    h.clock.advance(4)
+    first[0].upload(t1[0], deltas(1.0))
+    first[1].upload(t1[1], deltas(1.0))  # round 1 took 4 s from selection to commit
+    second = [h.register() for _ in range(3)]
+    [d.task() for d in second]  # round 2 trains from now; round 3 selects ahead
+    h.clock.advance(1)
+    ahead = h.register().checkin()
+    assert ahead["reason"] == "selected_waiting"
+    assert 3 * 0.8 <= ahead["retry_after_s"] <= 3.0  # ~4 s after round 2 started, not later
