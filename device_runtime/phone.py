@@ -43,6 +43,7 @@ class Phone:
     cached_version: int | None = None
     has_artifact: bool = False
     busy: bool = False
+    waiting: bool = False  # selected for a round whose model is not there yet
     retired: bool = False
     backoff_s: float = 1.0  # wall seconds, doubles on consecutive failures
 

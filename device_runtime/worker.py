@@ -2,13 +2,15 @@
 
 Phones are not threads (a fleet has thousands): each is a small :class:`Phone` with a
 wake-up time in the heap. The main loop pops phones that are due and does what a phone's
-job scheduler would: sleep while not eligible (charging, Wi‑Fi, idle), register once,
-check in, honour "come back in N s", hand a task to the training thread, and deliver the
-task's result or abort when its simulated time comes. Failed deliveries are retried with
+job scheduler would: sleep while not eligible (charging, Wi‑Fi, idle, battery not low),
+register once, check in, honour "come back in N s", hand a task to the training thread,
+and deliver the task's result or abort when its simulated time comes. Failed deliveries are retried with
 jittered exponential backoff and the same bytes, so nothing is lost or sent twice.
 
 One training thread per worker runs the LiteRT work, keeping one interpreter per model
-artifact for all the worker's phones: memory grows with workers, not with phones.
+artifact for all the worker's phones: memory grows with workers, not with phones. (Two
+threads per worker, each with its own interpreter, made a 20-round run on 2 cores slower:
+45-49 s against 42-44 s.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import math
 import queue
 import random
 import threading
@@ -36,6 +39,11 @@ from fedkb.device_runtime.phone import ModelFiles, Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
 
 MAX_BACKOFF_S = 30.0  # wall seconds
+# A phone's job also waits for "battery not low" (Android's JobInfo.Builder
+# setRequiresBatteryNotLow): the level the server asks for by default (round.min_battery).
+# Without it, a phone charging from a low level checked in every few minutes for hours
+# only to be refused (a third of all check-ins in a 20-round run).
+BATTERY_NOT_LOW = 20.0  # percent
 # The server's answers to a report that came after its round stopped taking reports.
 LATE_CODES = frozenset({"late_report", "round_closed"})
 
@@ -63,18 +71,20 @@ class Worker:
 
     def __init__(self, server_url: str, data_dir: str, profiles: list[DeviceProfile],
                  clock: SimClock, seed: int = 0):
+        self.server_url = server_url
         self.client = DeviceClient(server_url)
-        self.train_client = DeviceClient(server_url)  # the training thread's own session
         self.dataset = Dataset.open(data_dir)
         self.clock = clock
         self.phones = [Phone(p) for p in profiles]
         self.stats = WorkerStats(phones=len(self.phones))
         self._heap: list[tuple[float, int, Phone, str, Outcome | None]] = []
         self._seq = itertools.count()
-        self._jobs: queue.Queue = queue.Queue()
+        # Tasks waiting for a training thread, the largest shard first: the emulated phones
+        # would all compute at once, but here they queue for a few cores, and a round lasts
+        # as long as its slowest phone; starting that one first shortens every round
+        # without changing any phone's simulated timeline.
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._done: queue.Queue = queue.Queue()
-        self._models: dict[tuple[str, int], ModelFiles] = {}
-        self._trainers: dict[str, tuple[Any, int]] = {}
         self._rng = random.Random(seed)
 
     # -- scheduling -------------------------------------------------------------------
@@ -93,8 +103,9 @@ class Worker:
 
     def run(self) -> WorkerStats:
         """The main loop; returns when the clock is stopped."""
-        trainer_thread = threading.Thread(target=self._train_loop, name="fedkb-train",
-                                          daemon=True)
+        cache = ModelCache(self.server_url)
+        trainer_thread = threading.Thread(target=self._train_loop, args=(cache,),
+                                          name="fedkb-train", daemon=True)
         trainer_thread.start()
         now = self.clock.now()
         for i, phone in enumerate(self.phones):  # spread the first wake-ups a little
@@ -115,10 +126,10 @@ class Worker:
                 with contextlib.suppress(queue.Empty):
                     self._finished(*self._done.get(timeout=min(0.2, max(0.0, wait))))
         finally:
-            self._jobs.put(None)
+            self._jobs.put((math.inf, next(self._seq), None))
             trainer_thread.join(timeout=30)
+            cache.close()
             self.client.close()
-            self.train_client.close()
         return self.stats
 
     def _drain_done(self) -> None:
@@ -145,8 +156,11 @@ class Worker:
             return
         trace = phone.profile.trace
         state = trace.state_at(now)
-        if not state.eligible:
-            nxt = trace.next_eligible(now)
+        if not state.eligible or state.battery < BATTERY_NOT_LOW:
+            if phone.waiting:  # selected for a round: give the seat back, as a dropped
+                self._withdraw(phone, state)  # connection would tell the server
+            # asleep until its job's constraints hold (the level changes with the trace row)
+            nxt = trace.next_eligible(now) if not state.eligible else trace.next_change(now)
             if nxt is None:
                 phone.retired = True
             else:
@@ -177,6 +191,7 @@ class Worker:
             self._push(now + self._backoff(phone), phone, "wake")
             return
         phone.backoff_s = 1.0
+        phone.waiting = resp.task is None and resp.reason == "selected_waiting"
         if resp.task is None:
             delay = float(resp.retry_after_s or 1.0) * self.clock.speedup
             self._push(now + delay, phone, "wake")
@@ -184,7 +199,20 @@ class Worker:
         phone.busy = True
         self.stats.counts["tasks_received"] += 1
         self.stats.training += 1
-        self._jobs.put((phone, resp.task, now, time.monotonic()))
+        entry = self.dataset.entry(phone.profile.user)
+        size = entry.train[1] if resp.task.plan.kind == "train" else entry.eval[1]
+        self._jobs.put((-size, next(self._seq), (phone, resp.task, now, time.monotonic())))
+
+    def _withdraw(self, phone: Phone, state: Any) -> None:
+        """Check in once with the conditions that ended the wait (the server frees the seat)."""
+        phone.waiting = False
+        cond = wire.Conditions(state.charging, state.network == "wifi", state.idle,
+                               state.battery / 100.0)
+        try:
+            self.client.checkin(phone.token or "", cond, phone.cached_version)
+            self.stats.counts["withdrawn"] += 1
+        except (Retry, Refused):
+            pass  # the server counts it as a no-show instead
 
     # -- a finished task is delivered -------------------------------------------------
 
@@ -217,44 +245,9 @@ class Worker:
 
     # -- the training thread ----------------------------------------------------------
 
-    def _model(self, task: wire.Task) -> ModelFiles:
-        """The trainer and global weights for a task's model version (downloaded once).
-
-        The manifest at ``task.artifact_url`` lists the artifact's files with their
-        SHA-256; one interpreter is kept per distinct model file, shared by every
-        version that uses it, and only the newest weights are kept.
-        """
-        key = (task.artifact_url, task.model_version)
-        if key in self._models:
-            return self._models[key]
-        from fedkb.device_runtime.artifact import Artifact
-        from fedkb.device_runtime.trainer import Trainer
-
-        manifest = json.loads(self.train_client.download(task.artifact_url))
-        files = manifest["files"]
-        meta_raw = self._fetch(files["metadata.json"])
-        meta = json.loads(meta_raw)
-        model_rec = files[meta["model_file"]]
-        if model_rec["sha256"] not in self._trainers:
-            model_bytes = self._fetch(model_rec)
-            artifact = Artifact(Path(task.artifact_url), meta, model_bytes)
-            self._trainers[model_rec["sha256"]] = (Trainer(artifact),
-                                                   len(model_bytes) + len(meta_raw))
-        trainer, artifact_bytes = self._trainers[model_rec["sha256"]]
-        raw = self._fetch(manifest["weights"])
-        self._models = {key: ModelFiles(trainer, decode_arrays(raw), len(raw), artifact_bytes)}
-        return self._models[key]
-
-    def _fetch(self, rec: dict[str, Any]) -> bytes:
-        """Download a manifest entry and check its SHA-256 (a bad copy is retried)."""
-        data = self.train_client.download(rec["url"])
-        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            raise Retry(f"download of {rec['url']} failed its SHA-256 check", 2.0)
-        return data
-
-    def _train_loop(self) -> None:
+    def _train_loop(self, cache: ModelCache) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._jobs.get()[2]
             if job is None or self.clock.stopped:  # shutting down: drop queued tasks
                 return
             phone, task, t_task, received = job
@@ -265,7 +258,7 @@ class Worker:
                 self._done.put((phone, Outcome(task, t_task, "abort", reason="deadline")))
                 continue
             try:
-                model = self._model(task)
+                model = cache.get(task)
                 busy = time.perf_counter()
                 shard = self.dataset.shard(phone.profile.user)
                 windows = shard.train if task.plan.kind == "train" else shard.eval
@@ -289,3 +282,50 @@ class Worker:
         now = self.clock.now()
         self.stats.eligible = sum(1 for p in self.phones
                                   if p.profile.trace.state_at(now).eligible)
+
+
+class ModelCache:
+    """The training thread's interpreters and global weights (each downloaded once).
+
+    The manifest at a task's ``artifact_url`` lists the artifact's files with their
+    SHA-256; one interpreter is kept per distinct model file, shared by every version
+    that uses it, and only the newest weights are kept.
+    """
+
+    def __init__(self, server_url: str) -> None:
+        self.client = DeviceClient(server_url)  # the training thread's own HTTP session
+        self._models: dict[tuple[str, int], ModelFiles] = {}
+        self._trainers: dict[str, tuple[Any, int]] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def get(self, task: wire.Task) -> ModelFiles:
+        """The trainer and global weights for a task's model version."""
+        key = (task.artifact_url, task.model_version)
+        if key in self._models:
+            return self._models[key]
+        from fedkb.device_runtime.artifact import Artifact
+        from fedkb.device_runtime.trainer import Trainer
+
+        manifest = json.loads(self.client.download(task.artifact_url))
+        files = manifest["files"]
+        meta_raw = self._fetch(files["metadata.json"])
+        meta = json.loads(meta_raw)
+        model_rec = files[meta["model_file"]]
+        if model_rec["sha256"] not in self._trainers:
+            model_bytes = self._fetch(model_rec)
+            artifact = Artifact(Path(task.artifact_url), meta, model_bytes)
+            self._trainers[model_rec["sha256"]] = (Trainer(artifact),
+                                                   len(model_bytes) + len(meta_raw))
+        trainer, artifact_bytes = self._trainers[model_rec["sha256"]]
+        raw = self._fetch(manifest["weights"])
+        self._models = {key: ModelFiles(trainer, decode_arrays(raw), len(raw), artifact_bytes)}
+        return self._models[key]
+
+    def _fetch(self, rec: dict[str, Any]) -> bytes:
+        """Download a manifest entry and check its SHA-256 (a bad copy is retried)."""
+        data = self.client.download(rec["url"])
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise Retry(f"download of {rec['url']} failed its SHA-256 check", 2.0)
+        return data

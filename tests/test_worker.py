@@ -1,0 +1,99 @@
+"""A worker's phones behave like a job scheduler would (no server: a recording client)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedkb import wire
+from fedkb.device_runtime.clock import SimClock
+from fedkb.device_runtime.profile import TIERS, DeviceProfile
+from fedkb.device_runtime.traces import NETWORKS, Trace
+from fedkb.device_runtime.worker import Worker
+
+WIFI = NETWORKS.index("wifi")
+
+
+@dataclass
+class RecordingClient:
+    """Stands in for DeviceClient: records check-ins, answers with ``answer``."""
+
+    answer: Any = None
+    checkins: list[wire.Conditions] = field(default_factory=list)
+
+    def register(self, population: str, name: str) -> Any:
+        return wire.RegisterResponse(device_id=f"d-{name}", token=f"tok-{name}", token_ttl_s=3600)
+
+    def checkin(self, token: str, conditions: wire.Conditions, cached: int | None) -> Any:
+        self.checkins.append(conditions)
+        return self.answer(token) if callable(self.answer) else self.answer
+
+
+def _trace(rows: list[tuple[float, bool, bool, float]]) -> Trace:
+    t, charging, idle, battery = (np.array(c) for c in zip(*rows, strict=True))
+    return Trace(t, charging, np.full(len(rows), WIFI), idle, battery)
+
+
+def _worker(tiny_data, traces: list[Trace], answer: Any) -> tuple[Worker, RecordingClient]:
+    from fedkb.datasets.store import Dataset
+
+    ds = Dataset.open(tiny_data)
+    by_size = {ds.entry(u).train[1]: u for u in ds.train_users}  # users of distinct sizes
+    users = list(by_size.values())
+    profiles = [DeviceProfile(f"p{i}", users[i], "train", TIERS[1], 1e6, 1e6, 0.0, tr)
+                for i, tr in enumerate(traces)]
+    worker = Worker("http://127.0.0.1:9", str(tiny_data), profiles, SimClock(speedup=60.0))
+    worker.client.close()
+    client = RecordingClient(answer)
+    worker.client = client  # type: ignore[assignment]
+    return worker, client
+
+
+def _task(task_id: str) -> wire.Task:
+    return wire.Task(task_id=task_id, round_id=1, model_version=0,
+                     plan=wire.Plan(kind="train", lr=0.5, batch_size=4, epochs=1, max_steps=5,
+                                    seed=0),
+                     weights_url="/v1/models/0/weights", artifact_url="/v1/models/0",
+                     deadline_s=60.0)
+
+
+def test_a_phone_with_a_low_battery_waits_for_a_higher_level(tiny_data):
+    # charging, on Wi-Fi and idle from t=0, but at 10% until the trace says 60% at t=900
+    trace = _trace([(0.0, True, True, 10.0), (900.0, True, True, 60.0)])
+    worker, client = _worker(tiny_data, [trace], wire.CheckinResponse(retry_after_s=5.0))
+    phone = worker.phones[0]
+    worker._wake(phone, 10.0)
+    assert client.checkins == []  # "battery not low" does not hold: no check-in at all
+    assert worker._heap[0][0] == 900.0  # asleep until the level changes
+    worker._wake(phone, 900.0)
+    assert len(client.checkins) == 1 and client.checkins[0].battery == 0.6
+
+
+def test_a_phone_selected_ahead_gives_its_seat_back_when_unplugged(tiny_data):
+    trace = _trace([(0.0, True, True, 80.0), (100.0, False, True, 80.0)])
+    wait = wire.CheckinResponse(retry_after_s=0.5, reason="selected_waiting")
+    worker, client = _worker(tiny_data, [trace], wait)
+    phone = worker.phones[0]
+    worker._wake(phone, 0.0)
+    assert phone.waiting and worker._heap[0][0] == 30.0  # 0.5 wall s at 60x
+    worker._wake(phone, 120.0)  # unplugged while waiting: tells the server once
+    assert [c.charging for c in client.checkins] == [True, False]
+    assert not phone.waiting and worker.stats.counts["withdrawn"] == 1
+    worker._wake(phone, 130.0)
+    assert len(client.checkins) == 2  # and then sleeps like any unplugged phone
+
+
+def test_the_largest_shard_trains_first(tiny_data):
+    always = _trace([(0.0, True, True, 90.0)])
+    worker, _ = _worker(tiny_data, [always] * 3, lambda token: wire.CheckinResponse(
+        task=_task(f"t-{token}")))
+    sizes = {p.profile.device_id: worker.dataset.entry(p.profile.user).train[1] for p in worker.phones}
+    assert len(set(sizes.values())) == 3
+    for phone in worker.phones:
+        worker._wake(phone, 0.0)
+    order = []
+    while not worker._jobs.empty():
+        order.append(worker._jobs.get()[2][0].profile.device_id)
+    assert [sizes[d] for d in order] == sorted(sizes.values(), reverse=True)
