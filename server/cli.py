@@ -79,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
     state = app.extensions["fedkb"]
     limit = state.max_upload_bytes + 1024
     try:
+        # Model uploads and weight downloads are megabytes: waitress's defaults read a
+        # request 8 kB per call and spool bodies over 512 kB (responses over 1 MB) to temp
+        # files; in a 20-round fleet run that was ~15% of the server's CPU.
         server = create_server(app, host=config.host, port=config.port, threads=config.threads,
                                max_request_body_size=limit, channel_timeout=60,
-                               connection_limit=1000, ident="fedkb")
+                               connection_limit=1000, ident="fedkb", recv_bytes=1 << 18,
+                               inbuf_overflow=limit, outbuf_overflow=64 << 20)
     except OSError as exc:
         state.close()
         raise UserError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
