@@ -1,4 +1,4 @@
-"""The round loop: check-ins, selection, reports, aborts, deadlines, commits.
+"""The round loop: the model, the open rounds, deadlines, commits.
 
 :class:`RoundLoop` drives the state machine of :mod:`fedkb.server.rounds` and never knows
 the algorithm: it asks the :class:`~fedkb.server.strategy.Strategy` for a plan, an
@@ -22,19 +22,18 @@ from typing import Any
 import numpy as np
 
 from fedkb.codec import CodecError
-from fedkb.server import pacing
 from fedkb.server.artifact import ModelArtifact
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
 from fedkb.server.config import RoundConfig
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
-from fedkb.server.errors import ApiError, Conflict, Forbidden, NotFound
+from fedkb.server.errors import NotFound
 from fedkb.server.metrics import ServerMetrics
+from fedkb.server.reports import Reporting
 from fedkb.server.rounds import (
     ABANDONED,
     COMMITTED,
     EVALUATE,
-    KIND_OF,
     OPEN_STATES,
     POPULATION_OF,
     SELECTING,
@@ -45,22 +44,19 @@ from fedkb.server.rounds import (
     TaskRecord,
     round_json,
 )
+from fedkb.server.selection import Selection
 from fedkb.server.strategy import Strategy
-from fedkb.server.uploads import parse_upload, upload_fingerprint
-from fedkb.wire import (
-    AbortResult,
-    CheckinResponse,
-    Conditions,
-    Task,
-    UploadMetadata,
-    UploadResult,
-)
 
 log = logging.getLogger(__name__)
 
 
-class RoundLoop:
-    """Owns the global model, the open rounds, and every transition between them."""
+class RoundLoop(Selection, Reporting):
+    """Owns the global model, the open rounds, and every transition between them.
+
+    Check-ins and seats are in :class:`~fedkb.server.selection.Selection`, uploads and
+    aborts in :class:`~fedkb.server.reports.Reporting`; this class holds the state they
+    share and the round lifecycle: open, configure, close selection, commit or abandon.
+    """
 
     def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
                  store: CheckpointStore | None, strategy: Strategy, metrics: ServerMetrics,
@@ -158,258 +154,6 @@ class RoundLoop:
         with self.lock:
             self.cfg = cfg
             self._tick()
-
-    # --- check-in: selection and pace steering ---------------------------------------------
-
-    def checkin(self, device_id: str, conditions: Conditions) -> CheckinResponse:
-        population = self.devices.population(device_id)
-        kind = KIND_OF[population]
-        with self.lock:
-            now = self.clock()
-            self._tick(now)
-            busy = self._tasks.get(self._busy.get(device_id, ""))
-            if busy is not None:  # a lost answer or a restarted phone: the same task again
-                self.metrics.checkins.labels("task_again").inc()
-                return CheckinResponse(task=self._wire_task(busy, self.open[busy.round_id], now))
-            held = self.open.get(self._reserved.get(device_id, -1))
-            why = pacing.ineligibility(conditions, self.cfg)
-            if why is not None:
-                if held is not None:  # selected, but no longer able to train: free the seat
-                    self._release(held, device_id)
-                self.metrics.checkins.labels("ineligible").inc()
-                return CheckinResponse(retry_after_s=pacing.ineligible_retry(self.cfg, self.rng),
-                                       reason=why)
-            if held is not None:
-                return self._claim_or_wait(held, device_id, now)
-            resting = kind == TRAIN and self._resting(device_id)
-            for rnd in self.open.values():
-                if rnd.kind == kind and rnd.wants_devices() and device_id not in rnd.devices \
-                        and not resting:
-                    rnd.devices.add(device_id)
-                    rnd.stats.selected += 1
-                    if rnd.configured:
-                        self.metrics.checkins.labels("task").inc()
-                        return CheckinResponse(task=self._assign(rnd, device_id, now))
-                    self._reserved[device_id] = rnd.id
-                    return self._claim_or_wait(rnd, device_id, now)
-            reason = "no_model" if self.model is None else (
-                "recently_trained" if resting else "no_round")
-            goal = self.cfg.report_goal if kind == TRAIN else self.cfg.eval_goal
-            retry = pacing.steer(self.devices.count(population), self.cfg.target(goal),
-                                 self.cfg, self.rng)
-        self.metrics.checkins.labels("retry").inc()
-        return CheckinResponse(retry_after_s=retry, reason=reason)
-
-    def _resting(self, device_id: str) -> bool:
-        """Whether the device trained too recently to be given another training task."""
-        last = self._trained_from.get(device_id)
-        return (last is not None and self.model is not None and
-                self.model.version < last + self.cfg.rejoin_after_rounds)
-
-    def _claim_or_wait(self, rnd: RoundState, device_id: str, now: float) -> CheckinResponse:
-        """A device selected ahead of its round's model: its task, or "come back soon"."""
-        if rnd.configured:
-            del self._reserved[device_id]
-            self.metrics.checkins.labels("task").inc()
-            return CheckinResponse(task=self._assign(rnd, device_id, now))
-        self.metrics.checkins.labels("selected_waiting").inc()
-        retry = self._claim_retry(now)
-        rnd.claim_by = max(rnd.claim_by, now + retry)  # selection waits for it at least so long
-        return CheckinResponse(retry_after_s=retry, reason="selected_waiting")
-
-    def _claim_retry(self, now: float) -> float:
-        """When a device selected ahead should come back: when the round training now may
-        end at the earliest (its shortest recent duration), at least ``claim_poll_s``."""
-        running = [r for r in self.open.values() if r.kind == TRAIN and r.configured]
-        wait = 0.0
-        if running and running[0].state == TRAINING and self._recent_reporting_s:
-            start = running[0].selection_closed_at
-            assert start is not None
-            wait = (start + min(self._recent_reporting_s) - now) * \
-                self.rng.uniform(1.0 - self.cfg.retry_jitter, 1.0)
-        return round(max(self.cfg.claim_poll_s, wait), 3)
-
-    def _release(self, rnd: RoundState, device_id: str) -> None:
-        """Give back the seat of a device selected ahead of its round's model."""
-        del self._reserved[device_id]
-        rnd.devices.discard(device_id)
-        rnd.stats.selected -= 1
-        self.metrics.checkins.labels("released").inc()
-
-    def _assign(self, rnd: RoundState, device_id: str, now: float) -> Task:
-        """Hand a selected device its task: the round's plan on the round's base model."""
-        rec = TaskRecord(TaskRecord.new_id(), rnd.id, device_id, rnd.kind, rnd.base_version,
-                         rnd.plan, now)
-        self.db.insert("tasks", rec.row())
-        self._tasks[rec.id] = rec
-        self._busy[device_id] = rec.id
-        rnd.task_ids.append(rec.id)
-        self.metrics.selected.labels(rnd.kind).inc()
-        if rnd.stats.selected >= rnd.target and len(rnd.task_ids) == rnd.stats.selected:
-            self._close_selection(rnd, now)
-        return self._wire_task(rec, rnd, now)
-
-    def _wire_task(self, rec: TaskRecord, rnd: RoundState, now: float) -> Task:
-        return Task(task_id=rec.id, round_id=rec.round_id, model_version=rec.model_version,
-                    plan=rec.plan, weights_url=f"/v1/models/{rec.model_version}/weights",
-                    artifact_url=f"/v1/models/{rec.model_version}",
-                    deadline_s=round(rnd.time_left(now, self.cfg.reporting_deadline_s), 3))
-
-    # --- reporting -----------------------------------------------------------------------
-
-    def report(self, device_id: str, task_id: str, body: bytes) -> UploadResult:
-        """Validate an upload and fold it into its round (or refuse it, counted)."""
-        digest = upload_fingerprint(body)
-        with self.lock:
-            self._tick()
-            task = self._owned_task(device_id, task_id)
-            prior = self._replayed(task, digest)
-            if prior is not None:
-                return prior
-            self._round_for_report(task)
-        t0 = time.perf_counter()
-        try:
-            meta, arrays = self._decode(task, body)
-        except ApiError as exc:
-            with self.lock:
-                self._reject(task.round_id, exc.code)
-            raise
-        with self.lock:
-            self._tick()
-            prior = self._replayed(task, digest)
-            if prior is not None:
-                return prior
-            rnd = self._round_for_report(task)
-            now = self.clock()
-            if rnd.aggregator is not None:
-                rnd.aggregator.accumulate(arrays, float(meta.num_examples))
-                rnd.stats.clipped = int(getattr(rnd.aggregator, "clipped", 0))
-            scalars = {**meta.metrics, **{f"timing_{k}": v for k, v in meta.timings.items()}}
-            if meta.loss is not None:
-                scalars["loss"] = meta.loss
-            rnd.scalars.accumulate(scalars, float(max(meta.num_examples, 1)))
-            result = UploadResult(task.id, task.round_id, "accepted", now)
-            task.state, task.upload_sha256, task.response = "reported", digest, result.to_json()
-            self.db.update("tasks", "id", task.id, {
-                "state": "reported", "finished_at": now, "upload_sha256": digest,
-                "response": _dumps(task.response), "num_examples": meta.num_examples})
-            self._busy.pop(device_id, None)
-            if rnd.kind == TRAIN:
-                self._trained_from[device_id] = task.model_version
-            rnd.stats.reported += 1
-            rnd.stats.num_examples += meta.num_examples
-            self.metrics.reports.labels(rnd.kind).inc()
-            self.metrics.fold.observe(time.perf_counter() - t0)
-            if rnd.stats.reported >= rnd.goal:
-                self._commit(rnd, now)
-            else:
-                self.db.update("rounds", "id", rnd.id, {"stats": _dumps(rnd.stats.to_json())})
-            self._tick(now)  # after a commit: configure or open the next round now
-            return result
-
-    def _owned_task(self, device_id: str, task_id: str) -> TaskRecord:
-        task = self._tasks.get(task_id)
-        if task is None:
-            row = row_dict(self.db.one("SELECT * FROM tasks WHERE id = ?", (task_id,)))
-            if row is None:
-                self.metrics.rejections.labels("unknown_task").inc()
-                raise NotFound(f"no task {task_id}", "unknown_task")
-            task = TaskRecord.from_row(row)
-        if task.device_id != device_id:
-            self._reject(task.round_id, "wrong_device")
-            raise Forbidden(f"task {task_id} belongs to another device", "wrong_device")
-        return task
-
-    def _replayed(self, task: TaskRecord, digest: str) -> UploadResult | None:
-        """The earlier answer for an identical retry; :class:`Conflict` for anything else."""
-        if task.state == "reported":
-            if task.upload_sha256 == digest and task.response is not None:
-                return UploadResult.from_json(task.response)
-            self._reject(task.round_id, "already_submitted")
-            raise Conflict(f"task {task.id} already has a different upload",
-                           "already_submitted")
-        if task.state == "aborted":
-            self._reject(task.round_id, "task_aborted")
-            raise Conflict(f"task {task.id} was aborted", "task_aborted")
-        return None
-
-    def _round_for_report(self, task: TaskRecord) -> RoundState:
-        """The task's round if it still takes reports; else count the report and refuse it."""
-        rnd = self.open.get(task.round_id)
-        if rnd is not None:
-            return rnd
-        row = row_dict(self.db.one("SELECT * FROM rounds WHERE id = ?", (task.round_id,)))
-        assert row is not None
-        stats = RoundStats.from_json(row["stats"])
-        after_deadline = row["state"] == ABANDONED and row["reason"] == "deadline"
-        if row["state"] == COMMITTED or after_deadline or task.state == "late":
-            stats.late += 1
-            self.metrics.late.inc()
-            if task.state != "late":
-                self.db.update("tasks", "id", task.id, {"state": "late"})
-                task.state = "late"
-            self.db.update("rounds", "id", task.round_id, {"stats": _dumps(stats.to_json())})
-            raise Conflict(f"round {task.round_id} is closed: the report is late", "late_report")
-        stats.count("rejected", "round_abandoned")
-        self.metrics.rejections.labels("round_abandoned").inc()
-        self.db.update("rounds", "id", task.round_id, {"stats": _dumps(stats.to_json())})
-        raise Conflict(f"round {task.round_id} was abandoned ({row['reason']})",
-                       "round_abandoned")
-
-    def _decode(self, task: TaskRecord, body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
-        assert self.artifact is not None
-        return parse_upload(body, task.id, task.round_id, task.kind, self.artifact.specs,
-                            lambda rid: self.db.one("SELECT 1 FROM rounds WHERE id = ?",
-                                                    (rid,)) is not None)
-
-    def reject_for_task(self, task_id: str, reason: str) -> None:
-        """Count a refused upload (e.g. wrong content type) against its task's round."""
-        with self.lock:
-            task = self._tasks.get(task_id)
-            row = None if task else self.db.one("SELECT round_id FROM tasks WHERE id = ?",
-                                                (task_id,))
-            if task is None and row is None:
-                self.metrics.rejections.labels(reason).inc()
-                return
-            self._reject(task.round_id if task else int(row["round_id"]), reason)  # type: ignore[index]
-
-    def _reject(self, round_id: int, reason: str) -> None:
-        self.metrics.rejections.labels(reason).inc()
-        rnd = self.open.get(round_id)
-        if rnd is not None:
-            rnd.stats.count("rejected", reason)
-            return
-        row = row_dict(self.db.one("SELECT stats FROM rounds WHERE id = ?", (round_id,)))
-        if row is not None:
-            stats = RoundStats.from_json(row["stats"])
-            stats.count("rejected", reason)
-            self.db.update("rounds", "id", round_id, {"stats": _dumps(stats.to_json())})
-
-    def abort(self, device_id: str, task_id: str, reason: str) -> AbortResult:
-        """The device gives up its task (e.g. unplugged); counted by reason."""
-        with self.lock:
-            task = self._owned_task(device_id, task_id)
-            if task.state == "aborted":
-                return AbortResult(task.id, "aborted")
-            if task.state != "assigned":
-                raise Conflict(f"task {task.id} is already {task.state}", "task_finished")
-            task.state = "aborted"
-            self.db.update("tasks", "id", task.id, {"state": "aborted", "reason": reason,
-                                                     "finished_at": self.clock()})
-            self.metrics.aborts.labels(reason).inc()
-            if self._busy.get(device_id) == task.id:
-                self._busy.pop(device_id)
-            rnd = self.open.get(task.round_id)
-            if rnd is not None:
-                rnd.stats.count("aborted", reason)
-                self.db.update("rounds", "id", rnd.id, {"stats": _dumps(rnd.stats.to_json())})
-            else:
-                row = row_dict(self.db.one("SELECT stats FROM rounds WHERE id = ?",
-                                           (task.round_id,)))
-                stats = RoundStats.from_json(row["stats"])  # type: ignore[index]
-                stats.count("aborted", reason)
-                self.db.update("rounds", "id", task.round_id, {"stats": _dumps(stats.to_json())})
-            return AbortResult(task.id, "aborted")
 
     # --- time: deadlines and scheduling ------------------------------------------------------
 
