@@ -1,7 +1,7 @@
 """`fedkb simulate --engine fleet` vs `--engine tff`: wall time and held-out recall.
 
     uv run python bench/bench_vs_tff.py --data DIR [--rounds 20] [--clients-per-round 20]
-        [--preset small] [--fleet-args "--overselect 1.0 --no-pipeline"] [--skip-tff]
+        [--preset small] [--lr LR] [--fleet-args "--overselect 1.0"] [--skip-tff]
 
 Runs each engine as its own `fedkb simulate ... --json` command, one after the other
 (never together: they would share the cores), times the whole command from the outside
@@ -37,6 +37,8 @@ def main() -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--clients-per-round", type=int, default=20)
+    p.add_argument("--lr", type=float, default=None,
+                   help="client SGD learning rate for both engines (default: the preset's)")
     p.add_argument("--fleet-args", default="", help="extra arguments for the fleet engine")
     p.add_argument("--skip-tff", action="store_true")
     args = p.parse_args()
@@ -49,7 +51,8 @@ def main() -> int:
 
     common = [sys.executable, "-m", "fedkb", "simulate", "--data", str(args.data),
               "--preset", args.preset, "--rounds", str(args.rounds),
-              "--clients-per-round", str(args.clients_per_round), "--json"]
+              "--clients-per-round", str(args.clients_per_round), "--json",
+              *(["--lr", str(args.lr)] if args.lr is not None else [])]
     rows = []
     if not args.skip_tff:
         rows.append(("tff", *run([*common, "--engine", "tff"])))

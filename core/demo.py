@@ -91,18 +91,17 @@ def _demo(args: argparse.Namespace) -> int:
                          workers=args.workers, eval_every=max(1, args.rounds // 8),
                          strategy=args.strategy, server_lr=args.server_lr,
                          # Emulated phones share this machine's 2 cores, so rounds are made
-                         # short and run one at a time: the server steers 10x the check-ins
-                         # a 3 s selection window needs and closes selection at the goal; no
-                         # over-selection (with 10% the late phones were always the largest
-                         # shards, and held-out top-1 after 160 rounds fell from ~15.7% to
-                         # 14.8%; a round still ends as soon as every phone answered, aborts
-                         # included); no pipelining (it would queue more training than the
-                         # cores do and train on one-version-stale models). Each phone's delta
-                         # is clipped to norm 4 (~1% of them): with client lr 1.0 and server
-                         # momentum one outsized update otherwise derails training for rounds.
-                         selection_window_s=3.0, pace_margin=10.0, overselect=1.0,
-                         clip_norm=4.0,
-                         pipeline=False, reporting_deadline_s=10.0)
+                         # short: the next round selects its phones while one trains
+                         # (pipelining; they start from the model it commits), the server
+                         # steers 4x the check-ins a 3 s selection window needs, and there
+                         # is no over-selection (with 10% the late phones were always the
+                         # largest shards, and held-out top-1 after 160 rounds fell from
+                         # ~15.7% to 14.8%; a round still ends as soon as every phone
+                         # answered, aborts included). Each phone's delta is clipped to norm
+                         # 4 (~1% of them): with client lr 1.0 and server momentum one
+                         # outsized update otherwise derails training for rounds.
+                         selection_window_s=3.0, pace_margin=4.0, overselect=1.0,
+                         clip_norm=4.0, pipeline=True, reporting_deadline_s=10.0)
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=_round_bar(args.rounds),
                                            keep_server=not args.no_serve)
