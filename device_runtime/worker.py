@@ -4,8 +4,9 @@ Phones are not threads (a fleet has thousands): each is a small :class:`Phone` w
 wake-up time in the heap. The main loop pops phones that are due and does what a phone's
 job scheduler would: sleep while not eligible (charging, Wi‑Fi, idle, battery not low),
 register once, check in, honour "come back in N s", hand a task to the training thread,
-and deliver the task's result or abort when its simulated time comes. Failed deliveries are retried with
-jittered exponential backoff and the same bytes, so nothing is lost or sent twice.
+and deliver the task's result or abort when its simulated time comes. Failed deliveries
+are retried with jittered exponential backoff and the same bytes, so nothing is lost or
+sent twice.
 
 One training thread per worker runs the LiteRT work, keeping one interpreter per model
 artifact for all the worker's phones: memory grows with workers, not with phones. (Two

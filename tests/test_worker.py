@@ -89,7 +89,8 @@ def test_the_largest_shard_trains_first(tiny_data):
     always = _trace([(0.0, True, True, 90.0)])
     worker, _ = _worker(tiny_data, [always] * 3, lambda token: wire.CheckinResponse(
         task=_task(f"t-{token}")))
-    sizes = {p.profile.device_id: worker.dataset.entry(p.profile.user).train[1] for p in worker.phones}
+    sizes = {p.profile.device_id: worker.dataset.entry(p.profile.user).train[1]
+             for p in worker.phones}
     assert len(set(sizes.values())) == 3
     for phone in worker.phones:
         worker._wake(phone, 0.0)
