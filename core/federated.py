@@ -50,6 +50,7 @@ class FleetRunConfig:
     overselect: float = 1.3  # devices selected per report wanted (Bonawitz et al.)
     pace_margin: float = 3.0  # check-ins steered per device a round needs (server config)
     clip_norm: float | None = None  # clip each device's delta to this L2 norm (server side)
+    lr_decay: bool = False  # server lr: cosine decay to a tenth over the run's rounds
     eval_every: int = 0  # federated evaluation every N versions (0: none)
     eval_goal: int = 10
     seed: int = 0
@@ -134,7 +135,8 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int,
                   "ineligible_retry_s": round(max(0.05, INELIGIBLE_RETRY_PHONE_S / cfg.speedup),
                                               3)},
         "strategy": {"name": cfg.strategy, "server_lr": cfg.server_lr,
-                     **({"clip_norm": cfg.clip_norm} if cfg.clip_norm is not None else {})},
+                     **({"clip_norm": cfg.clip_norm} if cfg.clip_norm is not None else {}),
+                     **({"decay_rounds": cfg.rounds} if cfg.lr_decay else {})},
     }
 
 

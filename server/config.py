@@ -132,6 +132,8 @@ class StrategyConfig:
         momentum, nesterov: for ``fedavgm``.
         beta1, beta2, tau: for ``fedadam`` (``tau`` is the adaptivity epsilon).
         clip_norm: clip each device delta to this L2 norm before averaging (None: off).
+        decay_rounds: cosine decay of ``server_lr`` to a tenth of it over this many model
+            versions (0: constant); set it to the rounds the run will have.
     """
 
     name: str = "fedavg"
@@ -142,8 +144,11 @@ class StrategyConfig:
     beta2: float = 0.99
     tau: float = 1e-3
     clip_norm: float | None = None
+    decay_rounds: int = 0
 
     def __post_init__(self) -> None:
+        if self.decay_rounds < 0:
+            raise ConfigError("strategy.decay_rounds must be >= 0")
         if self.name not in ("fedavg", "fedavgm", "fedadam"):
             raise ConfigError("strategy.name must be fedavg, fedavgm or fedadam, "
                               f"not {self.name!r}")

@@ -265,8 +265,8 @@ class RoundLoop(Selection, Reporting):
         assert self.store is not None
         before = self.strategy.state()
         try:
-            new = self.strategy.aggregate(self.model.weights, mean_delta)
             version = self._next_version()
+            new = self.strategy.aggregate(self.model.weights, mean_delta, version)
             file_sha, ckpt = self.store.write(version, new, self.strategy.state())
         except Exception as exc:  # the model stays as it was
             log.exception("commit of round %d failed", rnd.id)

@@ -6,7 +6,8 @@ The round loop (:mod:`fedkb.server.rounds`) calls only the two methods of
 - ``configure(kind, round_config, batch_size)`` -> the :class:`~fedkb.wire.Plan` sent to
   devices;
 - ``aggregator(specs)`` -> a fresh streaming aggregator for one round's updates;
-- ``aggregate(weights, mean_delta)`` -> the new global weights.
+- ``aggregate(weights, mean_delta, version)`` -> the new global weights (``version``: the
+  model version they become, for a learning-rate schedule).
 
 The server optimizers treat the weighted mean of the device deltas, Δ, as a
 pseudo-gradient (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2):
@@ -17,12 +18,17 @@ pseudo-gradient (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm
 - FedAdam (Reddi et al. 2021): m ← β₁ m + (1−β₁) Δ; v ← β₂ v + (1−β₂) Δ²;
   x ← x + η m / (√v + τ)  (no bias correction, as in the paper).
 
+With ``decay_rounds`` D > 0 the server learning rate follows a cosine from ``server_lr``
+at version 1 down to a tenth of it at version D, and stays there: the last rounds of a run
+take small steps, so the final model is not one noisy update away from a better one.
+
 Optimizer state (momentum, moments) is saved with each checkpoint (``state`` /
 ``load_state``) so a restarted server continues the same trajectory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -58,6 +64,15 @@ def adam_step(x: Sequence[np.ndarray], delta: Sequence[np.ndarray], m: Sequence[
             [a.astype(np.float32) for a in v_new])
 
 
+def scheduled_lr(base: float, decay_rounds: int, version: int) -> float:
+    """``base``, or with ``decay_rounds`` a cosine from ``base`` (version 1) to ``base / 10``
+    (version ``decay_rounds`` and after)."""
+    if decay_rounds <= 0:
+        return base
+    done = min(max(version - 1, 0), max(decay_rounds - 1, 1)) / max(decay_rounds - 1, 1)
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * done)))
+
+
 # --- the interface ---------------------------------------------------------------------
 
 
@@ -68,8 +83,8 @@ class Strategy(Protocol):
 
     def aggregator(self, specs: Sequence[Spec]) -> Aggregator: ...
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
-                  ) -> Arrays: ...
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+                  version: int = 1) -> Arrays: ...
 
     def state(self) -> Arrays: ...
 
@@ -91,9 +106,13 @@ class FedAvg:
     def aggregator(self, specs: Sequence[Spec]) -> Aggregator:
         return mean_factory(specs, self.cfg.clip_norm)
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
-                  ) -> Arrays:
-        return sgd_step(weights, mean_delta, self.cfg.server_lr)
+    def lr(self, version: int) -> float:
+        """The server learning rate of the step that makes ``version``."""
+        return scheduled_lr(self.cfg.server_lr, self.cfg.decay_rounds, version)
+
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+                  version: int = 1) -> Arrays:
+        return sgd_step(weights, mean_delta, self.lr(version))
 
     def state(self) -> Arrays:
         return []
@@ -110,10 +129,10 @@ class FedAvgM(FedAvg):
         super().__init__(cfg)
         self._v: Arrays = []
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
-                  ) -> Arrays:
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+                  version: int = 1) -> Arrays:
         v = self._v or [np.zeros_like(d, dtype=np.float32) for d in mean_delta]
-        new, self._v = momentum_step(weights, mean_delta, v, self.cfg.server_lr,
+        new, self._v = momentum_step(weights, mean_delta, v, self.lr(version),
                                      self.cfg.momentum, self.cfg.nesterov)
         return new
 
@@ -132,12 +151,13 @@ class FedAdam(FedAvg):
         self._m: Arrays = []
         self._v: Arrays = []
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray]
-                  ) -> Arrays:
+    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+                  version: int = 1) -> Arrays:
         zeros = [np.zeros_like(d, dtype=np.float32) for d in mean_delta]
         c = self.cfg
         new, self._m, self._v = adam_step(weights, mean_delta, self._m or zeros,
-                                          self._v or zeros, c.server_lr, c.beta1, c.beta2, c.tau)
+                                          self._v or zeros, self.lr(version), c.beta1, c.beta2,
+                                          c.tau)
         return new
 
     def state(self) -> Arrays:

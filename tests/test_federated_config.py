@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 from fedkb.datasets.store import Dataset
 from fedkb.federated import (
@@ -14,7 +15,7 @@ from fedkb.federated import (
     server_config,
     train_phones,
 )
-from fedkb.server.config import RoundConfig
+from fedkb.server.config import RoundConfig, StrategyConfig
 
 
 def test_phones_rest_a_quarter_of_the_rounds_needed_to_use_every_training_phone(tiny_data):
@@ -32,6 +33,8 @@ def test_server_config_is_a_valid_round_config_in_the_servers_clock(tiny_data):
     rc = RoundConfig(**doc["round"])  # validated like a config file
     assert rc.ineligible_retry_s == 1.0  # 300 s of phone time at 300x
     assert doc["strategy"] == {"name": "fedavg", "server_lr": 1.0, "clip_norm": 4.0}
+    decayed = server_config(replace(cfg, lr_decay=True, rounds=200), 0.5, phones)
+    assert StrategyConfig(**decayed["strategy"]).decay_rounds == 200  # over the whole run
 
 
 def test_export_is_reused_and_redone_when_the_preset_no_longer_matches(tiny_data, tiny_artifact,

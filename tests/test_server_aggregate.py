@@ -17,7 +17,14 @@ from fedkb.server.aggregate import (
     validate_update,
 )
 from fedkb.server.config import ConfigError, RoundConfig, StrategyConfig, load_config
-from fedkb.server.strategy import FedAdam, FedAvg, FedAvgM, adam_step, make_strategy
+from fedkb.server.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    adam_step,
+    make_strategy,
+    scheduled_lr,
+)
 
 SPECS = [Spec("a", (2,)), Spec("b", (1, 2))]
 
@@ -92,6 +99,17 @@ def test_fedavg_adds_server_lr_times_mean_delta():
     np.testing.assert_array_equal(new[0], [2, 3])
     np.testing.assert_array_equal(new[1], [[4, 5]])
     assert s.state() == []
+
+
+def test_server_lr_decays_by_cosine_to_a_tenth_and_stays():
+    lr = [scheduled_lr(1.0, 5, v) for v in range(1, 8)]
+    np.testing.assert_allclose(lr, [1.0, 0.8682, 0.55, 0.2318, 0.1, 0.1, 0.1], atol=1e-4)
+    assert scheduled_lr(0.7, 0, 150) == 0.7  # no schedule
+    s = FedAvg(StrategyConfig(server_lr=1.0, decay_rounds=5))
+    x, d = [np.zeros(1, np.float32)], [np.ones(1, np.float32)]
+    assert s.aggregate(x, d, version=3)[0][0] == pytest.approx(0.55)
+    with pytest.raises(ConfigError):
+        StrategyConfig(decay_rounds=-1)
 
 
 def test_fedavgm_nesterov_and_heavy_ball_exactly():

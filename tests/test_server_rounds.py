@@ -370,3 +370,15 @@ def test_device_selected_ahead_is_asked_back_when_the_running_round_may_end(tmp_
     ahead = h.register().checkin()
     assert ahead["reason"] == "selected_waiting"
     assert 3 * 0.8 <= ahead["retry_after_s"] <= 3.0  # ~4 s after round 2 started, not later
+
+
+def test_the_server_lr_schedule_follows_the_committed_version(tmp_path):
+    h = harness(tmp_path, pipeline=False, overselect=1.0,
+                strategy=StrategyConfig(server_lr=1.0, decay_rounds=3))  # goal 2
+    for _ in range(2):
+        devices = [h.register() for _ in range(2)]
+        tasks = [d.task() for d in devices]
+        for d, t in zip(devices, tasks, strict=True):
+            d.upload(t, deltas(1.0))
+    # version 1 at lr 1.0, version 2 at lr 0.55 (halfway down the cosine to 0.1)
+    np.testing.assert_allclose(h.global_weights()[2], initial_weights()[2] + 1.55, rtol=1e-6)
