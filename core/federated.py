@@ -92,12 +92,26 @@ def default_artifact_dir(data_dir: Path, preset: str) -> Path:
 
 def heldout_eval(artifact: Path, weights: list[np.ndarray], ds: Dataset
                  ) -> tuple[RecallCounts, float]:
-    """Top-k recall and mean loss of ``weights`` on every held-out user (LiteRT)."""
+    """Top-k recall and mean loss of ``weights`` on every held-out user (LiteRT).
+
+    The fleet is done, so both cores are free: two interpreters of one thread each take
+    half the batches in two threads (LiteRT releases the GIL): 3.2 s against 4.1 s for one
+    interpreter of two threads, 6 s for one of one. The sums are the same either way.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from fedkb.device_runtime.trainer import Trainer
 
-    trainer = Trainer(artifact, num_threads=2)  # the fleet is done: both cores are free
-    ev = trainer.evaluate(weights, ds.all_windows("heldout", "eval"))
-    return ev.counts, ev.mean_loss
+    trainers = [Trainer(artifact, num_threads=1) for _ in range(2)]
+    windows = ds.all_windows("heldout", "eval")
+    half = len(windows) // 2 // trainers[0].B * trainers[0].B  # whole batches: same padding
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda tp: tp[0].evaluate(weights, tp[1]),
+                              zip(trainers, (windows[:half], windows[half:]), strict=True)))
+    iv = sum(e.iv_count for e in parts)
+    counts = RecallCounts(iv, sum(e.top1_hits for e in parts), sum(e.top3_hits for e in parts))
+    count = sum(e.count for e in parts)
+    return counts, (sum(e.loss_sum for e in parts) / count if count else 0.0)
 
 
 def rejoin_rounds(cfg: FleetRunConfig, train_phones: int) -> int:

@@ -6,6 +6,8 @@ import json
 import shutil
 from dataclasses import replace
 
+import pytest
+
 from fedkb.datasets.store import Dataset
 from fedkb.federated import (
     FleetRunConfig,
@@ -52,3 +54,16 @@ def test_export_is_reused_and_redone_when_the_preset_no_longer_matches(tiny_data
     ensure_artifact(data, "tiny", out)
     assert json.loads((out / "metadata.json").read_text())["config"]["units"] == \
         meta["config"]["units"] - 1
+
+
+def test_heldout_eval_in_two_halves_sums_like_one_pass(tiny_data, tiny_artifact):
+    from fedkb.device_runtime.trainer import Trainer
+    from fedkb.federated import heldout_eval
+
+    ds = Dataset.open(tiny_data)
+    trainer = Trainer(tiny_artifact)
+    weights = trainer.artifact.initial_weights()
+    whole = trainer.evaluate(weights, ds.all_windows("heldout", "eval"))
+    counts, loss = heldout_eval(tiny_artifact, weights, ds)
+    assert counts == whole.counts and counts.iv_count > 0
+    assert loss == pytest.approx(whole.mean_loss, rel=1e-6)
