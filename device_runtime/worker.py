@@ -38,6 +38,7 @@ from fedkb.device_runtime.client import DeviceClient, Refused, Retry, Unauthoriz
 from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.phone import ModelFiles, Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
+from fedkb.device_runtime.traces import State
 
 MAX_BACKOFF_S = 30.0  # wall seconds
 # A phone's job also waits for "battery not low" (Android's JobInfo.Builder
@@ -174,9 +175,8 @@ class Worker:
                     phone.profile.device_id)
                 phone.device_id, phone.token = reg.device_id, reg.token
                 self.stats.counts["registered"] += 1
-            cond = wire.Conditions(state.charging, state.network == "wifi", state.idle,
-                                   state.battery / 100.0)
-            resp = self.client.checkin(phone.token or "", cond, phone.cached_version)
+            resp = self.client.checkin(phone.token or "", _conditions(state),
+                                       phone.cached_version)
             self.stats.counts["checkins"] += 1
         except Unauthorized:
             phone.device_id = phone.token = None
@@ -204,13 +204,11 @@ class Worker:
         size = entry.train[1] if resp.task.plan.kind == "train" else entry.eval[1]
         self._jobs.put((-size, next(self._seq), (phone, resp.task, now, time.monotonic())))
 
-    def _withdraw(self, phone: Phone, state: Any) -> None:
+    def _withdraw(self, phone: Phone, state: State) -> None:
         """Check in once with the conditions that ended the wait (the server frees the seat)."""
         phone.waiting = False
-        cond = wire.Conditions(state.charging, state.network == "wifi", state.idle,
-                               state.battery / 100.0)
         try:
-            self.client.checkin(phone.token or "", cond, phone.cached_version)
+            self.client.checkin(phone.token or "", _conditions(state), phone.cached_version)
             self.stats.counts["withdrawn"] += 1
         except (Retry, Refused):
             pass  # the server counts it as a no-show instead
@@ -283,6 +281,12 @@ class Worker:
         now = self.clock.now()
         self.stats.eligible = sum(1 for p in self.phones
                                   if p.profile.trace.state_at(now).eligible)
+
+
+def _conditions(state: State) -> wire.Conditions:
+    """What a phone reports about itself at check-in, from its trace state."""
+    return wire.Conditions(state.charging, state.network == "wifi", state.idle,
+                           state.battery / 100.0)
 
 
 class ModelCache:

@@ -236,8 +236,7 @@ class RoundLoop(Selection, Reporting):
     def _close_selection(self, rnd: RoundState, now: float) -> None:
         if rnd.state != SELECTING:
             return
-        for device_id in [d for d, rid in self._reserved.items() if rid == rnd.id]:
-            del self._reserved[device_id]  # selected, never came for its task
+        for _ in range(self._drop_reservations(rnd)):  # selected, never came for its task
             rnd.stats.count("aborted", "no_show")
             self.metrics.aborts.labels("no_show").inc()
         rnd.close_selection(now, self.cfg.reporting_deadline_s)
@@ -297,12 +296,18 @@ class RoundLoop(Selection, Reporting):
         self._finish(rnd, now, state, reason)
         self.db.update("rounds", "id", rnd.id, rnd.row())
 
+    def _drop_reservations(self, rnd: RoundState) -> int:
+        """Forget the seats of ``rnd`` not yet claimed; how many there were."""
+        unclaimed = [d for d, rid in self._reserved.items() if rid == rnd.id]
+        for device_id in unclaimed:
+            del self._reserved[device_id]
+        return len(unclaimed)
+
     def _finish(self, rnd: RoundState, now: float, state: str, reason: str | None) -> None:
         """Take the round out of the open set (the caller writes its row)."""
         rnd.close(state, now, reason)
         self.open.pop(rnd.id, None)
-        for device_id in [d for d, rid in self._reserved.items() if rid == rnd.id]:
-            del self._reserved[device_id]
+        self._drop_reservations(rnd)
         for tid in rnd.task_ids:
             task = self._tasks.pop(tid, None)
             if task is not None and self._busy.get(task.device_id) == tid:

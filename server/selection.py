@@ -69,11 +69,8 @@ class Selection:
             for rnd in self.open.values():
                 if rnd.kind == kind and rnd.wants_devices() and device_id not in rnd.devices \
                         and not resting:
-                    rnd.devices.add(device_id)
+                    rnd.devices.add(device_id)  # a seat: claimed at once if the model is there
                     rnd.stats.selected += 1
-                    if rnd.configured:
-                        self.metrics.checkins.labels("task").inc()
-                        return CheckinResponse(task=self._assign(rnd, device_id, now))
                     self._reserved[device_id] = rnd.id
                     return self._claim_or_wait(rnd, device_id, now)
             reason = "no_model" if self.model is None else (
@@ -91,7 +88,7 @@ class Selection:
                 self.model.version < last + self.cfg.rejoin_after_rounds)
 
     def _claim_or_wait(self, rnd: RoundState, device_id: str, now: float) -> CheckinResponse:
-        """A device selected ahead of its round's model: its task, or "come back soon"."""
+        """A device with a seat in ``rnd``: its task, or (no model yet) "come back soon"."""
         if rnd.configured:
             del self._reserved[device_id]
             self.metrics.checkins.labels("task").inc()
