@@ -162,18 +162,30 @@ def train_phones(ds: Dataset, cfg: FleetRunConfig) -> int:
     return sum(1 for _, role in phone_users(fc, ds) if role == "train")
 
 
-def round_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per committed training round: what the report schema lists."""
+def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
+               ) -> list[dict[str, Any]]:
+    """Per committed training round: what the report schema lists.
+
+    ``accepted`` is the fleet's log of accepted training reports ([round_id, user,
+    batch_seed]); each row then names its ``participants`` ([user, batch_seed], sorted),
+    the schedule `fedkb simulate --engine tff --schedule` replays.
+    """
+    by_round: dict[int, list[list]] = {}
+    for round_id, user, seed in accepted or []:
+        by_round.setdefault(int(round_id), []).append([user, int(seed)])
     out = []
     for r in rounds:
         if r["kind"] != "train" or r["state"] != "committed":
             continue
-        out.append({"round": r["committed_version"], "clients": r["reported"],
-                    "selected": r["selected"], "late": r["late"],
-                    "aborted": sum(r["aborted"].values()),
-                    "train_loss": r["metrics"].get("loss"),
-                    "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
-                                        ("selection_s", "reporting_s", "commit_s")), 3)})
+        row = {"round": r["committed_version"], "clients": r["reported"],
+               "selected": r["selected"], "late": r["late"],
+               "aborted": sum(r["aborted"].values()),
+               "train_loss": r["metrics"].get("loss"),
+               "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
+                                   ("selection_s", "reporting_s", "commit_s")), 3)}
+        if accepted is not None:
+            row["participants"] = sorted(by_round.get(r["id"], []))
+        out.append(row)
     return out
 
 
@@ -220,7 +232,7 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         wall_s=round(time.perf_counter() - t0, 3),
         config={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                 "lr": lr, "model_version": run.status.get("model_version")},
-        rounds=round_rows(run.rounds))
+        rounds=round_rows(run.rounds, run.accepted))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

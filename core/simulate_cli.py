@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from fedkb.errors import UserError
 from fedkb.metrics import EngineReport
 
@@ -74,23 +72,12 @@ def run_central(args: argparse.Namespace) -> EngineReport:
         config={"preset": model_cfg.name, "steps": res.steps, **vars(cfg)})
 
 
-def federated_rounds(users: list[str], rounds: int, per_round: int, seed: int
-                     ) -> list[list[list]]:
-    """Client sampling shared by the federated engines: per round ``[[user, batch_seed]]``.
-
-    Round r draws ``per_round`` distinct training users with ``default_rng([seed, r])``;
-    each client's batch-order seed comes from the same generator.
-    """
-    out = []
-    for r in range(rounds):
-        rng = np.random.default_rng([seed, r])
-        picked = rng.choice(len(users), size=min(per_round, len(users)), replace=False)
-        out.append([[users[i], int(rng.integers(2**31))] for i in sorted(picked)])
-    return out
-
-
 def run_tff(args: argparse.Namespace) -> EngineReport:
-    """TensorFlow Federated's weighted FedAvg (in a reaped child process group)."""
+    """TensorFlow Federated's weighted FedAvg (in a reaped child process group).
+
+    Clients are sampled with ``--seed`` (:func:`federated_rounds`), or, with
+    ``--schedule``, are those of each round of an earlier run (:func:`replay_schedule`).
+    """
     import tempfile
 
     from fedkb.codec import decode_arrays, encode_arrays
@@ -99,12 +86,17 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
     from fedkb.model.keras_model import build_model
     from fedkb.model.tff_reference import run_tff_isolated
     from fedkb.model.weights import initial_weights
+    from fedkb.schedule import federated_rounds, replay_schedule
 
     ds = _open_dataset(args.data)
     cfg = _model_config(args, ds)
     lr = args.lr if args.lr is not None else cfg.learning_rate
     epochs = max(1, int(args.epochs))
-    rounds = federated_rounds(ds.train_users, args.rounds, args.clients_per_round, args.seed)
+    if args.schedule is not None:
+        rounds = replay_schedule(args.schedule, ds, lr, args.server_lr, epochs)
+    else:
+        rounds = federated_rounds(ds.train_users, args.rounds, args.clients_per_round,
+                                  args.seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedkb-tff-") as tmp:
         work = Path(tmp)
@@ -121,8 +113,9 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
         engine="tff", data=str(args.data),
         heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
         wall_s=round(time.perf_counter() - t0, 3),
-        config={"preset": cfg.name, "rounds": args.rounds,
+        config={"preset": cfg.name, "rounds": len(rounds),
                 "clients_per_round": args.clients_per_round, "epochs": epochs,
+                "schedule": None if args.schedule is None else str(args.schedule),
                 "max_steps": args.max_steps, "client_lr": lr, "server_lr": args.server_lr,
                 "seed": args.seed, "tff_setup_s": round(out["setup_s"], 3),
                 "tff_train_s": round(out["train_s"], 3)},
@@ -230,11 +223,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on SGD steps (central: in total; federated: per client)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schedule", type=Path, default=None,
+                   help="tff: train the clients of each round of this federated report "
+                        "(`--json` output, e.g. of --engine fleet) instead of sampling")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if args.schedule is not None and args.engine != "tff":
+        raise UserError("--schedule is for --engine tff (it replays an earlier run's clients)")
     report = ENGINES[args.engine](args)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -110,6 +110,8 @@ class FederatedRun:
     evaluations: list[dict[str, Any]]
     final_weights: list = field(repr=False, default_factory=list)
     wall_s: float = 0.0
+    # the fleet's log of accepted training reports: [round_id, user, batch_seed] each
+    accepted: list[list] = field(repr=False, default_factory=list)
 
 
 def write_round_config(path: Path, round_cfg: dict[str, Any],
@@ -160,4 +162,4 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     evals = get_json(url, "/v1/evaluations")["evaluations"]
     final = get_weights(url, status["model_version"])
     return FederatedRun(url, summary, status, sorted(rows, key=lambda r: r["id"]), evals,
-                        final, wall)
+                        final, wall, fleet.accepted)

@@ -97,14 +97,15 @@ def _worker_main(cfg: FleetConfig, indices: range, wall0: float, stop: Any, out:
     threading.Thread(target=report, daemon=True).start()
     worker.run()
     worker.refresh_gauges()
-    out.put({**worker.stats.snapshot(), "worker": indices.start, "final": True})
+    out.put({**worker.stats.snapshot(accepted=True), "worker": indices.start, "final": True})
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {"counts": Counter(), "aborted": Counter(), "failed": Counter(),
                              "completed_by_tier": Counter(), "eligible": 0, "training": 0,
-                             "phones": 0}
+                             "phones": 0, "accepted": []}
     for s in snapshots:
+        total["accepted"].extend(s.get("accepted", []))
         for k in ("counts", "aborted", "failed", "completed_by_tier"):
             total[k].update(s.get(k, {}))
         for k in ("eligible", "training", "phones"):
@@ -164,6 +165,8 @@ class Fleet:
         self.on_progress = on_progress
         self.stop_when = stop_when
         self._stop = threading.Event()
+        # after run(): every accepted training report, [round_id, user, batch_seed]
+        self.accepted: list[list] = []
 
     def stop(self) -> None:
         self._stop.set()
@@ -200,6 +203,7 @@ class Fleet:
             total, status = self._run_processes(clock, status_client, t0)
         status = self._server_status(status_client) or status
         status_client.close()
+        self.accepted = total["accepted"]
         return summarize(total, status, time.monotonic() - t0,
                          clock.now() - cfg.start_hour * 3600)
 
@@ -225,7 +229,7 @@ class Fleet:
         finally:
             worker.stop()
             thread.join(timeout=60)
-        return merge([worker.stats.snapshot()]), status
+        return merge([worker.stats.snapshot(accepted=True)]), status
 
     def _run_processes(self, clock: SimClock, status_client, t0: float):
         ctx = mp.get_context("spawn")

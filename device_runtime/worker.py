@@ -61,11 +61,17 @@ class WorkerStats:
     eligible: int = 0
     training: int = 0
     phones: int = 0
+    # The emulator's ground truth, never sent to the server: per accepted training report,
+    # [round_id, user, batch_seed]. It lets a run be replayed elsewhere (TFF) client for
+    # client.
+    accepted: list[list] = field(default_factory=list)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, accepted: bool = False) -> dict[str, Any]:
+        """Counters and gauges; with ``accepted``, the accepted-report log too."""
         return {"counts": dict(self.counts), "aborted": dict(self.aborted),
                 "failed": dict(self.failed), "completed_by_tier": dict(self.completed_by_tier),
-                "eligible": self.eligible, "training": self.training, "phones": self.phones}
+                "eligible": self.eligible, "training": self.training, "phones": self.phones,
+                **({"accepted": list(self.accepted)} if accepted else {})}
 
 
 class Worker:
@@ -221,6 +227,9 @@ class Worker:
             if outcome.kind == "upload":
                 self.client.upload(phone.token or "", outcome.task.task_id, outcome.body)
                 self.stats.counts["completed"] += 1
+                if outcome.task.plan.kind == "train":
+                    self.stats.accepted.append([outcome.task.round_id, phone.profile.user,
+                                                outcome.task.plan.seed])
                 self.stats.completed_by_tier[phone.profile.tier.name] += 1
                 self.stats.counts["bytes_up"] += len(outcome.body)
             else:

@@ -175,7 +175,8 @@ def _child(spec_path: str, out_path: str) -> None:
         state = out.state
         train = out.metrics["client_work"]["train"]
         rounds.append({"round": r + 1, "clients": len(clients),
-                       "train_loss": float(train["loss"]), "wall_s": time.perf_counter() - t0})
+                       "train_loss": float(train["loss"]), "wall_s": time.perf_counter() - t0,
+                       "participants": [[u, int(seed)] for u, seed in clients]})
     final = [np.asarray(w, np.float32) for w in process.get_model_weights(state).trainable]
     Path(spec["weights_out"]).write_bytes(encode_arrays(final))
     Path(out_path).write_text(json.dumps({

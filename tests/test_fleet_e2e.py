@@ -3,7 +3,10 @@
 - the `fedkb fleet` command (worker processes) against `fedkb server` commits rounds and
   changes the global model, then exits with a summary and leaves no process behind;
 - fidelity: one round of our whole stack (LiteRT phones + HTTP + server aggregation)
-  gives the same global weights as TensorFlow Federated's FedAvg round.
+  gives the same global weights as TensorFlow Federated's FedAvg round;
+- fidelity over a whole run: `fedkb simulate --engine fleet` logs which users each round
+  aggregated, and TFF replaying those clients (`--engine tff --schedule`) ends at the
+  same held-out loss and recall.
 """
 
 from __future__ import annotations
@@ -105,6 +108,42 @@ def test_one_round_of_our_stack_equals_tff_fedavg(tmp_path, tiny_data, tiny_arti
     assert moved > 1e-3
     print(f"fidelity: max |ours - TFF| = {worst:.2e} (model moved {moved:.2e})")
     assert worst < 1e-4, worst
+
+
+def test_tff_replaying_a_fleet_run_reaches_the_same_recall(tmp_path, tiny_data, tiny_artifact):
+    common = [sys.executable, "-m", "fedkb", "simulate", "--data", str(tiny_data), "--preset",
+              "tiny", "--lr", "0.5", "--json"]
+    fleet = subprocess.run(
+        [*common, "--engine", "fleet", "--rounds", "3", "--clients-per-round", "3",
+         "--devices", "24", "--workers", "1", "--speedup", "300", "--overselect", "1.0",
+         "--selection-window", "2", "--artifact", str(tiny_artifact)],
+        capture_output=True, text=True, timeout=300)
+    assert fleet.returncode == 0, fleet.stderr[-3000:]
+    (tmp_path / "fleet.json").write_text(fleet.stdout)
+    ours = json.loads(fleet.stdout)
+    train_users = set(Dataset.open(tiny_data).train_users)
+    assert len(ours["rounds"]) >= 3
+    for row in ours["rounds"]:
+        assert len(row["participants"]) == row["clients"] > 0, row
+        assert {u for u, _ in row["participants"]} <= train_users
+
+    tff = subprocess.run([*common, "--engine", "tff", "--schedule", str(tmp_path / "fleet.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert tff.returncode == 0, tff.stderr[-3000:]
+    theirs = json.loads(tff.stdout)
+    assert [r["participants"] for r in theirs["rounds"]] == \
+        [r["participants"] for r in ours["rounds"]]
+    a, b = ours["heldout"], theirs["heldout"]
+    print(f"fleet {a}\nTFF replay {b}")
+    assert abs(a["loss"] - b["loss"]) < 1e-3, (a, b)
+    assert abs(a["top1_recall"] - b["top1_recall"]) <= 0.005
+    assert abs(a["top3_recall"] - b["top3_recall"]) <= 0.005
+
+    # a replay with other knobs would not be the same run: refused, with the reason
+    bad = subprocess.run([*common[:-3], "--lr", "0.3", "--json", "--engine", "tff",
+                          "--schedule", str(tmp_path / "fleet.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "lr 0.5" in bad.stderr, bad.stderr[-2000:]
 
 
 def _free_port() -> int:

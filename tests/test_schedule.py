@@ -1,0 +1,76 @@
+"""Who trains in each round: sampled for TFF, logged by the fleet, replayed from a report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedkb.datasets.store import Dataset
+from fedkb.errors import UserError
+from fedkb.federated import round_rows
+from fedkb.schedule import federated_rounds, replay_schedule
+
+
+def _round(rid: int, version: int, reported: int, state: str = "committed",
+           kind: str = "train") -> dict:
+    return {"id": rid, "kind": kind, "state": state, "committed_version": version,
+            "reported": reported, "selected": reported, "late": 0, "aborted": {},
+            "metrics": {"loss": 1.0}, "durations": {}}
+
+
+def test_sampling_is_seeded_distinct_per_round_and_varies_between_rounds():
+    users = [f"u{i}" for i in range(50)]
+    a = federated_rounds(users, 3, 10, seed=7)
+    assert a == federated_rounds(users, 3, 10, seed=7)
+    assert a != federated_rounds(users, 3, 10, seed=8)
+    for clients in a:
+        assert len({u for u, _ in clients}) == 10
+    assert a[0] != a[1]
+
+
+def test_round_rows_name_the_participants_of_committed_training_rounds_only():
+    rounds = [_round(1, 1, 2), _round(2, 0, 0, state="abandoned"), _round(3, 2, 1),
+              _round(4, 2, 1, kind="evaluate")]
+    accepted = [[1, "bob", 0], [2, "zoe", 0], [1, "alice", 0], [3, "carol", 5]]
+    rows = round_rows(rounds, accepted)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[0]["participants"] == [["alice", 0], ["bob", 0]]  # sorted; zoe's round died
+    assert rows[1]["participants"] == [["carol", 5]]
+    assert "participants" not in round_rows(rounds)[0]  # no log: no claim
+
+
+def _report(tmp_path, rows, **config):
+    path = tmp_path / f"run{len(list(tmp_path.iterdir()))}.json"
+    path.write_text(json.dumps({"engine": "fleet", "rounds": rows, "config": {
+        "strategy": "fedavg", "clip_norm": None, "lr_decay": False, "lr": 0.5,
+        "server_lr": 1.0, "epochs": 1, **config}}))
+    return path
+
+
+def test_replay_reads_the_clients_back_and_refuses_what_would_not_be_the_same_run(
+        tmp_path, tiny_data):
+    ds = Dataset.open(tiny_data)
+    u = ds.train_users
+    rows = [{"round": 1, "clients": 2, "participants": [[u[0], 0], [u[1], 0]]},
+            {"round": 2, "clients": 1, "participants": [[u[2], 3]]}]
+    assert replay_schedule(_report(tmp_path, rows), ds, 0.5, 1.0, 1) == \
+        [[[u[0], 0], [u[1], 0]], [[u[2], 3]]]
+
+    cases = [
+        (_report(tmp_path, rows), (0.3, 1.0, 1), "lr 0.5"),
+        (_report(tmp_path, rows), (0.5, 0.7, 1), "server_lr 1.0"),
+        (_report(tmp_path, rows, strategy="fedavgm"), (0.5, 1.0, 1), "FedAvg only"),
+        (_report(tmp_path, rows, clip_norm=4.0), (0.5, 1.0, 1), "FedAvg only"),
+        (_report(tmp_path, [{**rows[0], "clients": 3}]), (0.5, 1.0, 1), "incomplete"),
+        (_report(tmp_path, [{"round": 1, "clients": 2}]), (0.5, 1.0, 1), "incomplete"),
+        (_report(tmp_path, [{**rows[1], "participants": [["nobody", 0]]}]), (0.5, 1.0, 1),
+         "'nobody'"),
+        (_report(tmp_path, []), (0.5, 1.0, 1), "no rounds"),
+    ]
+    for path, knobs, why in cases:
+        with pytest.raises(UserError, match=why):
+            replay_schedule(path, ds, *knobs)
+    (tmp_path / "junk.json").write_text("not json")
+    with pytest.raises(UserError, match="not a federated report"):
+        replay_schedule(tmp_path / "junk.json", ds, 0.5, 1.0, 1)
