@@ -1,14 +1,22 @@
 """`fedkb simulate --engine fleet` vs `--engine tff`: wall time and held-out recall.
 
     uv run python bench/bench_vs_tff.py --data DIR [--rounds 20] [--clients-per-round 20]
-        [--preset small] [--lr LR] [--fleet-args "--overselect 1.0"] [--skip-tff]
+        [--preset small] [--lr LR] [--seeds 0,1,2] [--replay] [--out DIR]
+        [--fleet-args "--overselect 1.0"] [--skip-tff]
 
-Runs each engine as its own `fedkb simulate ... --json` command, one after the other
-(never together: they would share the cores), times the whole command from the outside
-(process start to exit: imports, TFF's set-up, the fleet's server and workers, the final
-evaluation), and prints one table row per engine plus the speed ratio. The fleet's model
-export is made before timing starts (`--artifact`, the default cache DATA/models/PRESET),
-as a deployed system reuses its artifact; the export time is printed apart.
+For each seed, runs each engine as its own `fedkb simulate ... --json --seed S` command,
+one after the other (never together: they would share the cores), and times the whole
+command from the outside (process start to exit: imports, TFF's set-up, the fleet's
+server and workers, the final evaluation). TFF's seed picks its clients; the fleet's
+seed picks which user each phone holds and the phones' traces. With ``--replay``, TFF
+then trains the very clients each fleet run aggregated (``--engine tff --schedule``): the
+fleet's recall against TFF's on the same clients, which sampling noise cannot blur.
+
+At 20 rounds top-1 recall moves by points between seeds of either engine (the model's
+first choice flips between a few frequent tokens), so the summary compares medians over
+the seeds, and the replay compares like with like. The fleet's model export is made
+before timing starts (the default cache DATA/models/PRESET), as a deployed system reuses
+its artifact; its time is printed apart. ``--out`` keeps every JSON report.
 """
 
 from __future__ import annotations
@@ -16,19 +24,38 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
-def run(cmd: list[str]) -> tuple[dict, float]:
+def run(cmd: list[str], keep: Path) -> tuple[dict | None, float]:
+    """The command's JSON report and wall time; None (and its error) when it failed."""
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    if out.returncode != 0:  # e.g. a fleet run whose model diverged: a result, not a crash
+        error = (out.stderr.strip().splitlines() or ["?"])[-1]
+        keep.with_suffix(".err").write_text(out.stderr, encoding="utf-8")
+        print(f"FAILED ({out.returncode}) after {wall:.1f} s: {' '.join(cmd[3:])}\n  {error}",
+              flush=True)
+        return None, wall
+    keep.write_text(out.stdout, encoding="utf-8")
     return json.loads(out.stdout), wall
+
+
+def figures(rep: dict | None) -> str:
+    if rep is None:
+        return "failed (see the .err file)"
+    h = rep["heldout"]
+    return f"{h['top1_recall']:.2%} / {h['top3_recall']:.2%} ({h['loss']:.3f})"
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
 
 
 def main() -> int:
@@ -39,9 +66,16 @@ def main() -> int:
     p.add_argument("--clients-per-round", type=int, default=20)
     p.add_argument("--lr", type=float, default=None,
                    help="client SGD learning rate for both engines (default: the preset's)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
+    p.add_argument("--replay", action="store_true",
+                   help="also train each fleet run's clients with TFF")
     p.add_argument("--fleet-args", default="", help="extra arguments for the fleet engine")
-    p.add_argument("--skip-tff", action="store_true")
+    p.add_argument("--skip-tff", action="store_true", help="no sampled TFF runs")
+    p.add_argument("--out", type=Path, default=None, help="keep the JSON reports here")
     args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = args.out or Path(tempfile.mkdtemp(prefix="fedkb-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
 
     from fedkb.federated import default_artifact_dir, ensure_artifact
 
@@ -53,24 +87,58 @@ def main() -> int:
               "--preset", args.preset, "--rounds", str(args.rounds),
               "--clients-per-round", str(args.clients_per_round), "--json",
               *(["--lr", str(args.lr)] if args.lr is not None else [])]
-    rows = []
-    if not args.skip_tff:
-        rows.append(("tff", *run([*common, "--engine", "tff"])))
-        print(f"tff done in {rows[-1][2]:.1f}s", flush=True)
-    rows.append(("fleet " + args.fleet_args,
-                 *run([*common, "--engine", "fleet", *shlex.split(args.fleet_args)])))
-    print(f"fleet done in {rows[-1][2]:.1f}s\n", flush=True)
+    fleet_extra = shlex.split(args.fleet_args)
+    table = ["| seed | engine | wall (whole command) | held-out top-1 / top-3 (loss) |",
+             "|---|---|---|---|"]
+    walls: dict[str, list[float]] = {"tff": [], "fleet": []}
+    top1: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
+    gaps = []
+    for seed in seeds:
+        s = ["--seed", str(seed)]
+        if not args.skip_tff:
+            rep, wall = run([*common, *s, "--engine", "tff"], out / f"tff-{seed}.json")
+            if rep is not None:
+                walls["tff"].append(wall)
+                top1["tff"].append(rep["heldout"]["top1_recall"])
+            table.append(f"| {seed} | tff | {wall:.1f} s | {figures(rep)} |")
+            print(table[-1], flush=True)
+        fleet_file = out / f"fleet-{seed}.json"
+        rep, wall = run([*common, *s, "--engine", "fleet", *fleet_extra], fleet_file)
+        table.append(f"| {seed} | fleet | {wall:.1f} s | {figures(rep)} |")
+        print(table[-1], flush=True)
+        if rep is None:
+            continue
+        walls["fleet"].append(wall)
+        top1["fleet"].append(rep["heldout"]["top1_recall"])
+        if args.replay:
+            again, wall = run([*common, "--engine", "tff", "--schedule", str(fleet_file)],
+                              out / f"replay-{seed}.json")
+            table.append(f"| {seed} | tff replaying the fleet's clients | {wall:.1f} s | "
+                         f"{figures(again)} |")
+            print(table[-1], flush=True)
+            if again is None:
+                continue
+            top1["replay"].append(again["heldout"]["top1_recall"])
+            gaps.append((rep["heldout"]["top1_recall"] - again["heldout"]["top1_recall"],
+                         rep["heldout"]["loss"] - again["heldout"]["loss"]))
 
-    print("| engine | wall (whole command) | held-out top-1 / top-3 | rounds |")
-    print("|---|---|---|---|")
-    for name, rep, wall in rows:
-        h = rep["heldout"]
-        print(f"| {name.strip()} | {wall:.1f} s | {h['top1_recall']:.2%} / "
-              f"{h['top3_recall']:.2%} | {len(rep['rounds'])} |")
-    if len(rows) == 2:
-        (_, tff, t_tff), (_, fleet, t_fleet) = rows
-        d = (fleet["heldout"]["top1_recall"] - tff["heldout"]["top1_recall"]) * 100
-        print(f"\nfleet is {t_tff / t_fleet:.2f}x faster; top-1 difference {d:+.2f} points")
+    print("\n" + "\n".join(table) + "\n")
+    for name in ("tff", "fleet", "replay"):
+        if top1[name]:
+            xs = [100 * x for x in top1[name]]
+            print(f"{name}: top-1 median {median(xs):.2f}% (mean {statistics.mean(xs):.2f}%, "
+                  f"range {min(xs):.2f}-{max(xs):.2f}%, {len(xs)} runs)"
+                  + (f"; wall median {median(walls[name]):.1f} s" if walls.get(name) else ""))
+    if walls["tff"] and walls["fleet"]:
+        d = 100 * (median(top1["fleet"]) - median(top1["tff"]))
+        print(f"fleet is {median(walls['tff']) / median(walls['fleet']):.2f}x faster (medians);"
+              f" top-1 medians differ by {d:+.2f} points")
+    if gaps:
+        worst = max(gaps, key=lambda g: abs(g[0]))
+        print(f"fleet vs TFF on the same clients: top-1 differs by at most "
+              f"{100 * abs(worst[0]):.2f} points, loss by at most "
+              f"{max(abs(g[1]) for g in gaps):.4f}")
+    print(f"reports: {out}")
     return 0
 
 

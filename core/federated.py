@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedkb.datasets.store import Dataset
+from fedkb.errors import UserError
 from fedkb.metrics import EngineReport, RecallCounts
 
 INELIGIBLE_RETRY_PHONE_S = 300.0  # simulated seconds a phone the server refused waits
@@ -189,6 +190,27 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
     return out
 
 
+def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
+    """Why a run stopped committing: the rounds abandoned since the last commit, and its loss."""
+    from collections import Counter
+
+    train = [r for r in rounds if r["kind"] == "train"]
+    committed = [r for r in train if r["state"] == "committed"]
+    last = committed[-1] if committed else None
+    since = [r for r in train if r["state"] == "abandoned" and (last is None
+                                                              or r["id"] > last["id"])]
+    reasons = Counter(r.get("reason") or "?" for r in since)
+    msg = (f"training stalled at model version "
+           f"{last['committed_version'] if last else 0}: the last {len(since)} training rounds "
+           f"were abandoned ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})")
+    loss = (last or {}).get("metrics", {}).get("loss")
+    if loss is not None and not (math.isfinite(loss) and loss < 100.0):
+        return (msg + f"; the last committed round's training loss was {loss:.3g}: the "
+                "model diverged (lower --lr, or clip the devices' deltas)")
+    return msg + ("; too few phones were eligible or finished in time (more --devices, a "
+                  "longer --reporting-deadline, or a smaller --clients-per-round)")
+
+
 def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
                      on_progress: Callable | None = None, keep_server: bool = False):
     """Train with server + fleet; returns (EngineReport, FederatedRun, ServerProcess|None)."""
@@ -223,8 +245,12 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
     except BaseException:
         server.stop()
         raise
-    if not keep_server:
+    if not keep_server or run.stalled:
         server.stop()
+    if run.stalled:
+        if tmp is not None:
+            tmp.cleanup()
+        raise UserError(stall_diagnosis(run.rounds))
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
     report = EngineReport(
         engine="fleet", data=str(cfg.data),

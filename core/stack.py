@@ -112,6 +112,7 @@ class FederatedRun:
     wall_s: float = 0.0
     # the fleet's log of accepted training reports: [round_id, user, batch_seed] each
     accepted: list[list] = field(repr=False, default_factory=list)
+    stalled: bool = False  # stopped because rounds kept being abandoned (see run_federated)
 
 
 def write_round_config(path: Path, round_cfg: dict[str, Any],
@@ -127,21 +128,32 @@ def write_round_config(path: Path, round_cfg: dict[str, Any],
 def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
                   speedup: float = 60.0, start_hour: float = 22.0, seed: int = 0,
                   on_progress: Callable | None = None, final_eval: bool = True,
-                  eval_timeout_s: float = 120.0, timeout_s: float | None = None
-                  ) -> FederatedRun:
+                  eval_timeout_s: float = 120.0, timeout_s: float | None = None,
+                  stall_rounds: int | None = 25) -> FederatedRun:
     """Run a fleet against the server at ``url`` until it has committed ``rounds`` rounds.
 
     With ``final_eval``, the fleet keeps going (at most ``eval_timeout_s`` more) until the
     held-out phones have evaluated the final model version too. ``timeout_s`` bounds the
     whole run (the fleet then stops wherever it is: rounds may be fewer than asked).
+    ``stall_rounds``: stop (``stalled``) once that many training rounds in a row were
+    abandoned: a diverged model whose phones can no longer finish, or no phone eligible,
+    would otherwise keep the run going forever.
     """
     from fedkb.device_runtime.fleet import Fleet, FleetConfig
 
     t0 = time.monotonic()
     trained_at: list[float] = []
+    progress = {"committed": -1, "abandoned": 0, "stalled": False}
 
     def done(status: dict[str, Any]) -> bool:
-        if status.get("rounds_committed", 0) < rounds:
+        committed, abandoned = status.get("rounds_committed", 0), status.get(
+            "rounds_abandoned", 0)
+        if committed != progress["committed"]:
+            progress.update(committed=committed, abandoned=abandoned)
+        elif stall_rounds is not None and abandoned - progress["abandoned"] >= stall_rounds:
+            progress["stalled"] = True
+            return True
+        if committed < rounds:
             return False
         if not final_eval:
             return True
@@ -162,4 +174,4 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     evals = get_json(url, "/v1/evaluations")["evaluations"]
     final = get_weights(url, status["model_version"])
     return FederatedRun(url, summary, status, sorted(rows, key=lambda r: r["id"]), evals,
-                        final, wall, fleet.accepted)
+                        final, wall, fleet.accepted, bool(progress["stalled"]))

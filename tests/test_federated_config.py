@@ -15,6 +15,7 @@ from fedkb.federated import (
     ensure_artifact,
     rejoin_rounds,
     server_config,
+    stall_diagnosis,
     train_phones,
 )
 from fedkb.server.config import RoundConfig, StrategyConfig
@@ -67,3 +68,19 @@ def test_heldout_eval_in_two_halves_sums_like_one_pass(tiny_data, tiny_artifact)
     counts, loss = heldout_eval(tiny_artifact, weights, ds)
     assert counts == whole.counts and counts.iv_count > 0
     assert loss == pytest.approx(whole.mean_loss, rel=1e-6)
+
+
+def test_stall_diagnosis_names_the_reasons_and_a_diverged_loss():
+    def rnd(i, state, reason=None, loss=5.0):
+        return {"id": i, "kind": "train", "state": state, "reason": reason,
+                "committed_version": i if state == "committed" else None,
+                "metrics": {"loss": loss}}
+
+    rounds = [rnd(1, "committed"), rnd(2, "abandoned", "deadline"), rnd(3, "committed", loss=4e21),
+              rnd(4, "abandoned", "deadline"), rnd(5, "abandoned", "deadline"),
+              rnd(6, "abandoned", "too_few_devices")]
+    msg = stall_diagnosis(rounds)
+    assert "version 3" in msg and "last 3 training rounds" in msg
+    assert "deadline: 2, too_few_devices: 1" in msg and "4e+21" in msg and "diverged" in msg
+    calm = stall_diagnosis(rounds[:2])
+    assert "version 1" in calm and "diverged" not in calm and "eligible" in calm

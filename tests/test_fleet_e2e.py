@@ -146,6 +146,26 @@ def test_tff_replaying_a_fleet_run_reaches_the_same_recall(tmp_path, tiny_data, 
     assert bad.returncode != 0 and "lr 0.5" in bad.stderr, bad.stderr[-2000:]
 
 
+def test_a_run_whose_rounds_keep_being_abandoned_stops_with_a_diagnosis(tmp_path, tiny_data,
+                                                                         tiny_artifact):
+    from fedkb.federated import stall_diagnosis
+    from fedkb.stack import ServerProcess, run_federated, write_round_config
+
+    # 6 phones can never fill a round that wants 50: every round is abandoned
+    config = write_round_config(tmp_path / "server.json", {
+        "report_goal": 50, "selection_window_s": 0.3, "reporting_deadline_s": 5,
+        "eval_every": 0})
+    with ServerProcess(tmp_path / "state", model=tiny_artifact, config=config) as url:
+        t0 = time.monotonic()
+        run = run_federated(url, tiny_data, devices=6, rounds=2, workers=0, speedup=60.0,
+                            final_eval=False, timeout_s=120, stall_rounds=3)
+        assert time.monotonic() - t0 < 60
+    assert run.stalled and run.status["rounds_committed"] == 0
+    assert run.status["rounds_abandoned"] >= 3
+    msg = stall_diagnosis(run.rounds)
+    assert "the last" in msg and "too_few_devices" in msg and "eligible" in msg, msg
+
+
 def _free_port() -> int:
     import socket
 
