@@ -15,10 +15,10 @@ At 20 rounds top-1 recall is chaotic in either engine: with the same clients, re
 the order in which a round sums its clients' deltas (a change of ~1e-8 in round 1) moves
 the weights by ~1e-4 at round 4 and ends 2-3 points of top-1 apart (bench/README.md).
 So the summary compares medians and means over the seeds; the replay shows how far our
-stack and TFF drift on the same clients, which is that same chaos, not a bias.
-The fleet's model export is made
-before timing starts (the default cache DATA/models/PRESET), as a deployed system reuses
-its artifact; its time is printed apart. ``--out`` keeps every JSON report.
+stack and TFF drift on the same clients, which is that same chaos, not a bias
+(`bench/bench_chaos.py` measures it). The fleet's model export is made before timing
+starts (the default cache DATA/models/PRESET), as a deployed system reuses its artifact;
+its time is printed apart. ``--out`` keeps every JSON report.
 """
 
 from __future__ import annotations
