@@ -42,6 +42,8 @@ def run(cmd: list[str], keep: Path) -> tuple[dict | None, float]:
     if out.returncode != 0:  # e.g. a fleet run whose model diverged: a result, not a crash
         error = (out.stderr.strip().splitlines() or ["?"])[-1]
         keep.with_suffix(".err").write_text(out.stderr, encoding="utf-8")
+        if out.stdout.strip():  # a stalled fleet run's partial report: replayable
+            keep.with_suffix(".failed.json").write_text(out.stdout, encoding="utf-8")
         print(f"FAILED ({out.returncode}) after {wall:.1f} s: {' '.join(cmd[3:])}\n  {error}",
               flush=True)
         return None, wall

@@ -190,6 +190,15 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
     return out
 
 
+class TrainingStalled(UserError):
+    """A fleet run stopped committing; ``report`` is what it did until then (failures as
+    data: its rounds and their participants, so the run can be replayed elsewhere)."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
 def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
     """Why a run stopped committing: the rounds abandoned since the last commit, and its loss."""
     from collections import Counter
@@ -247,18 +256,21 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         raise
     if not keep_server or run.stalled:
         server.stop()
+    config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+              "lr": lr, "model_version": run.status.get("model_version")}
     if run.stalled:
         if tmp is not None:
             tmp.cleanup()
-        raise UserError(stall_diagnosis(run.rounds))
+        msg = stall_diagnosis(run.rounds)
+        raise TrainingStalled(msg, {"engine": "fleet", "data": str(cfg.data), "error": msg,
+                                    "heldout": None, "config": config,
+                                    "rounds": round_rows(run.rounds, run.accepted)})
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
     report = EngineReport(
         engine="fleet", data=str(cfg.data),
         heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
         wall_s=round(time.perf_counter() - t0, 3),
-        config={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                "lr": lr, "model_version": run.status.get("model_version")},
-        rounds=round_rows(run.rounds, run.accepted))
+        config=config, rounds=round_rows(run.rounds, run.accepted))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

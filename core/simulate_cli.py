@@ -233,7 +233,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     if args.schedule is not None and args.engine != "tff":
         raise UserError("--schedule is for --engine tff (it replays an earlier run's clients)")
-    report = ENGINES[args.engine](args)
+    from fedkb.federated import TrainingStalled
+
+    try:
+        report = ENGINES[args.engine](args)
+    except TrainingStalled as exc:
+        if args.json:  # what the run did until it stalled, for a replay (--schedule)
+            print(json.dumps(exc.report, indent=2))
+        raise
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -148,22 +149,23 @@ def test_tff_replaying_a_fleet_run_reaches_the_same_recall(tmp_path, tiny_data, 
 
 def test_a_run_whose_rounds_keep_being_abandoned_stops_with_a_diagnosis(tmp_path, tiny_data,
                                                                          tiny_artifact):
-    from fedkb.federated import stall_diagnosis
-    from fedkb.stack import ServerProcess, run_federated, write_round_config
-
-    # 6 phones can never fill a round that wants 50: every round is abandoned
-    config = write_round_config(tmp_path / "server.json", {
-        "report_goal": 50, "selection_window_s": 0.3, "reporting_deadline_s": 5,
-        "eval_every": 0})
-    with ServerProcess(tmp_path / "state", model=tiny_artifact, config=config) as url:
-        t0 = time.monotonic()
-        run = run_federated(url, tiny_data, devices=6, rounds=2, workers=0, speedup=60.0,
-                            final_eval=False, timeout_s=120, stall_rounds=3)
-        assert time.monotonic() - t0 < 60
-    assert run.stalled and run.status["rounds_committed"] == 0
-    assert run.status["rounds_abandoned"] >= 3
-    msg = stall_diagnosis(run.rounds)
-    assert "the last" in msg and "too_few_devices" in msg and "eligible" in msg, msg
+    # 6 phones can never fill a round that wants 50: every round is abandoned, and after 25
+    # in a row the engine stops (it used to wait forever) and says why
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
+         str(tiny_data), "--preset", "tiny", "--rounds", "2", "--clients-per-round", "50",
+         "--devices", "6", "--workers", "1", "--selection-window", "0.2",
+         "--artifact", str(tiny_artifact), "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert time.monotonic() - t0 < 120
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert re.search(r"training stalled at model version 0: the last (\d+) training rounds "
+                     r"were abandoned \(too_few_devices: \1\)", proc.stderr), proc.stderr
+    assert "eligible" in proc.stderr
+    partial = json.loads(proc.stdout)  # failures as data: what the run did, replayable
+    assert partial["error"] in proc.stderr and partial["rounds"] == []
+    assert partial["heldout"] is None and partial["config"]["clients_per_round"] == 50
 
 
 def _free_port() -> int:
