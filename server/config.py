@@ -61,6 +61,10 @@ class RoundConfig:
             wait; late, aborted and abandoned tasks do not count). Production
             systems limit how often a phone takes part; without a limit the phones with
             the least data finish first, check in first and are picked round after round.
+        min_registered: a training round opens only once this many devices of the
+            training population have registered (0: at once). A server started together
+            with its fleet otherwise opens round 1 before most phones exist, and its
+            selection window closes short (abandoned, or committed with fewer devices).
     """
 
     report_goal: int = 10
@@ -86,6 +90,7 @@ class RoundConfig:
     pace_margin: float = 3.0
     max_rounds: int | None = None
     rejoin_after_rounds: int = 0
+    min_registered: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "report_goal", "eval_goal", "epochs", "max_steps",
@@ -97,9 +102,9 @@ class RoundConfig:
             raise ConfigError("round.min_fraction must be in (0, 1]")
         if not 0.0 <= self.retry_jitter < 1.0 or not 0.0 <= self.min_battery <= 1.0:
             raise ConfigError("round.retry_jitter must be in [0, 1), min_battery in [0, 1]")
-        if self.eval_every < 0 or self.rejoin_after_rounds < 0 or (
+        if self.eval_every < 0 or self.rejoin_after_rounds < 0 or self.min_registered < 0 or (
                 self.max_rounds is not None and self.max_rounds < 0):
-            raise ConfigError("round.eval_every, round.max_rounds and "
+            raise ConfigError("round.eval_every, round.max_rounds, round.min_registered and "
                               "round.rejoin_after_rounds must be >= 0")
         if self.retry_min_s > self.retry_max_s:
             raise ConfigError("round.retry_min_s must be <= retry_max_s")

@@ -187,6 +187,7 @@ class RoundLoop(Selection, Reporting):
         if trains and not any(r.configured for r in trains):
             self._configure(min(trains, key=lambda r: r.id), now)
         if (self.training_enabled and not self._enough_rounds(len(trains))
+                and self.devices.count(POPULATION_OF[TRAIN]) >= self.cfg.min_registered
                 and not any(r.state == SELECTING for r in trains)
                 and len(trains) < (2 if self.cfg.pipeline else 1)):
             # with ``pipeline`` a round opens while the one before it still trains: it

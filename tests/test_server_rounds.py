@@ -382,3 +382,15 @@ def test_the_server_lr_schedule_follows_the_committed_version(tmp_path):
             d.upload(t, deltas(1.0))
     # version 1 at lr 1.0, version 2 at lr 0.55 (halfway down the cosine to 0.1)
     np.testing.assert_allclose(h.global_weights()[2], initial_weights()[2] + 1.55, rtol=1e-6)
+
+
+def test_no_training_round_opens_before_min_registered_devices_exist(tmp_path):
+    h = harness(tmp_path, pipeline=False, min_registered=3)  # goal 2, target 3
+    devs = [h.register() for _ in range(2)]
+    assert [d.checkin().get("reason") for d in devs] == ["no_round", "no_round"]
+    h.clock.advance(60)  # a window would have closed by now: still nothing opened
+    assert devs[0].checkin().get("reason") == "no_round"
+    assert h.status()["current_round"] is None and h.status()["rounds_abandoned"] == 0
+    devs.append(h.register())
+    assert all("task" in d.checkin() for d in devs)  # round 1 opens and fills at once
+    assert h.client.get("/v1/rounds/1").get_json()["selected"] == 3
