@@ -143,9 +143,11 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int,
                   "eval_every": cfg.eval_every, "eval_goal": eval_goal, "lr": lr,
                   "epochs": cfg.epochs, "max_steps": cfg.max_steps,
                   "rejoin_after_rounds": rejoin_rounds(cfg, train_phones),
-                  # round 1 waits for the fleet to register, not just the server to start
-                  "min_registered": min(train_phones, math.ceil(cfg.clients_per_round
-                                                                * cfg.overselect)),
+                  # round 1 waits for the fleet to register, not just the server to start;
+                  # a phone registers once eligible (~40% at a time): ask for no more than
+                  # a quarter of the training phones, or a small fleet would never start
+                  "min_registered": min(train_phones // 4, math.ceil(cfg.clients_per_round
+                                                                     * cfg.overselect)),
                   "pace_margin": cfg.pace_margin,
                   # The server counts wall seconds; phones live `speedup` times faster. Its
                   # "come back in 5 minutes" to a phone with a low battery is meant in the

@@ -38,6 +38,10 @@ def test_server_config_is_a_valid_round_config_in_the_servers_clock(tiny_data):
     assert doc["strategy"] == {"name": "fedavg", "server_lr": 1.0, "clip_norm": 4.0}
     decayed = server_config(replace(cfg, lr_decay=True, rounds=200), 0.5, phones)
     assert StrategyConfig(**decayed["strategy"]).decay_rounds == 200  # over the whole run
+    # rounds wait for the fleet to register: a round's target, at most a quarter of the
+    # training phones (only the eligible ones register, so a small fleet must not wait)
+    assert rc.min_registered == phones // 4
+    assert server_config(cfg, 0.5, 1277)["round"]["min_registered"] == 26  # 20 x 1.3
 
 
 def test_export_is_reused_and_redone_when_the_preset_no_longer_matches(tiny_data, tiny_artifact,
