@@ -74,15 +74,18 @@ def _shares(n: int, parts: int) -> list[range]:
     return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def _worker_main(cfg: FleetConfig, indices: range, wall0: float, stop: Any, out: Any) -> None:
-    """Entry point of a worker process."""
+def _worker_main(cfg: FleetConfig, indices: range, wall0: float, stop: Any, out: Any,
+                 owner: int, jobs: Any, results: list[Any]) -> None:
+    """Entry point of a worker process (worker ``owner`` of the shared compute pool)."""
+    from fedkb.device_runtime.compute import SharedCompute
     from fedkb.device_runtime.worker import Worker
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     clock = SimClock(cfg.speedup, cfg.start_hour)
     clock._wall0 = wall0  # every worker shares the parent's simulated clock
     worker = Worker(cfg.server, str(cfg.data), fleet_profiles(cfg, indices), clock,
-                    seed=cfg.seed + indices.start)
+                    seed=cfg.seed + indices.start,
+                    compute=SharedCompute(owner, jobs, results), owner=owner)
 
     parent = os.getppid()
 
@@ -237,7 +240,10 @@ class Fleet:
         out = ctx.Queue()
         parts = [r for r in _shares(self.cfg.devices, min(self.cfg.workers, self.cfg.devices))
                  if len(r)]
-        procs = [ctx.Process(target=_worker_main, args=(self.cfg, r, clock._wall0, stop, out),
+        # one compute pool: every worker trains any worker's phones (fedkb...compute)
+        jobs, results = ctx.Queue(), [ctx.Queue() for _ in parts]
+        procs = [ctx.Process(target=_worker_main,
+                             args=(self.cfg, r, clock._wall0, stop, out, i, jobs, results),
                              name=f"fedkb-fleet-worker-{i}", daemon=True)
                  for i, r in enumerate(parts)]
         for p in procs:

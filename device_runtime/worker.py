@@ -8,10 +8,12 @@ and deliver the task's result or abort when its simulated time comes. Failed del
 are retried with jittered exponential backoff and the same bytes, so nothing is lost or
 sent twice.
 
-One training thread per worker runs the LiteRT work, keeping one interpreter per model
-artifact for all the worker's phones: memory grows with workers, not with phones. (Two
-threads per worker, each with its own interpreter, made a 20-round run on 2 cores slower:
-45-49 s against 42-44 s.)
+One training thread per worker runs LiteRT work, keeping one interpreter per model
+artifact: memory grows with workers, not with phones. It takes jobs from the worker's
+:mod:`~fedkb.device_runtime.compute`: its own queue, or one queue shared by every worker
+of a fleet (so no core idles while another has a round's work). (Two threads per worker,
+each with its own interpreter, made a 20-round run on 2 cores slower: 45-49 s against
+42-44 s.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import heapq
 import itertools
 import json
-import math
 import queue
 import random
 import threading
@@ -36,6 +37,7 @@ from fedkb.codec import decode_arrays
 from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.client import DeviceClient, Refused, Retry, Unauthorized
 from fedkb.device_runtime.clock import SimClock
+from fedkb.device_runtime.compute import Compute, Done, Job, LocalCompute
 from fedkb.device_runtime.phone import ModelFiles, Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
 from fedkb.device_runtime.traces import State
@@ -78,7 +80,8 @@ class Worker:
     """Runs ``profiles`` against the server at ``server_url`` until :meth:`stop`."""
 
     def __init__(self, server_url: str, data_dir: str, profiles: list[DeviceProfile],
-                 clock: SimClock, seed: int = 0):
+                 clock: SimClock, seed: int = 0, compute: Compute | None = None,
+                 owner: int = 0):
         self.server_url = server_url
         self.client = DeviceClient(server_url)
         self.dataset = Dataset.open(data_dir)
@@ -87,12 +90,12 @@ class Worker:
         self.stats = WorkerStats(phones=len(self.phones))
         self._heap: list[tuple[float, int, Phone, str, Outcome | None]] = []
         self._seq = itertools.count()
-        # Tasks waiting for a training thread, the largest shard first: the emulated phones
-        # would all compute at once, but here they queue for a few cores, and a round lasts
-        # as long as its slowest phone; starting that one first shortens every round
-        # without changing any phone's simulated timeline.
-        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
-        self._done: queue.Queue = queue.Queue()
+        # Tasks wait for a training thread here (see fedkb.device_runtime.compute); the
+        # phones whose jobs are out, by job id.
+        self.compute: Compute = compute or LocalCompute()
+        self.owner = owner
+        self._pending: dict[int, Phone] = {}
+        self._job_ids = itertools.count()
         self._rng = random.Random(seed)
 
     # -- scheduling -------------------------------------------------------------------
@@ -132,23 +135,29 @@ class Worker:
                     continue
                 wait = 0.2 if not self._heap else self.clock.wall_for(self._heap[0][0] - now)
                 with contextlib.suppress(queue.Empty):
-                    self._finished(*self._done.get(timeout=min(0.2, max(0.0, wait))))
+                    self._finished(self.compute.results.get(timeout=min(0.2, max(0.0, wait))))
         finally:
-            self._jobs.put((math.inf, next(self._seq), None))
-            trainer_thread.join(timeout=30)
+            trainer_thread.join(timeout=30)  # it sees the stopped clock within 0.2 s
             cache.close()
             self.client.close()
+            self.compute.close()
         return self.stats
 
     def _drain_done(self) -> None:
         while True:
             try:
-                self._finished(*self._done.get_nowait())
+                self._finished(self.compute.results.get_nowait())
             except queue.Empty:
                 return
 
-    def _finished(self, phone: Phone, outcome: Outcome | None) -> None:
-        """The training thread is done with a phone's task: schedule its report."""
+    def _finished(self, done: Done) -> None:
+        """A training thread is done with a phone's task: schedule its report."""
+        phone = self._pending.pop(done.job_id, None)
+        if phone is None:
+            return
+        # the job may have run on a copy of the phone (another worker process)
+        phone.cached_version, phone.has_artifact = done.cached_version, done.has_artifact
+        outcome = done.outcome
         if outcome is None:  # the task could not even start (download failed, etc.)
             phone.busy = False
             self.stats.training -= 1
@@ -208,7 +217,10 @@ class Worker:
         self.stats.training += 1
         entry = self.dataset.entry(phone.profile.user)
         size = entry.train[1] if resp.task.plan.kind == "train" else entry.eval[1]
-        self._jobs.put((-size, next(self._seq), (phone, resp.task, now, time.monotonic())))
+        job_id = next(self._job_ids)
+        self._pending[job_id] = phone
+        self.compute.submit(Job(self.owner, job_id, phone, resp.task, now, time.monotonic(),
+                                size))
 
     def _withdraw(self, phone: Phone, state: State) -> None:
         """Check in once with the conditions that ended the wait (the server frees the seat)."""
@@ -254,16 +266,18 @@ class Worker:
     # -- the training thread ----------------------------------------------------------
 
     def _train_loop(self, cache: ModelCache) -> None:
-        while True:
-            job = self._jobs.get()[2]
-            if job is None or self.clock.stopped:  # shutting down: drop queued tasks
-                return
-            phone, task, t_task, received = job
-            if time.monotonic() - received > task.deadline_s:
-                # This worker's training thread fell behind (the machine's limit, not the
-                # phone's): like a phone whose job ran too late, give the task back.
+        while not self.clock.stopped:  # once stopped, queued jobs are dropped
+            job = self.compute.take(timeout=0.2)
+            if job is None or self.clock.stopped:
+                continue
+            phone, task, t_task = job.phone, job.task, job.t_task
+            if time.monotonic() - job.received > task.deadline_s:
+                # The training threads fell behind (the machine's limit, not the phone's):
+                # like a phone whose job ran too late, give the task back.
                 self.stats.counts["expired_before_start"] += 1
-                self._done.put((phone, Outcome(task, t_task, "abort", reason="deadline")))
+                self.compute.finish(Done(job.owner, job.job_id,
+                                         Outcome(task, t_task, "abort", reason="deadline"),
+                                         phone.cached_version, phone.has_artifact))
                 continue
             try:
                 model = cache.get(task)
@@ -283,7 +297,8 @@ class Worker:
             except Exception as exc:  # a device bug must not kill the fleet: count it
                 self.stats.failed[f"device_error_{type(exc).__name__}"] += 1
                 outcome = None
-            self._done.put((phone, outcome))
+            self.compute.finish(Done(job.owner, job.job_id, outcome, phone.cached_version,
+                                     phone.has_artifact))
 
     def refresh_gauges(self) -> None:
         """Recount how many phones are eligible right now (for the progress display)."""

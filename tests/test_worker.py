@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import queue
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +11,8 @@ import numpy as np
 
 from fedkb import wire
 from fedkb.device_runtime.clock import SimClock
+from fedkb.device_runtime.compute import Done, SharedCompute
+from fedkb.device_runtime.phone import Outcome
 from fedkb.device_runtime.profile import TIERS, DeviceProfile
 from fedkb.device_runtime.traces import NETWORKS, Trace
 from fedkb.device_runtime.worker import Worker
@@ -36,7 +40,8 @@ def _trace(rows: list[tuple[float, bool, bool, float]]) -> Trace:
     return Trace(t, charging, np.full(len(rows), WIFI), idle, battery)
 
 
-def _worker(tiny_data, traces: list[Trace], answer: Any) -> tuple[Worker, RecordingClient]:
+def _worker(tiny_data, traces: list[Trace], answer: Any, compute: Any = None,
+            owner: int = 0) -> tuple[Worker, RecordingClient]:
     from fedkb.datasets.store import Dataset
 
     ds = Dataset.open(tiny_data)
@@ -44,7 +49,8 @@ def _worker(tiny_data, traces: list[Trace], answer: Any) -> tuple[Worker, Record
     users = list(by_size.values())
     profiles = [DeviceProfile(f"p{i}", users[i], "train", TIERS[1], 1e6, 1e6, 0.0, tr)
                 for i, tr in enumerate(traces)]
-    worker = Worker("http://127.0.0.1:9", str(tiny_data), profiles, SimClock(speedup=60.0))
+    worker = Worker("http://127.0.0.1:9", str(tiny_data), profiles, SimClock(speedup=60.0),
+                    compute=compute, owner=owner)
     worker.client.close()
     client = RecordingClient(answer)
     worker.client = client  # type: ignore[assignment]
@@ -95,6 +101,34 @@ def test_the_largest_shard_trains_first(tiny_data):
     for phone in worker.phones:
         worker._wake(phone, 0.0)
     order = []
-    while not worker._jobs.empty():
-        order.append(worker._jobs.get()[2][0].profile.device_id)
+    while (job := worker.compute.take(timeout=0.01)) is not None:
+        order.append(job.phone.profile.device_id)
     assert [sizes[d] for d in order] == sorted(sizes.values(), reverse=True)
+
+
+def test_a_phone_trained_by_another_worker_gets_its_result_back(tiny_data):
+    # two workers of a fleet share one job queue; the result goes back to the phone's owner
+    # (thread queues here: multiprocessing ones would start a resource tracker process;
+    # the fleet end-to-end tests run the real thing, with two worker processes)
+    jobs, results = queue.Queue(), [queue.Queue(), queue.Queue()]
+    always = _trace([(0.0, True, True, 90.0)])
+    answer = lambda token: wire.CheckinResponse(task=_task(f"t-{token}"))  # noqa: E731
+    a, _ = _worker(tiny_data, [always], answer, SharedCompute(0, jobs, results), owner=0)
+    b, _ = _worker(tiny_data, [always], answer, SharedCompute(1, jobs, results), owner=1)
+    try:
+        phone = a.phones[0]
+        a._wake(phone, 0.0)
+        job = b.compute.take(timeout=10)
+        assert job is not None and job.owner == 0 and job.phone is phone
+        assert b.compute.take(timeout=0.05) is None and a.compute.take(timeout=0.05) is None
+        job.phone = copy.deepcopy(phone)  # what the other process holds: a copy
+        outcome = Outcome(job.task, 50.0, "abort", reason="charging")
+        b.compute.finish(Done(job.owner, job.job_id, outcome, 0, True))
+        a._finished(a.compute.results.get(timeout=10))
+        assert (phone.cached_version, phone.has_artifact) == (0, True)  # the copy's state
+        due, _, who, action, sent = a._heap[0]
+        assert (due, who, action, sent.reason) == (50.0, phone, "send", "charging")
+        assert b.compute.results.empty()
+    finally:
+        a.compute.close()
+        b.compute.close()
