@@ -14,9 +14,11 @@ For each step, with x the input and (r, c) the previous output and cell state::
     CIFG:       i, g, o = split(z, 3);    i, o = sigmoid(.);    f = 1 - i
     c' = f * c + i * g;  h = o * tanh(c');  r' = h @ projection (LSTMP) or h
 
-The gate order (i, f, g, o) is Keras's. The cell is used inside
-``tf.keras.layers.RNN(..., unroll=True)``: unrolling is what lets the LiteRT converter
-express training with builtin ops only (no TensorList, hence no Flex).
+The gate order (i, f, g, o) is Keras's. :meth:`GboardLSTMCell.unroll` runs the cell
+over a whole sequence as a Python loop: unrolling is what lets the LiteRT converter
+express training with builtin ops only (no TensorList, hence no Flex). The input term
+``x @ kernel + bias`` of all T steps is one matmul before the loop (so its gradient is
+one matmul too, not a sum of T); only the recurrent term runs per step.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class GboardLSTMCell(tf.keras.layers.Layer):
         self.projection_units = projection_units
         self.gates = 3 if cifg else 4
         out = projection_units or units
-        self.state_size = [out, units]
         self.output_size = out
 
     def build(self, input_shape) -> None:
@@ -69,22 +70,39 @@ class GboardLSTMCell(tf.keras.layers.Layer):
                                               initializer=zeros)
         self.built = True
 
-    def call(self, inputs, states):
-        r_prev, c_prev = states[0], states[1]
-        z = _mm(inputs, self.kernel) + _mm(r_prev, self.recurrent_kernel)
-        z = z + self.bias
-        if self.cifg:
-            i, g, o = tf.split(z, 3, axis=-1)
-            i = tf.sigmoid(i)
-            f = 1.0 - i
-        else:
-            i, f, g, o = tf.split(z, 4, axis=-1)
-            i, f = tf.sigmoid(i), tf.sigmoid(f)
-        c = f * c_prev + i * tf.tanh(g)
-        h = tf.sigmoid(o) * tf.tanh(c)
-        if self.projection is not None:
-            h = _mm(h, self.projection)
-        return h, [h, c]
+    def unroll(self, inputs: tf.Tensor, recurrent_kernel: tf.Tensor | None = None,
+               ) -> tuple[tf.Tensor, list[tuple[tf.Tensor, tf.Tensor]]]:
+        """(B, T, I) inputs -> (B, T, out) outputs from zero states, and the recurrent taps.
+
+        The taps are ``(r_prev, r_prev @ W_h)`` for steps 1..T-1 (step 0's previous output
+        is zero). ``recurrent_kernel`` stands in for the variable: the training signature
+        passes a stop-gradient copy and computes W_h's gradient from the taps as one
+        matmul (:func:`fedkb.model.objective.recurrent_kernel_gradient`) instead of the
+        sum of T-1 per-step matmuls that autodiff would build.
+        """
+        if not self.built:
+            self.build(inputs.shape)
+        w_h = self.recurrent_kernel if recurrent_kernel is None else recurrent_kernel
+        xz = tf.einsum("bti,ij->btj", inputs, self.kernel) + self.bias
+        outputs, taps = [], []
+        r = c = None
+        for z in tf.unstack(xz, axis=1):  # unstack: its gradient is PACK (a strided
+            if r is not None:               # slice's would need Flex)
+                q = _mm(r, w_h)
+                taps.append((r, q))
+                z = z + q
+            if self.cifg:
+                i, g, o = tf.split(z, 3, axis=-1)
+                i = tf.sigmoid(i)
+                f = 1.0 - i
+            else:
+                i, f, g, o = tf.split(z, 4, axis=-1)
+                i, f = tf.sigmoid(i), tf.sigmoid(f)
+            c = i * tf.tanh(g) if c is None else f * c + i * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            r = _mm(h, self.projection) if self.projection is not None else h
+            outputs.append(r)
+        return tf.stack(outputs, axis=1), taps
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units, "cifg": self.cifg,

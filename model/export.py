@@ -34,6 +34,9 @@ from fedkb.model.oplist import OpReport, op_report
 from fedkb.model.weights import WEIGHTS_FILE, initial_weights, save_weights, weight_specs
 
 FORMAT = "fedkb-model/1"
+# The training graph's revision: same signatures and math, a different (faster) graph.
+# 2: hoisted input projection, one-matmul recurrent gradient, SCATTER_ND embedding grad.
+GRAPH_REVISION = 2
 MODEL_FILE = "model.tflite"
 VOCAB_FILE = "vocab.json"
 METADATA_FILE = "metadata.json"
@@ -147,6 +150,7 @@ def export_artifact(config: ModelConfig, vocab: Sequence[str], out: str | Path,
     specs = weight_specs(config)
     meta = {
         "format": FORMAT,
+        "graph_revision": GRAPH_REVISION,
         "preset": config.name,
         "config": config.to_dict(),
         "num_params": sum(s.size for s in specs),

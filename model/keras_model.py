@@ -36,8 +36,6 @@ class NextWordModel(tf.keras.Model):
         self.cell = GboardLSTMCell(H, cifg=config.cell == "cifg",
                                    projection_units=D if config.recurrent_projection else None,
                                    name="cell")
-        self.rnn = tf.keras.layers.RNN(self.cell, return_sequences=True, unroll=True,
-                                       name="rnn")
         self.proj = None
         if not config.recurrent_projection:
             self.proj = tf.keras.layers.Dense(D, kernel_initializer="zeros", name="proj")
@@ -48,8 +46,14 @@ class NextWordModel(tf.keras.Model):
 
     def features(self, x: tf.Tensor) -> tf.Tensor:
         """(B, T) ids -> (B, T, D) vectors to be scored against the embedding."""
-        h = self.rnn(self.embedding(x))
-        return self.proj(h) if self.proj is not None else h
+        return self.encode(self.embedding(x))[0]
+
+    def encode(self, emb: tf.Tensor, recurrent_kernel: tf.Tensor | None = None,
+               ) -> tuple[tf.Tensor, list[tuple[tf.Tensor, tf.Tensor]]]:
+        """(B, T, D) embedded inputs -> features and the cell's recurrent taps
+        (:meth:`~fedkb.model.cells.GboardLSTMCell.unroll`)."""
+        h, taps = self.cell.unroll(emb, recurrent_kernel)
+        return (self.proj(h) if self.proj is not None else h), taps
 
     def logits_from_features(self, h: tf.Tensor) -> tf.Tensor:
         """(..., D) -> (..., V): h @ E^T + b (weights tied to the input embedding).

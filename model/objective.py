@@ -29,7 +29,28 @@ def masked_mean_loss(logits: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> tf.Ten
     return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def training_loss(model, x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+def gather_rows(table: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """``tf.gather(table, ids)`` whose gradient is one SCATTER_ND into a dense table.
+
+    Autodiff would densify the gather's IndexedSlices with UNSORTED_SEGMENT_SUM, whose
+    LiteRT kernel (a reference one) took ~18% of a `small` training step. Duplicate ids
+    add up, as in TensorFlow.
+    """
+
+    @tf.custom_gradient
+    def gather(t):
+        def grad(d):
+            rows = tf.reshape(d, (-1, t.shape[-1]))
+            return tf.scatter_nd(tf.reshape(ids, (-1, 1)), rows, tf.shape(t))
+
+        return tf.gather(t, ids), grad
+
+    return gather(table)
+
+
+def training_loss(model, x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor,
+                  recurrent_kernel: tf.Tensor | None = None,
+                  ) -> tuple[tf.Tensor, list[tuple[tf.Tensor, tf.Tensor]]]:
     """Masked mean cross-entropy of a :class:`NextWordModel`, in a LiteRT-friendly form.
 
     Mathematically :func:`masked_mean_loss` of ``model(x)``, written as
@@ -37,14 +58,33 @@ def training_loss(model, x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> tf.Tens
     the gathered target embedding (``h . E[y] + b[y]``). Its gradient avoids
     LOG_SOFTMAX and a (B, T, V) ONE_HOT, the two large ops LiteRT's XNNPACK delegate
     does not run; what is left over the (B, T, V) logits are delegated element-wise ops.
+    Inputs and targets are looked up in one :func:`gather_rows`. Returns the loss and
+    the cell's recurrent taps (see :func:`recurrent_kernel_gradient`).
     """
-    h = model.features(x)
+    E = model.embedding.embeddings
+    ex, ey = tf.split(gather_rows(E, tf.concat([x, y], axis=0)), 2, axis=0)
+    h, taps = model.encode(ex, recurrent_kernel)
     logits = model.logits_from_features(h)
     top = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
     lse = tf.math.log(tf.reduce_sum(tf.exp(logits - top), axis=-1)) + top[..., 0]
-    target = tf.reduce_sum(h * tf.gather(model.embedding.embeddings, y), axis=-1)
-    target = target + tf.gather(model.output_bias, y)
-    return tf.reduce_sum((lse - target) * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    target = tf.reduce_sum(h * ey, axis=-1) + tf.gather(model.output_bias, y)
+    loss = tf.reduce_sum((lse - target) * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    return loss, taps
+
+
+def recurrent_kernel_gradient(taps: list[tuple[tf.Tensor, tf.Tensor]],
+                              tap_grads: list[tf.Tensor], like: tf.Tensor) -> tf.Tensor:
+    """dL/dW_h from the taps ``(r_prev, q = r_prev @ W_h)`` and dL/dq: one matmul.
+
+    Autodiff through the unrolled cell would sum T-1 per-step products with an ADD_N
+    (~20% of a `small` training step in LiteRT); stacking the steps gives the same sum
+    as a single (H, B*T) x (B*T, G*H) product.
+    """
+    if not taps:
+        return tf.zeros_like(like)
+    r = tf.stack([t[0] for t in taps], axis=1)  # (B, T-1, H)
+    dq = tf.stack(list(tap_grads), axis=1)  # (B, T-1, G*H)
+    return tf.einsum("bti,btj->ij", r, dq)
 
 
 def mask_special(logits: tf.Tensor) -> tf.Tensor:

@@ -14,7 +14,10 @@ Signatures (fixed shapes; B = batch_size, T = seq_len, K = infer_k):
 
 Only builtin ops come out of this (DESIGN.md, "Verified facts"): the RNN is unrolled,
 shapes are static, gradients come from ``tf.GradientTape`` and the update is written by
-hand (Keras optimizers inside a signature fail at run time).
+hand (Keras optimizers inside a signature fail at run time). Two gradients are shaped by
+hand for speed, the same math: the embedding's (one SCATTER_ND) and the recurrent
+kernel's (one matmul over all steps); together with the cell's hoisted input projection
+they took a `small` step from ~24.7 to ~20.4 ms (bench/README.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from fedkb.model.keras_model import NextWordModel
-from fedkb.model.objective import evaluation_sums, top_suggestions, training_loss
+from fedkb.model.objective import (
+    evaluation_sums,
+    recurrent_kernel_gradient,
+    top_suggestions,
+    training_loss,
+)
 from fedkb.model.weights import weight_specs
 
 SIGNATURES = ("train", "evaluate", "infer", "get_weights", "set_weights")
@@ -55,9 +63,14 @@ class TrainingModule(tf.Module):
 
     def _train(self, x, y, mask, lr):
         variables = self.model.weights_in_order
+        w_h = self.model.cell.recurrent_kernel
         with tf.GradientTape() as tape:
-            loss = training_loss(self.model, x, y, mask)
-        grads = tape.gradient(loss, variables)
+            loss, taps = training_loss(self.model, x, y, mask, tf.stop_gradient(w_h))
+        qs = [q for _, q in taps]
+        grads = tape.gradient(loss, variables + qs)
+        grads, tap_grads = list(grads[: len(variables)]), grads[len(variables):]
+        k = next(i for i, v in enumerate(variables) if v is w_h)
+        grads[k] = recurrent_kernel_gradient(taps, tap_grads, w_h)
         for v, g in zip(variables, grads, strict=True):
             v.assign_sub(lr * tf.convert_to_tensor(g))
         return {"loss": loss}
