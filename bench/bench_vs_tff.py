@@ -14,7 +14,8 @@ then trains the very clients each fleet run aggregated (``--engine tff --schedul
 At 20 rounds top-1 recall is chaotic in either engine: with the same clients, reversing
 the order in which a round sums its clients' deltas (a change of ~1e-8 in round 1) moves
 the weights by ~1e-4 at round 4 and ends 2-3 points of top-1 apart (bench/README.md).
-So the summary compares medians and means over the seeds; the replay shows how far our
+So the summary compares medians and means over the seeds (with a bootstrap interval for
+the difference of means: 10 seeds a side cannot resolve ±0.5 points); the replay shows how far our
 stack and TFF drift on the same clients, which is that same chaos, not a bias
 (`bench/bench_chaos.py` measures it). The fleet's model export is made before timing
 starts (the default cache DATA/models/PRESET), as a deployed system reuses its artifact;
@@ -62,6 +63,18 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def mean_gap_interval(a: list[float], b: list[float], n: int = 20_000,
+                      seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a) - mean(b) (each resampled with replacement)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    xa, xb = np.asarray(a), np.asarray(b)
+    gaps = (rng.choice(xa, (n, len(xa))).mean(1) - rng.choice(xb, (n, len(xb))).mean(1))
+    lo, hi = np.percentile(gaps, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True)
@@ -96,6 +109,7 @@ def main() -> int:
              "|---|---|---|---|"]
     walls: dict[str, list[float]] = {"tff": [], "fleet": []}
     top1: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
+    loss: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
     gaps = []
     for seed in seeds:
         s = ["--seed", str(seed)]
@@ -104,6 +118,7 @@ def main() -> int:
             if rep is not None:
                 walls["tff"].append(wall)
                 top1["tff"].append(rep["heldout"]["top1_recall"])
+                loss["tff"].append(rep["heldout"]["loss"])
             table.append(f"| {seed} | tff | {wall:.1f} s | {figures(rep)} |")
             print(table[-1], flush=True)
         fleet_file = out / f"fleet-{seed}.json"
@@ -114,6 +129,7 @@ def main() -> int:
             continue
         walls["fleet"].append(wall)
         top1["fleet"].append(rep["heldout"]["top1_recall"])
+        loss["fleet"].append(rep["heldout"]["loss"])
         if args.replay:
             again, wall = run([*common, "--engine", "tff", "--schedule", str(fleet_file)],
                               out / f"replay-{seed}.json")
@@ -123,6 +139,7 @@ def main() -> int:
             if again is None:
                 continue
             top1["replay"].append(again["heldout"]["top1_recall"])
+            loss["replay"].append(again["heldout"]["loss"])
             gaps.append((rep["heldout"]["top1_recall"] - again["heldout"]["top1_recall"],
                          rep["heldout"]["loss"] - again["heldout"]["loss"]))
 
@@ -131,12 +148,17 @@ def main() -> int:
         if top1[name]:
             xs = [100 * x for x in top1[name]]
             print(f"{name}: top-1 median {median(xs):.2f}% (mean {statistics.mean(xs):.2f}%, "
-                  f"range {min(xs):.2f}-{max(xs):.2f}%, {len(xs)} runs)"
+                  f"range {min(xs):.2f}-{max(xs):.2f}%, {len(xs)} runs); loss median "
+                  f"{median(loss[name]):.3f}"
                   + (f"; wall median {median(walls[name]):.1f} s" if walls.get(name) else ""))
     if walls["tff"] and walls["fleet"]:
         d = 100 * (median(top1["fleet"]) - median(top1["tff"]))
         print(f"fleet is {median(walls['tff']) / median(walls['fleet']):.2f}x faster (medians);"
               f" top-1 medians differ by {d:+.2f} points")
+        lo, hi = mean_gap_interval(top1["fleet"], top1["tff"])
+        print(f"top-1 means differ by "
+              f"{100 * (statistics.mean(top1['fleet']) - statistics.mean(top1['tff'])):+.2f} "
+              f"points, 95% bootstrap interval [{100 * lo:+.2f}, {100 * hi:+.2f}]")
     if gaps:
         worst = max(gaps, key=lambda g: abs(g[0]))
         print(f"fleet vs TFF on the same clients: top-1 differs by at most "

@@ -48,6 +48,7 @@ class FleetRunConfig:
     reporting_deadline_s: float = 15.0
     pipeline: bool = True  # next round selects while the previous one trains
     claim_poll_s: float = 0.25  # wall seconds: how often a phone selected ahead asks again
+    claim_hold_s: float = 5.0  # ... or how long it keeps one check-in open (0: it polls)
     overselect: float = 1.3  # devices selected per report wanted (Bonawitz et al.)
     pace_margin: float = 3.0  # check-ins steered per device a round needs (server config)
     clip_norm: float | None = None  # clip each device's delta to this L2 norm (server side)
@@ -206,21 +207,30 @@ class TrainingStalled(UserError):
         self.report = report
 
 
+DIVERGED_LOSS = 100.0  # a training loss above this (nats per token; ln V ~ 9.2) is a blow-up
+
+
+def diverged(loss: float | None) -> bool:
+    """Whether a committed round's training loss says the model blew up."""
+    return loss is not None and not (math.isfinite(loss) and loss < DIVERGED_LOSS)
+
+
 def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
-    """Why a run stopped committing: the rounds abandoned since the last commit, and its loss."""
+    """Why a run stopped: a diverged model, or rounds abandoned since the last commit."""
     from collections import Counter
 
     train = [r for r in rounds if r["kind"] == "train"]
     committed = [r for r in train if r["state"] == "committed"]
     last = committed[-1] if committed else None
+    version = last["committed_version"] if last else 0
     since = [r for r in train if r["state"] == "abandoned" and (last is None
                                                               or r["id"] > last["id"])]
     reasons = Counter(r.get("reason") or "?" for r in since)
-    msg = (f"training stalled at model version "
-           f"{last['committed_version'] if last else 0}: the last {len(since)} training rounds "
-           f"were abandoned ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})")
+    msg = (f"training stalled at model version {version}: the last {len(since)} training "
+           f"rounds were abandoned ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})"
+           if since else f"training stopped at model version {version}")
     loss = (last or {}).get("metrics", {}).get("loss")
-    if loss is not None and not (math.isfinite(loss) and loss < 100.0):
+    if diverged(loss):
         return (msg + f"; the last committed round's training loss was {loss:.3g}: the "
                 "model diverged (lower --lr, or clip the devices' deltas)")
     return msg + ("; too few phones were eligible or finished in time (more --devices, a "
@@ -252,12 +262,17 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         import shutil
 
         shutil.rmtree(state)
-    server = ServerProcess(state, model=artifact, config=config_file, rounds=cfg.rounds)
+    # phones selected ahead hold a check-in open (one server thread each) until their
+    # round's model exists: enough threads for a round's seats, and the four kept free
+    threads = max(8, math.ceil(cfg.clients_per_round * cfg.overselect) + 8)
+    server = ServerProcess(state, model=artifact, config=config_file, rounds=cfg.rounds,
+                           threads=threads if cfg.claim_hold_s > 0 else None)
     url = server.start()
     try:
         run = run_federated(url, cfg.data, cfg.devices, cfg.rounds, cfg.workers,
                             speedup=cfg.speedup, start_hour=cfg.start_hour, seed=cfg.seed,
-                            on_progress=on_progress, final_eval=cfg.eval_every > 0)
+                            on_progress=on_progress, final_eval=cfg.eval_every > 0,
+                            claim_hold_s=cfg.claim_hold_s)
     except BaseException:
         server.stop()
         raise

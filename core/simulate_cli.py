@@ -137,7 +137,7 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
         speedup=args.speedup, seed=args.seed, selection_window_s=args.selection_window,
         reporting_deadline_s=args.reporting_deadline, overselect=args.overselect,
         pace_margin=args.pace_margin,
-        pipeline=not args.no_pipeline,
+        pipeline=not args.no_pipeline, claim_hold_s=args.claim_hold,
         artifact=args.artifact or default_artifact_dir(args.data, args.preset))
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
         args.rounds))
@@ -208,6 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "as TFF's simulation does)")
     p.add_argument("--pace-margin", type=float, default=3.0,
                    help="fleet: check-ins the server steers per device a round needs")
+    p.add_argument("--claim-hold", type=float, default=5.0, metavar="S",
+                   help="fleet: a phone selected ahead keeps its check-in open up to S wall "
+                        "seconds until its task exists (0: it polls)")
     p.add_argument("--no-pipeline", action="store_true",
                    help="fleet: the next round selects only after the previous one "
                         "closes (default: it selects while that round trains)")

@@ -169,16 +169,26 @@ class Conditions(_Message):
                    _get(d, "idle", bool, "conditions"), battery)
 
 
+MAX_CHECKIN_WAIT_S = 30.0
+
+
 @dataclass(frozen=True)
 class CheckinRequest(_Message):
     conditions: Conditions
     cached_version: int | None = None  # the newest model version the phone already holds
+    # Seconds the phone will keep this request open: selected ahead of its round's model,
+    # it gets its task the moment the model exists instead of "come back soon" (an open
+    # stream, as in Bonawitz et al. 2019). 0: answer at once.
+    wait_s: float = 0.0
 
     @classmethod
     def from_json(cls, d: Any) -> CheckinRequest:
         d = _obj(d, "checkin")
+        wait = _get(d, "wait_s", float, "checkin", 0.0)
+        if not 0.0 <= wait <= MAX_CHECKIN_WAIT_S:
+            raise WireError(f"checkin.wait_s must be within 0-{MAX_CHECKIN_WAIT_S:g} s")
         return cls(Conditions.from_json(_get(d, "conditions", dict, "checkin")),
-                   _get(d, "cached_version", int, "checkin", None))
+                   _get(d, "cached_version", int, "checkin", None), wait)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="worker processes (default: CPU count; 0 = in this process)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--claim-hold", type=float, default=0.0, metavar="S",
+                   help="a phone selected ahead of its round's model keeps its check-in open "
+                        "up to S wall seconds (the server holds it while it has threads to "
+                        "spare) instead of asking again; 0: ask again when told")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_fleet)
 
@@ -48,6 +52,8 @@ def _fleet(args: argparse.Namespace) -> int:
         raise UserError("--devices must be at least 1")
     if args.speedup <= 0:
         raise UserError("--speedup must be positive")
+    if not 0 <= args.claim_hold <= 30:
+        raise UserError("--claim-hold must be within 0-30 seconds")
     if not (args.data / "metadata.json").is_file():
         raise UserError(f"{args.data} is not a prepared dataset (run fedkb data prepare)")
     if args.profile is not None and not args.profile.is_file():
@@ -55,7 +61,7 @@ def _fleet(args: argparse.Namespace) -> int:
     cfg = FleetConfig(server=args.server, data=args.data, devices=args.devices,
                       speedup=args.speedup, start_hour=args.start_hour, workers=args.workers,
                       rounds=args.rounds, duration_s=args.duration, trace_file=args.profile,
-                      seed=args.seed)
+                      seed=args.seed, claim_hold_s=args.claim_hold)
     bar = tqdm(total=args.rounds, desc="rounds", unit="round", file=sys.stderr,
                disable=None)
 

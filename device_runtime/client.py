@@ -67,7 +67,8 @@ class DeviceClient:
 
     def _request(self, method: str, path: str, token: str | None = None,
                  json_body: dict | None = None, data: bytes | None = None,
-                 content_type: str | None = None) -> requests.Response:
+                 content_type: str | None = None, extra_timeout_s: float = 0.0,
+                 ) -> requests.Response:
         headers = {}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -76,7 +77,8 @@ class DeviceClient:
         url = path if path.startswith("http") else self.base + path
         try:
             resp = self.session.request(method, url, json=json_body, data=data,
-                                        headers=headers, timeout=self.timeout)
+                                        headers=headers,
+                                        timeout=self.timeout + extra_timeout_s)
         except requests.RequestException as exc:
             raise Retry(f"{type(exc).__name__}", 2.0) from None
         self.bytes_down += len(resp.content)
@@ -111,10 +113,13 @@ class DeviceClient:
             self._request("POST", "/v1/devices", json_body=body)))
 
     def checkin(self, token: str, conditions: wire.Conditions,
-                cached_version: int | None) -> wire.CheckinResponse:
-        body = wire.CheckinRequest(conditions, cached_version).to_json()
+                cached_version: int | None, wait_s: float = 0.0) -> wire.CheckinResponse:
+        """Check in; with ``wait_s``, a phone selected ahead of its round's model lets the
+        server hold the request until its task exists (or ``wait_s`` passes)."""
+        body = wire.CheckinRequest(conditions, cached_version, wait_s).to_json()
         return wire.CheckinResponse.from_json(self._json(
-            self._request("POST", "/v1/checkin", token=token, json_body=body)))
+            self._request("POST", "/v1/checkin", token=token, json_body=body,
+                          extra_timeout_s=wait_s)))
 
     def download(self, path: str, token: str | None = None) -> bytes:
         return self._request("GET", path, token=token).content

@@ -45,6 +45,9 @@ class FleetConfig:
     duration_s: float | None = None  # or after this many wall seconds
     trace_file: Path | None = None  # replay these traces instead of generating
     seed: int = 0
+    # wall seconds a phone selected ahead of its round's model keeps a check-in open
+    # (the server holds it until the task exists); 0: it asks again when told to
+    claim_hold_s: float = 0.0
 
 
 def phone_users(cfg: FleetConfig, ds: Dataset | None = None) -> list[tuple[str, str]]:
@@ -85,7 +88,8 @@ def _worker_main(cfg: FleetConfig, indices: range, wall0: float, stop: Any, out:
     clock._wall0 = wall0  # every worker shares the parent's simulated clock
     worker = Worker(cfg.server, str(cfg.data), fleet_profiles(cfg, indices), clock,
                     seed=cfg.seed + indices.start,
-                    compute=SharedCompute(owner, jobs, results), owner=owner)
+                    compute=SharedCompute(owner, jobs, results), owner=owner,
+                    hold_s=cfg.claim_hold_s)
 
     parent = os.getppid()
 
@@ -215,7 +219,7 @@ class Fleet:
 
         worker = Worker(self.cfg.server, str(self.cfg.data),
                         fleet_profiles(self.cfg, range(self.cfg.devices)), clock,
-                        seed=self.cfg.seed)
+                        seed=self.cfg.seed, hold_s=self.cfg.claim_hold_s)
         thread = threading.Thread(target=worker.run, name="fedkb-fleet-worker", daemon=True)
         thread.start()
         status = None

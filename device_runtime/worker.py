@@ -6,7 +6,9 @@ job scheduler would: sleep while not eligible (charging, Wi‑Fi, idle, battery 
 register once, check in, honour "come back in N s", hand a task to the training thread,
 and deliver the task's result or abort when its simulated time comes. Failed deliveries
 are retried with jittered exponential backoff and the same bytes, so nothing is lost or
-sent twice.
+sent twice. With ``hold_s``, a phone selected ahead of its round's model keeps one
+check-in open (a small thread pool does the waiting) and claims its task the moment the
+server has it, instead of asking again every ``claim_poll_s``.
 
 One training thread per worker runs LiteRT work, keeping one interpreter per model
 artifact: memory grows with workers, not with phones. It takes jobs from the worker's
@@ -28,6 +30,7 @@ import random
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +79,21 @@ class WorkerStats:
                 **({"accepted": list(self.accepted)} if accepted else {})}
 
 
+@dataclass
+class Claimed:
+    """The answer to a held check-in, for the main loop (``response`` None: it failed)."""
+
+    hold_id: int
+    response: wire.CheckinResponse | None
+    held_to_the_end: bool = False  # the server held it the whole time asked
+
+
 class Worker:
     """Runs ``profiles`` against the server at ``server_url`` until :meth:`stop`."""
 
     def __init__(self, server_url: str, data_dir: str, profiles: list[DeviceProfile],
                  clock: SimClock, seed: int = 0, compute: Compute | None = None,
-                 owner: int = 0):
+                 owner: int = 0, hold_s: float = 0.0):
         self.server_url = server_url
         self.client = DeviceClient(server_url)
         self.dataset = Dataset.open(data_dir)
@@ -96,6 +108,11 @@ class Worker:
         self.owner = owner
         self._pending: dict[int, Phone] = {}
         self._job_ids = itertools.count()
+        # held check-ins (phones selected ahead of their round's model), by hold id
+        self.hold_s = hold_s
+        self._held: dict[int, Phone] = {}
+        self._holds: ThreadPoolExecutor | None = None
+        self._hold_clients = threading.local()
         self._rng = random.Random(seed)
 
     # -- scheduling -------------------------------------------------------------------
@@ -137,6 +154,8 @@ class Worker:
                 with contextlib.suppress(queue.Empty):
                     self._finished(self.compute.results.get(timeout=min(0.2, max(0.0, wait))))
         finally:
+            if self._holds is not None:
+                self._holds.shutdown(wait=False, cancel_futures=True)
             trainer_thread.join(timeout=30)  # it sees the stopped clock within 0.2 s
             cache.close()
             self.client.close()
@@ -150,8 +169,12 @@ class Worker:
             except queue.Empty:
                 return
 
-    def _finished(self, done: Done) -> None:
-        """A training thread is done with a phone's task: schedule its report."""
+    def _finished(self, done: Done | Claimed) -> None:
+        """A training thread is done with a phone's task: schedule its report (or a held
+        check-in came back)."""
+        if isinstance(done, Claimed):
+            self._claimed(done)
+            return
         phone = self._pending.pop(done.job_id, None)
         if phone is None:
             return
@@ -207,7 +230,19 @@ class Worker:
             self._push(now + self._backoff(phone), phone, "wake")
             return
         phone.backoff_s = 1.0
+        self._answer(phone, resp, now, state)
+
+    def _answer(self, phone: Phone, resp: wire.CheckinResponse, now: float,
+                state: State | None) -> None:
+        """Act on a check-in's answer: start the task, hold the check-in open, or sleep.
+
+        ``state`` is the phone's state at the check-in; None for the answer of a held
+        check-in, which is not held again (the server had no thread, or the wait ended).
+        """
         phone.waiting = resp.task is None and resp.reason == "selected_waiting"
+        if phone.waiting and state is not None and self.hold_s > 0:
+            self._hold(phone, state)
+            return
         if resp.task is None:
             delay = float(resp.retry_after_s or 1.0) * self.clock.speedup
             self._push(now + delay, phone, "wake")
@@ -221,6 +256,58 @@ class Worker:
         self._pending[job_id] = phone
         self.compute.submit(Job(self.owner, job_id, phone, resp.task, now, time.monotonic(),
                                 size))
+
+    def _hold(self, phone: Phone, state: State) -> None:
+        """Check in again on a pool thread, asking the server to hold it open.
+
+        At most ``hold_s``, and never past the simulated moment the phone stops being
+        eligible: it then wakes, sees it, and gives its seat back like any phone selected
+        ahead (a phone held longer would come back with a task it must abort at once).
+        """
+        now = self.clock.now()
+        until = phone.profile.trace.next_ineligible(now)
+        wait = self.hold_s if until is None else min(self.hold_s,
+                                                     self.clock.wall_for(until - now))
+        if wait < 0.05:  # about to become ineligible: ask again at that moment instead
+            self._push(until if until is not None else now, phone, "wake")
+            return
+        if self._holds is None:
+            self._holds = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fedkb-hold")
+        hold_id = next(self._job_ids)
+        self._held[hold_id] = phone
+        token, cached = phone.token or "", phone.cached_version
+        self._holds.submit(self._held_checkin, hold_id, token, _conditions(state), cached,
+                           round(wait, 3))
+        self.stats.counts["checkins"] += 1
+        self.stats.counts["held_checkins"] += 1
+
+    def _held_checkin(self, hold_id: int, token: str, conditions: wire.Conditions,
+                      cached: int | None, wait_s: float) -> None:
+        client = getattr(self._hold_clients, "client", None)
+        if client is None:  # one HTTP session per pool thread
+            client = self._hold_clients.client = DeviceClient(self.server_url)
+        t0 = time.monotonic()
+        try:
+            resp: wire.CheckinResponse | None = client.checkin(token, conditions, cached,
+                                                               wait_s=wait_s)
+        except (Retry, Refused):
+            resp = None
+        self.compute.results.put(Claimed(hold_id, resp, time.monotonic() - t0 >= wait_s))
+
+    def _claimed(self, claimed: Claimed) -> None:
+        phone = self._held.pop(claimed.hold_id, None)
+        if phone is None or phone.busy or phone.retired:
+            return
+        now = self.clock.now()
+        resp = claimed.response
+        if resp is None:  # the held check-in failed: try again later
+            self._push(now + self._backoff(phone), phone, "wake")
+        elif resp.task is None and resp.reason == "selected_waiting" \
+                and claimed.held_to_the_end:
+            phone.waiting = True  # held as long as asked: look at its conditions again now
+            self._push(now, phone, "wake")
+        else:  # its task; or no thread was free to hold it (it asks again when told)
+            self._answer(phone, resp, now, None)
 
     def _withdraw(self, phone: Phone, state: State) -> None:
         """Check in once with the conditions that ended the wait (the server frees the seat)."""

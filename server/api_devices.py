@@ -41,7 +41,16 @@ def checkin():
     s = server_state()
     device_id = s.authenticate(request)
     msg = parse(CheckinRequest, json_body(request))
-    return jsonify(s.loop.checkin(device_id, msg.conditions).to_json())
+    resp = s.loop.checkin(device_id, msg.conditions)
+    # Selected ahead of its round's model and willing to wait: hold the request (one of
+    # the WSGI threads) until the model exists, if a thread can be spared for it.
+    if msg.wait_s > 0 and resp.reason == "selected_waiting" and s.holds.acquire(False):
+        try:
+            if s.loop.wait_for_claim(device_id, msg.wait_s):
+                resp = s.loop.checkin(device_id, msg.conditions)
+        finally:
+            s.holds.release()
+    return jsonify(resp.to_json())
 
 
 @bp.post("/tasks/<task_id>/result")

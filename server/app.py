@@ -41,6 +41,9 @@ CHECKPOINT_DIR = "checkpoints"
 UPLOAD_SLACK = 64 * 1024  # header + codec framing on top of the raw float32 bytes
 
 
+FREE_THREADS = 4  # WSGI threads never used to hold a check-in open
+
+
 @dataclass
 class ServerState:
     """What the request handlers share: database, registries, the round loop."""
@@ -55,6 +58,12 @@ class ServerState:
     clock: Callable[[], float]
     _stop: threading.Event = field(default_factory=threading.Event)
     _ticker: threading.Thread | None = None
+    # WSGI threads that may hold a check-in open (CheckinRequest.wait_s); a few always
+    # stay free for uploads, downloads and status
+    holds: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.holds = threading.BoundedSemaphore(max(0, self.config.threads - FREE_THREADS))
 
     @property
     def state_dir(self) -> Path:

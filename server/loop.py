@@ -64,6 +64,8 @@ class RoundLoop(Selection, Reporting):
         self.cfg, self.db, self.devices, self.store = cfg, db, devices, store
         self.strategy, self.metrics, self.clock, self.rng = strategy, metrics, clock, rng
         self.lock = threading.RLock()
+        # notified when a round is configured or closes: held check-ins (wait_for_claim)
+        self.changed = threading.Condition(self.lock)
         self.artifact: ModelArtifact | None = None
         self.model: Checkpoint | None = None
         self.open: dict[int, RoundState] = {}
@@ -233,6 +235,7 @@ class RoundLoop(Selection, Reporting):
         rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
         rnd.selection_deadline = max(rnd.selection_deadline, rnd.claim_deadline)
         self.db.update("rounds", "id", rnd.id, rnd.row())
+        self.changed.notify_all()
 
     def _close_selection(self, rnd: RoundState, now: float) -> None:
         if rnd.state != SELECTING:
@@ -296,6 +299,7 @@ class RoundLoop(Selection, Reporting):
     def _close(self, rnd: RoundState, state: str, now: float, reason: str | None = None) -> None:
         self._finish(rnd, now, state, reason)
         self.db.update("rounds", "id", rnd.id, rnd.row())
+        self.changed.notify_all()
 
     def _drop_reservations(self, rnd: RoundState) -> int:
         """Forget the seats of ``rnd`` not yet claimed; how many there were."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -43,6 +44,7 @@ class Selection:
     _trained_from: dict[str, int]
     _recent_reporting_s: deque[float]
     _tick: Callable[..., None]
+    changed: threading.Condition
     _close_selection: Callable[[RoundState, float], None]
 
     def checkin(self, device_id: str, conditions: Conditions) -> CheckinResponse:
@@ -80,6 +82,25 @@ class Selection:
                                  self.cfg, self.rng)
         self.metrics.checkins.labels("retry").inc()
         return CheckinResponse(retry_after_s=retry, reason=reason)
+
+    def wait_for_claim(self, device_id: str, timeout_s: float) -> bool:
+        """Hold a device selected ahead until its round is configured (or its seat is gone),
+        at most ``timeout_s`` wall seconds; True if it should check in again now.
+
+        The request handler calls this between two check-ins instead of answering
+        "selected_waiting": the device then claims its task the moment the model exists,
+        as over an open stream, rather than polling every ``claim_poll_s``.
+        """
+        end = time.monotonic() + timeout_s
+        with self.lock:
+            while True:
+                rnd = self.open.get(self._reserved.get(device_id, -1))
+                if rnd is None or rnd.configured:
+                    return True
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(left)
 
     def _resting(self, device_id: str) -> bool:
         """Whether the device trained too recently to be given another training task."""

@@ -23,7 +23,7 @@ from fedkb.wire import UPLOAD_CONTENT_TYPE, UploadMetadata, encode_upload
 
 SPECS = [("embedding", (6, 3)), ("rnn_kernel", (3, 4)), ("output_bias", (6,))]
 ADMIN = "admin-secret"
-SERVER_KEYS = ("max_upload_bytes", "token_ttl_s", "secret_key", "tick_s")
+SERVER_KEYS = ("max_upload_bytes", "token_ttl_s", "secret_key", "tick_s", "threads")
 ELIGIBLE = {"charging": True, "unmetered": True, "idle": True, "battery": 0.9}
 
 

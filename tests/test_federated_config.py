@@ -12,6 +12,7 @@ from fedkb.datasets.store import Dataset
 from fedkb.federated import (
     FleetRunConfig,
     default_artifact_dir,
+    diverged,
     ensure_artifact,
     rejoin_rounds,
     server_config,
@@ -88,3 +89,12 @@ def test_stall_diagnosis_names_the_reasons_and_a_diverged_loss():
     assert "deadline: 2, too_few_devices: 1" in msg and "4e+21" in msg and "diverged" in msg
     calm = stall_diagnosis(rounds[:2])
     assert "version 1" in calm and "diverged" not in calm and "eligible" in calm
+    # stopped at once by a diverged commit: nothing abandoned since
+    at_once = stall_diagnosis(rounds[:3])
+    assert at_once.startswith("training stopped at model version 3;") and "diverged" in at_once
+
+
+def test_a_loss_above_100_nats_or_not_finite_is_a_divergence():
+    assert not diverged(None) and not diverged(9.2) and not diverged(99.9)
+    assert diverged(100.0) and diverged(4e21) and diverged(float("nan"))
+    assert diverged(float("inf"))

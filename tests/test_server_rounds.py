@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
-from server_support import ADMIN, deltas, harness, initial_weights
+from server_support import ADMIN, ELIGIBLE, deltas, harness, initial_weights
 
 from fedkb.server.config import StrategyConfig
 from fedkb.server.strategy import adam_step
@@ -394,3 +397,59 @@ def test_no_training_round_opens_before_min_registered_devices_exist(tmp_path):
     devs.append(h.register())
     assert all("task" in d.checkin() for d in devs)  # round 1 opens and fills at once
     assert h.client.get("/v1/rounds/1").get_json()["selected"] == 3
+
+
+def _held_checkin(h, device, wait_s: float, out: list) -> threading.Thread:
+    """A check-in that asks the server to hold it open, on its own thread and client."""
+    def run() -> None:
+        r = h.app.test_client().post("/v1/checkin", headers=device.auth,
+                                     json={"conditions": ELIGIBLE, "wait_s": wait_s})
+        out.append((time.monotonic(), r.status_code, r.get_json()))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_held_checkin_gets_its_task_the_moment_the_model_exists(tmp_path):
+    h = harness(tmp_path)  # goal 2, target 3; 8 WSGI threads: 4 may hold a check-in
+    r1 = [h.register() for _ in range(3)]
+    t1 = [d.task() for d in r1]
+    ahead = h.register()
+    out: list = []
+    held = _held_checkin(h, ahead, 20.0, out)
+    time.sleep(0.3)
+    assert out == []  # selected ahead: held open, not "come back soon"
+    r1[0].upload(t1[0], deltas(1.0))
+    committed = time.monotonic()
+    r1[1].upload(t1[1], deltas(1.0))  # round 1 commits -> round 2 is configured
+    held.join(timeout=10)
+    (when, code, body), = out
+    assert code == 200 and body["task"]["round_id"] == 2 and body["task"]["model_version"] == 1
+    assert when - committed < 5.0  # released by the commit, not by its 20 s
+
+
+def test_a_held_checkin_times_out_as_selected_waiting_and_threads_are_kept_free(tmp_path):
+    h = harness(tmp_path)
+    r1 = [h.register() for _ in range(3)]
+    [d.task() for d in r1]
+    ahead = h.register()
+    out: list = []
+    _held_checkin(h, ahead, 0.3, out).join(timeout=10)
+    assert out[0][2]["reason"] == "selected_waiting"  # nothing committed within 0.3 s
+    # with 4 WSGI threads none may hold: the answer comes at once
+    h4 = harness(tmp_path / "four", threads=4)
+    busy = [h4.register() for _ in range(3)]
+    [d.task() for d in busy]
+    ahead4 = h4.register()
+    out4: list = []
+    t0 = time.monotonic()
+    _held_checkin(h4, ahead4, 20.0, out4).join(timeout=10)
+    assert out4[0][2]["reason"] == "selected_waiting" and out4[0][0] - t0 < 5.0
+
+
+def test_a_checkin_wait_beyond_the_limit_is_refused(tmp_path):
+    h = harness(tmp_path)
+    d = h.register()
+    r = h.client.post("/v1/checkin", headers=d.auth,
+                      json={"conditions": ELIGIBLE, "wait_s": 31.0})
+    assert r.status_code == 400 and "wait_s" in r.get_json()["error"]["message"]
