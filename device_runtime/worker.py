@@ -21,10 +21,8 @@ each with its own interpreter, made a 20-round run on 2 cores slower: 45-49 s ag
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import itertools
-import json
 import queue
 import random
 import threading
@@ -32,16 +30,15 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fedkb import wire
-from fedkb.codec import decode_arrays
 from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.client import DeviceClient, Refused, Retry, Unauthorized
 from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.compute import Compute, Done, Job, LocalCompute
-from fedkb.device_runtime.phone import ModelFiles, Outcome, Phone, run_task
+from fedkb.device_runtime.model_cache import ModelCache
+from fedkb.device_runtime.phone import Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
 from fedkb.device_runtime.traces import State
 
@@ -398,50 +395,3 @@ def _conditions(state: State) -> wire.Conditions:
     """What a phone reports about itself at check-in, from its trace state."""
     return wire.Conditions(state.charging, state.network == "wifi", state.idle,
                            state.battery / 100.0)
-
-
-class ModelCache:
-    """The training thread's interpreters and global weights (each downloaded once).
-
-    The manifest at a task's ``artifact_url`` lists the artifact's files with their
-    SHA-256; one interpreter is kept per distinct model file, shared by every version
-    that uses it, and only the newest weights are kept.
-    """
-
-    def __init__(self, server_url: str) -> None:
-        self.client = DeviceClient(server_url)  # the training thread's own HTTP session
-        self._models: dict[tuple[str, int], ModelFiles] = {}
-        self._trainers: dict[str, tuple[Any, int]] = {}
-
-    def close(self) -> None:
-        self.client.close()
-
-    def get(self, task: wire.Task) -> ModelFiles:
-        """The trainer and global weights for a task's model version."""
-        key = (task.artifact_url, task.model_version)
-        if key in self._models:
-            return self._models[key]
-        from fedkb.device_runtime.artifact import Artifact
-        from fedkb.device_runtime.trainer import Trainer
-
-        manifest = json.loads(self.client.download(task.artifact_url))
-        files = manifest["files"]
-        meta_raw = self._fetch(files["metadata.json"])
-        meta = json.loads(meta_raw)
-        model_rec = files[meta["model_file"]]
-        if model_rec["sha256"] not in self._trainers:
-            model_bytes = self._fetch(model_rec)
-            artifact = Artifact(Path(task.artifact_url), meta, model_bytes)
-            self._trainers[model_rec["sha256"]] = (Trainer(artifact),
-                                                   len(model_bytes) + len(meta_raw))
-        trainer, artifact_bytes = self._trainers[model_rec["sha256"]]
-        raw = self._fetch(manifest["weights"])
-        self._models = {key: ModelFiles(trainer, decode_arrays(raw), len(raw), artifact_bytes)}
-        return self._models[key]
-
-    def _fetch(self, rec: dict[str, Any]) -> bytes:
-        """Download a manifest entry and check its SHA-256 (a bad copy is retried)."""
-        data = self.client.download(rec["url"])
-        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            raise Retry(f"download of {rec['url']} failed its SHA-256 check", 2.0)
-        return data

@@ -1,0 +1,65 @@
+"""A worker's downloaded models: one LiteRT interpreter per model file, the newest weights.
+
+Every phone of a worker shares it (a phone's own cache is simulated: see
+:mod:`fedkb.device_runtime.phone`); each file is downloaded once and checked against the
+SHA-256 its manifest lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from fedkb import wire
+from fedkb.codec import decode_arrays
+from fedkb.device_runtime.client import DeviceClient, Retry
+from fedkb.device_runtime.phone import ModelFiles
+
+
+class ModelCache:
+    """The training thread's interpreters and global weights (each downloaded once).
+
+    The manifest at a task's ``artifact_url`` lists the artifact's files with their
+    SHA-256; one interpreter is kept per distinct model file, shared by every version
+    that uses it, and only the newest weights are kept.
+    """
+
+    def __init__(self, server_url: str) -> None:
+        self.client = DeviceClient(server_url)  # the training thread's own HTTP session
+        self._models: dict[tuple[str, int], ModelFiles] = {}
+        self._trainers: dict[str, tuple[Any, int]] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def get(self, task: wire.Task) -> ModelFiles:
+        """The trainer and global weights for a task's model version."""
+        key = (task.artifact_url, task.model_version)
+        if key in self._models:
+            return self._models[key]
+        from fedkb.device_runtime.artifact import Artifact
+        from fedkb.device_runtime.trainer import Trainer
+
+        manifest = json.loads(self.client.download(task.artifact_url))
+        files = manifest["files"]
+        meta_raw = self._fetch(files["metadata.json"])
+        meta = json.loads(meta_raw)
+        model_rec = files[meta["model_file"]]
+        if model_rec["sha256"] not in self._trainers:
+            model_bytes = self._fetch(model_rec)
+            artifact = Artifact(Path(task.artifact_url), meta, model_bytes)
+            self._trainers[model_rec["sha256"]] = (Trainer(artifact),
+                                                   len(model_bytes) + len(meta_raw))
+        trainer, artifact_bytes = self._trainers[model_rec["sha256"]]
+        raw = self._fetch(manifest["weights"])
+        self._models = {key: ModelFiles(trainer, decode_arrays(raw), len(raw), artifact_bytes)}
+        return self._models[key]
+
+    def _fetch(self, rec: dict[str, Any]) -> bytes:
+        """Download a manifest entry and check its SHA-256 (a bad copy is retried)."""
+        data = self.client.download(rec["url"])
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise Retry(f"download of {rec['url']} failed its SHA-256 check", 2.0)
+        return data
