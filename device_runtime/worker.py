@@ -28,7 +28,6 @@ import random
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.client import DeviceClient, Refused, Retry, Unauthorized
 from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.compute import Compute, Done, Job, LocalCompute
+from fedkb.device_runtime.holds import CheckinHolds, Claimed
 from fedkb.device_runtime.model_cache import ModelCache
 from fedkb.device_runtime.phone import Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
@@ -76,15 +76,6 @@ class WorkerStats:
                 **({"accepted": list(self.accepted)} if accepted else {})}
 
 
-@dataclass
-class Claimed:
-    """The answer to a held check-in, for the main loop (``response`` None: it failed)."""
-
-    hold_id: int
-    response: wire.CheckinResponse | None
-    held_to_the_end: bool = False  # the server held it the whole time asked
-
-
 class Worker:
     """Runs ``profiles`` against the server at ``server_url`` until :meth:`stop`."""
 
@@ -108,8 +99,7 @@ class Worker:
         # held check-ins (phones selected ahead of their round's model), by hold id
         self.hold_s = hold_s
         self._held: dict[int, Phone] = {}
-        self._holds: ThreadPoolExecutor | None = None
-        self._hold_clients = threading.local()
+        self._holds: CheckinHolds | None = None  # started on the first hold
         self._rng = random.Random(seed)
 
     # -- scheduling -------------------------------------------------------------------
@@ -152,7 +142,7 @@ class Worker:
                     self._finished(self.compute.results.get(timeout=min(0.2, max(0.0, wait))))
         finally:
             if self._holds is not None:
-                self._holds.shutdown(wait=False, cancel_futures=True)
+                self._holds.close()
             trainer_thread.join(timeout=30)  # it sees the stopped clock within 0.2 s
             cache.close()
             self.client.close()
@@ -269,27 +259,13 @@ class Worker:
             self._push(until if until is not None else now, phone, "wake")
             return
         if self._holds is None:
-            self._holds = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fedkb-hold")
+            self._holds = CheckinHolds(self.server_url, self.compute.results)
         hold_id = next(self._job_ids)
         self._held[hold_id] = phone
-        token, cached = phone.token or "", phone.cached_version
-        self._holds.submit(self._held_checkin, hold_id, token, _conditions(state), cached,
+        self._holds.submit(hold_id, phone.token or "", _conditions(state), phone.cached_version,
                            round(wait, 3))
         self.stats.counts["checkins"] += 1
         self.stats.counts["held_checkins"] += 1
-
-    def _held_checkin(self, hold_id: int, token: str, conditions: wire.Conditions,
-                      cached: int | None, wait_s: float) -> None:
-        client = getattr(self._hold_clients, "client", None)
-        if client is None:  # one HTTP session per pool thread
-            client = self._hold_clients.client = DeviceClient(self.server_url)
-        t0 = time.monotonic()
-        try:
-            resp: wire.CheckinResponse | None = client.checkin(token, conditions, cached,
-                                                               wait_s=wait_s)
-        except (Retry, Refused):
-            resp = None
-        self.compute.results.put(Claimed(hold_id, resp, time.monotonic() - t0 >= wait_s))
 
     def _claimed(self, claimed: Claimed) -> None:
         phone = self._held.pop(claimed.hold_id, None)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import queue
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedkb import wire
+from fedkb.device_runtime.client import Retry
 from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.compute import Done, SharedCompute
+from fedkb.device_runtime.holds import CheckinHolds, Claimed
 from fedkb.device_runtime.phone import Outcome
 from fedkb.device_runtime.profile import TIERS, DeviceProfile
 from fedkb.device_runtime.traces import NETWORKS, Trace
@@ -132,3 +135,99 @@ def test_a_phone_trained_by_another_worker_gets_its_result_back(tiny_data):
     finally:
         a.compute.close()
         b.compute.close()
+
+
+class RecordingHolds:
+    """Stands in for CheckinHolds: records what would be held."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[int, float]] = []
+
+    def submit(self, hold_id: int, token: str, conditions: wire.Conditions,
+               cached: int | None, wait_s: float) -> None:
+        self.submitted.append((hold_id, wait_s))
+
+    def close(self) -> None:
+        pass
+
+
+WAITING = wire.CheckinResponse(retry_after_s=0.5, reason="selected_waiting")
+
+
+def _holding_worker(tiny_data, ineligible_in_s: float):
+    """A worker with held check-ins (5 s) and one phone that stops being eligible
+    ``ineligible_in_s`` simulated seconds from now (60x: 60 simulated s a wall second)."""
+    probe = SimClock(speedup=60.0).now()
+    trace = _trace([(0.0, True, True, 90.0), (probe + ineligible_in_s, False, True, 90.0)])
+    worker, _ = _worker(tiny_data, [trace], WAITING)
+    worker.hold_s = 5.0
+    worker._holds = RecordingHolds()  # type: ignore[assignment]
+    return worker, worker.phones[0]
+
+
+def test_a_phone_selected_ahead_is_held_only_until_it_stops_being_eligible(tiny_data):
+    worker, phone = _holding_worker(tiny_data, ineligible_in_s=30.0)  # 0.5 wall s away
+    now = worker.clock.now()
+    worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
+    (hold_id, wait_s), = worker._holds.submitted
+    assert 0.4 <= wait_s <= 0.5 and worker._heap == [] and worker._held == {hold_id: phone}
+    # the server held it to the end: it wakes now, to look at its conditions again
+    worker._finished(Claimed(hold_id, WAITING, held_to_the_end=True))
+    assert phone.waiting and worker._heap[0][2] is phone and worker._heap[0][0] <= \
+        worker.clock.now()
+
+
+def test_a_phone_about_to_become_ineligible_is_not_held(tiny_data):
+    worker, phone = _holding_worker(tiny_data, ineligible_in_s=1.0)  # 1/60 wall s away
+    now = worker.clock.now()
+    worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
+    assert worker._holds.submitted == []
+    assert worker._heap[0][0] == phone.profile.trace.next_ineligible(now)  # wakes then
+
+
+def test_a_held_checkin_answered_at_once_falls_back_to_asking_again(tiny_data):
+    # no thread was free to hold it: "selected_waiting" at once; ask again when told
+    worker, phone = _holding_worker(tiny_data, ineligible_in_s=600.0)
+    now = worker.clock.now()
+    worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
+    (hold_id, _), = worker._holds.submitted
+    worker._finished(Claimed(hold_id, WAITING, held_to_the_end=False))
+    due = worker._heap[0][0]
+    assert 0.5 * 60.0 - 1.0 <= due - now <= 0.5 * 60.0 + 5.0 and len(worker._holds.submitted) == 1
+
+
+def test_a_held_checkin_that_brings_the_task_starts_it(tiny_data):
+    worker, phone = _holding_worker(tiny_data, ineligible_in_s=600.0)
+    now = worker.clock.now()
+    worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
+    (hold_id, _), = worker._holds.submitted
+    worker._finished(Claimed(hold_id, wire.CheckinResponse(task=_task("t-held"))))
+    job = worker.compute.take(timeout=1.0)
+    assert job is not None and job.phone is phone and job.task.task_id == "t-held"
+    assert phone.busy and not phone.waiting
+
+
+def test_checkin_holds_put_each_answer_on_the_main_loops_queue():
+    class Client:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def checkin(self, token, conditions, cached, wait_s=0.0):
+            if token == "down":
+                raise Retry("refused", 1.0)
+            time.sleep(wait_s if token == "held" else 0.0)
+            return WAITING
+
+    out: queue.Queue = queue.Queue()
+    holds = CheckinHolds("http://127.0.0.1:9", out, client_factory=Client)
+    cond = wire.Conditions(True, True, True, 0.9)
+    try:
+        holds.submit(1, "held", cond, None, 0.2)
+        holds.submit(2, "busy", cond, None, 0.2)
+        holds.submit(3, "down", cond, None, 0.2)
+        got = {c.hold_id: c for c in (out.get(timeout=10) for _ in range(3))}
+    finally:
+        holds.close()
+    assert got[1].held_to_the_end and got[1].response == WAITING
+    assert not got[2].held_to_the_end and got[2].response == WAITING
+    assert got[3].response is None
