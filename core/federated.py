@@ -263,7 +263,7 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
 
         shutil.rmtree(state)
     # phones selected ahead hold a check-in open (one server thread each) until their
-    # round's model exists: enough threads for a round's seats, and the four kept free
+    # round's model exists: a thread per seat, the four the server never lends, four more
     threads = max(8, math.ceil(cfg.clients_per_round * cfg.overselect) + 8)
     server = ServerProcess(state, model=artifact, config=config_file, rounds=cfg.rounds,
                            threads=threads if cfg.claim_hold_s > 0 else None)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedkb import wire
 from fedkb.errors import UserError
 
 
@@ -52,8 +53,8 @@ def _fleet(args: argparse.Namespace) -> int:
         raise UserError("--devices must be at least 1")
     if args.speedup <= 0:
         raise UserError("--speedup must be positive")
-    if not 0 <= args.claim_hold <= 30:
-        raise UserError("--claim-hold must be within 0-30 seconds")
+    if not 0 <= args.claim_hold <= wire.MAX_CHECKIN_WAIT_S:
+        raise UserError(f"--claim-hold must be within 0-{wire.MAX_CHECKIN_WAIT_S:g} seconds")
     if not (args.data / "metadata.json").is_file():
         raise UserError(f"{args.data} is not a prepared dataset (run fedkb data prepare)")
     if args.profile is not None and not args.profile.is_file():

@@ -228,7 +228,7 @@ class Worker:
         """
         phone.waiting = resp.task is None and resp.reason == "selected_waiting"
         if phone.waiting and state is not None and self.hold_s > 0:
-            self._hold(phone, state)
+            self._hold(phone, state, now)
             return
         if resp.task is None:
             delay = float(resp.retry_after_s or 1.0) * self.clock.speedup
@@ -244,20 +244,20 @@ class Worker:
         self.compute.submit(Job(self.owner, job_id, phone, resp.task, now, time.monotonic(),
                                 size))
 
-    def _hold(self, phone: Phone, state: State) -> None:
+    def _hold(self, phone: Phone, state: State, now: float) -> None:
         """Check in again on a pool thread, asking the server to hold it open.
 
         At most ``hold_s``, and never past the simulated moment the phone stops being
         eligible: it then wakes, sees it, and gives its seat back like any phone selected
         ahead (a phone held longer would come back with a task it must abort at once).
         """
-        now = self.clock.now()
         until = phone.profile.trace.next_ineligible(now)
-        wait = self.hold_s if until is None else min(self.hold_s,
-                                                     self.clock.wall_for(until - now))
-        if wait < 0.05:  # about to become ineligible: ask again at that moment instead
-            self._push(until if until is not None else now, phone, "wake")
-            return
+        wait = self.hold_s
+        if until is not None:
+            wait = min(wait, self.clock.wall_for(until - now))
+            if wait < 0.05:  # about to become ineligible: ask again at that moment instead
+                self._push(until, phone, "wake")
+                return
         if self._holds is None:
             self._holds = CheckinHolds(self.server_url, self.compute.results)
         hold_id = next(self._job_ids)
