@@ -93,6 +93,9 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
     lr = args.lr if args.lr is not None else cfg.learning_rate
     epochs = max(1, int(args.epochs))
     if args.schedule is not None:
+        if (args.strategy, args.clip_norm, args.lr_decay) != ("fedavg", None, False):
+            raise UserError("--schedule replays plain FedAvg runs: leave out --strategy, "
+                            "--clip-norm and --lr-decay")
         rounds = replay_schedule(args.schedule, ds, lr, args.server_lr, epochs)
     else:
         rounds = federated_rounds(ds.train_users, args.rounds, args.clients_per_round,
@@ -104,7 +107,8 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
         out = run_tff_isolated({
             "data": str(args.data), "model": cfg.to_dict(), "weights": str(work / "w0.bin"),
             "rounds": rounds, "epochs": epochs, "max_steps": args.max_steps, "client_lr": lr,
-            "server_lr": args.server_lr, "weights_out": str(work / "final.bin")}, work)
+            "server_lr": args.server_lr, "strategy": _tff_strategy(args, len(rounds)),
+            "weights_out": str(work / "final.bin")}, work)
         final = decode_arrays((work / "final.bin").read_bytes())
     counts, loss = evaluate_keras(build_model(cfg, weights=final),
                                   clip_to_vocab(ds.all_windows("heldout", "eval"),
@@ -117,9 +121,25 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
                 "clients_per_round": args.clients_per_round, "epochs": epochs,
                 "schedule": None if args.schedule is None else str(args.schedule),
                 "max_steps": args.max_steps, "client_lr": lr, "server_lr": args.server_lr,
-                "seed": args.seed, "tff_setup_s": round(out["setup_s"], 3),
-                "tff_train_s": round(out["train_s"], 3)},
+                "strategy": args.strategy, "clip_norm": args.clip_norm,
+                "lr_decay": args.lr_decay, "seed": args.seed,
+                "tff_setup_s": round(out["setup_s"], 3), "tff_train_s": round(out["train_s"], 3)},
         rounds=out["rounds"])
+
+
+def _tff_strategy(args: argparse.Namespace, rounds: int) -> dict:
+    """The fleet server's strategy for these knobs, spelt out for the TFF child: its
+    defaults come from the server's own :class:`StrategyConfig`, and each round's server
+    lr from the server's schedule (round r makes model version r)."""
+    from fedkb.server.config import StrategyConfig
+    from fedkb.server.strategy import scheduled_lr
+
+    sc = StrategyConfig(name=args.strategy, server_lr=args.server_lr, clip_norm=args.clip_norm,
+                        decay_rounds=rounds if args.lr_decay else 0)
+    return {"name": sc.name,
+            "lrs": [scheduled_lr(sc.server_lr, sc.decay_rounds, v) for v in range(1, rounds + 1)],
+            "momentum": sc.momentum, "nesterov": sc.nesterov, "beta1": sc.beta1,
+            "beta2": sc.beta2, "tau": sc.tau, "clip_norm": sc.clip_norm}
 
 
 def run_fleet(args: argparse.Namespace) -> EngineReport:
@@ -138,6 +158,7 @@ def run_fleet(args: argparse.Namespace) -> EngineReport:
         reporting_deadline_s=args.reporting_deadline, overselect=args.overselect,
         pace_margin=args.pace_margin,
         pipeline=not args.no_pipeline, claim_hold_s=args.claim_hold,
+        clip_norm=args.clip_norm, lr_decay=args.lr_decay,
         artifact=args.artifact or default_artifact_dir(args.data, args.preset))
     report, _run, _ = run_fleet_engine(cfg, on_progress=None if args.json else _round_bar(
         args.rounds))
@@ -197,9 +218,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="passes over the data (central) or over each client's shard")
     p.add_argument("--rounds", type=int, default=20, help="federated: rounds")
     p.add_argument("--clients-per-round", type=int, default=20, help="federated: clients")
-    p.add_argument("--server-lr", type=float, default=1.0, help="federated: server SGD lr")
+    p.add_argument("--server-lr", type=float, default=1.0, help="federated: server lr")
     p.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedavgm", "fedadam"),
-                   help="fleet: server strategy (tff: FedAvg with server SGD)")
+                   help="federated: server optimizer (fedavgm: Nesterov momentum 0.9; "
+                        "fedadam: Reddi et al.), the same update rules in both engines")
+    p.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                   help="federated: clip each client's delta to L2 norm C before the mean")
+    p.add_argument("--lr-decay", action="store_true",
+                   help="federated: cosine decay of the server lr to a tenth over the rounds")
     p.add_argument("--devices", type=int, default=300, help="fleet: emulated phones")
     p.add_argument("--workers", type=int, default=2, help="fleet: worker processes")
     p.add_argument("--speedup", type=float, default=60.0, help="fleet: simulated time factor")

@@ -3,7 +3,8 @@
 ``tff.learning.algorithms.build_weighted_fed_avg`` with the same Keras model, the same
 initial weights, the same masked loss, the same client batches in the same order
 (:func:`fedkb.device_runtime.batching.batch_plan`), plain SGD on the clients and SGD on
-the server, clients weighted by their number of (real, unpadded) windows.
+the server (or the fleet server's other strategies, clipping and lr decay, exactly), clients
+weighted by their number of (real, unpadded) windows.
 
 TFF's default execution context starts ``tensorflow_federated/data/worker_binary``,
 which outlives Python (DESIGN.md, "Verified facts and hazards"). So TFF never runs in
@@ -13,8 +14,11 @@ its own process group and kills the whole group afterwards, whatever happened.
 Child protocol: ``python -m fedkb.model.tff_reference SPEC.json OUT.json`` where SPEC has
 ``data``, ``model`` (a ModelConfig dict), ``weights`` (a codec file of the initial
 weights), ``rounds`` (per round, a list of ``[user, batch_seed]``), ``epochs``,
-``max_steps``, ``client_lr`` and ``server_lr``; OUT gets per-round figures and the path
-of the final weights (``weights_out`` in SPEC).
+``max_steps``, ``client_lr`` and ``server_lr``, and optionally ``strategy`` (``name``,
+``lrs``: the server learning rate of each round, ``momentum``, ``nesterov``, ``beta1``,
+``beta2``, ``tau``, ``clip_norm``: the fleet server's strategy, which then replaces
+``server_lr``); OUT gets per-round figures and the path of the final weights
+(``weights_out`` in SPEC).
 """
 
 from __future__ import annotations
@@ -143,6 +147,20 @@ def _model_fn_factory(tf, tff, cfg):
     return FedkbModel
 
 
+def _server_optimizer(tff, strategy: dict[str, Any]):
+    """TFF's own server SGD for plain FedAvg at a constant rate; otherwise our strategy's
+    exact update rules (:mod:`fedkb.model.tff_optimizers`: TFF has no Nesterov momentum
+    and bias-corrects Adam)."""
+    lrs = [float(x) for x in strategy["lrs"]]
+    if strategy["name"] == "fedavg" and len(set(lrs)) == 1:
+        return tff.learning.optimizers.build_sgdm(learning_rate=lrs[0])
+    from fedkb.model.tff_optimizers import ServerStrategyOptimizer
+
+    knobs = ("momentum", "nesterov", "beta1", "beta2", "tau")
+    return ServerStrategyOptimizer(strategy["name"], lrs,
+                                   **{k: strategy[k] for k in knobs if k in strategy})
+
+
 def _child(spec_path: str, out_path: str) -> None:
     import tensorflow as tf
     import tensorflow_federated as tff
@@ -155,10 +173,16 @@ def _child(spec_path: str, out_path: str) -> None:
     cfg = ModelConfig.from_dict(spec["model"])
     ds = Dataset.open(spec["data"])
     weights = decode_arrays(Path(spec["weights"]).read_bytes())
+    strategy = spec.get("strategy") or {"name": "fedavg", "lrs": [spec["server_lr"]]}
+    clip = strategy.get("clip_norm")
     process = tff.learning.algorithms.build_weighted_fed_avg(
         _model_fn_factory(tf, tff, cfg),
         client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=spec["client_lr"]),
-        server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=spec["server_lr"]),
+        server_optimizer_fn=_server_optimizer(tff, strategy),
+        # each client's delta clipped to an L2 norm before the weighted mean, like the
+        # server's Clipped aggregator (TFF: the global norm over all tensors, as ours)
+        model_aggregator=None if clip is None else tff.aggregators.clipping_factory(
+            float(clip), tff.aggregators.MeanFactory()),
     )
     state = process.initialize()
     state = process.set_model_weights(state, tff.learning.models.ModelWeights(
