@@ -25,6 +25,7 @@ import numpy as np
 from fedkb.codec import decode_arrays
 from fedkb.datasets.store import Dataset, clip_to_vocab
 from fedkb.device_runtime.trainer import Trainer
+from fedkb.schedule import federated_rounds
 from fedkb.server.aggregate import Spec, mean_factory
 from fedkb.server.config import StrategyConfig
 from fedkb.server.strategy import make_strategy
@@ -41,9 +42,17 @@ def main() -> int:
     p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--strategy", default="fedavgm", choices=("fedavg", "fedavgm", "fedadam"))
     p.add_argument("--server-lr", type=float, default=0.7)
+    p.add_argument("--momentum", type=float, default=0.9, help="fedavgm")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="fedavgm: Nesterov momentum (TFF's build_sgdm has none)")
     p.add_argument("--clip-norm", type=float, default=None)
+    p.add_argument("--decay-rounds", type=int, default=0,
+                   help="cosine decay of the server lr to a tenth over this many rounds")
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine-sampling", action="store_true",
+                   help="draw clients as the federated engines do (fedkb.schedule), so a "
+                        "seed here trains the clients `fedkb simulate --engine tff` trains")
     a = p.parse_args()
 
     ds = Dataset.open(a.data)
@@ -51,22 +60,29 @@ def main() -> int:
     weights = decode_arrays((a.model / "weights.bin").read_bytes())
     specs = [Spec(n, tuple(w.shape)) for n, w in zip(tr.names, weights, strict=True)]
     strategy = make_strategy(StrategyConfig(name=a.strategy, server_lr=a.server_lr,
-                                            clip_norm=a.clip_norm))
+                                            momentum=a.momentum, nesterov=a.nesterov,
+                                            clip_norm=a.clip_norm,
+                                            decay_rounds=a.decay_rounds))
     users = ds.train_users
     heldout = clip_to_vocab(ds.all_windows("heldout", "eval"), tr.V)
     rng = np.random.default_rng(a.seed)
+    engine_rounds = (federated_rounds(users, a.rounds, a.clients_per_round, a.seed)
+                     if a.engine_sampling else None)
     t0, steps, norms = time.perf_counter(), 0, []
     for r in range(1, a.rounds + 1):
         agg = mean_factory(specs, a.clip_norm)
-        for i in rng.choice(len(users), a.clients_per_round, replace=False):
-            shard = clip_to_vocab(ds.shard(users[i]).train, tr.V)
+        clients = engine_rounds[r - 1] if engine_rounds else [
+            (users[i], int(rng.integers(2**31)))
+            for i in rng.choice(len(users), a.clients_per_round, replace=False)]
+        for user, batch_seed in clients:
+            shard = clip_to_vocab(ds.shard(user).train, tr.V)
             res = tr.train(weights, shard, epochs=a.epochs, max_steps=a.max_steps, lr=a.lr,
-                           seed=int(rng.integers(2**31)))
+                           seed=batch_seed)
             steps += res.steps
             norms.append(float(np.sqrt(sum(float(np.square(d, dtype=np.float64).sum())
                                            for d in res.delta))))
             agg.accumulate(res.delta, float(res.num_examples))
-        weights = strategy.aggregate(weights, agg.result())
+        weights = strategy.aggregate(weights, agg.result(), version=r)
         if r % a.eval_every == 0 or r == a.rounds:
             ev = tr.evaluate(weights, heldout if r == a.rounds else heldout[: 16 * 200])
             print(json.dumps({"round": r, "steps": steps,
