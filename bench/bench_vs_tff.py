@@ -4,6 +4,7 @@
         [--preset small] [--lr LR] [--seeds 0,1,2] [--replay] [--out DIR]
         [--recipe-args "--strategy fedavgm --server-lr 0.7 --clip-norm 4"]
         [--fleet-args "--overselect 1.0"] [--skip-tff]
+    uv run python bench/bench_vs_tff.py --data DIR --summarize OUT1 OUT2 ...
 
 For each seed, runs each engine as its own `fedkb simulate ... --json --seed S` command,
 one after the other (never together: they would share the cores), and times the whole
@@ -50,6 +51,7 @@ def run(cmd: list[str], keep: Path) -> tuple[dict | None, float]:
               flush=True)
         return None, wall
     keep.write_text(out.stdout, encoding="utf-8")
+    keep.with_suffix(".wall").write_text(f"{wall:.3f}\n", encoding="utf-8")
     return json.loads(out.stdout), wall
 
 
@@ -95,7 +97,11 @@ def main() -> int:
     p.add_argument("--fleet-args", default="", help="extra arguments for the fleet engine")
     p.add_argument("--skip-tff", action="store_true", help="no sampled TFF runs")
     p.add_argument("--out", type=Path, default=None, help="keep the JSON reports here")
+    p.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="run nothing: pool the reports kept (--out) by earlier invocations")
     args = p.parse_args()
+    if args.summarize:
+        return pooled(args.summarize)
     if args.replay and args.recipe_args:
         p.error("--replay trains plain FedAvg runs again: leave out --recipe-args")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -153,6 +159,33 @@ def main() -> int:
                          rep["heldout"]["loss"] - again["heldout"]["loss"]))
 
     print("\n" + "\n".join(table) + "\n")
+    summarize(top1, loss, walls, gaps)
+    print(f"reports: {out}")
+    return 0
+
+
+def pooled(dirs: list[Path]) -> int:
+    """``--summarize``: the summary over the kept reports of earlier invocations (walls
+    from each report's ``.wall`` file, written since this option exists)."""
+    top1: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
+    loss: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
+    walls: dict[str, list[float]] = {"tff": [], "fleet": []}
+    for d in dirs:
+        for name in top1:
+            for f in sorted(d.glob(f"{name}-*.json")):
+                if f.name.endswith(".failed.json"):
+                    continue
+                h = json.loads(f.read_text(encoding="utf-8"))["heldout"]
+                top1[name].append(h["top1_recall"])
+                loss[name].append(h["loss"])
+                if name in walls and f.with_suffix(".wall").exists():
+                    walls[name].append(float(f.with_suffix(".wall").read_text()))
+    summarize(top1, loss, walls, [])
+    return 0
+
+
+def summarize(top1: dict[str, list[float]], loss: dict[str, list[float]],
+              walls: dict[str, list[float]], gaps: list[tuple[float, float]]) -> None:
     for name in ("tff", "fleet", "replay"):
         if top1[name]:
             xs = [100 * x for x in top1[name]]
@@ -161,9 +194,8 @@ def main() -> int:
                   f"{median(loss[name]):.3f}"
                   + (f"; wall median {median(walls[name]):.1f} s" if walls.get(name) else ""))
     if walls["tff"] and walls["fleet"]:
-        d = 100 * (median(top1["fleet"]) - median(top1["tff"]))
-        print(f"fleet is {median(walls['tff']) / median(walls['fleet']):.2f}x faster (medians);"
-              f" top-1 medians differ by {d:+.2f} points")
+        print(f"fleet is {median(walls['tff']) / median(walls['fleet']):.2f}x faster (medians)")
+    if top1["tff"] and top1["fleet"]:
         for stat, f in (("median", median), ("mean", statistics.mean)):
             lo, hi = gap_interval(top1["fleet"], top1["tff"], stat)
             print(f"top-1 {stat}s differ by "
@@ -174,8 +206,6 @@ def main() -> int:
         print(f"fleet vs TFF on the same clients: top-1 differs by at most "
               f"{100 * abs(worst[0]):.2f} points, loss by at most "
               f"{max(abs(g[1]) for g in gaps):.4f}")
-    print(f"reports: {out}")
-    return 0
 
 
 if __name__ == "__main__":
