@@ -62,7 +62,8 @@ def run_central(args: argparse.Namespace) -> EngineReport:
     model_cfg = _model_config(args, ds)
     cfg = CentralConfig(epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr if args.lr is not None else model_cfg.learning_rate,
-                        seed=args.seed, max_steps=args.max_steps)
+                        seed=args.seed, max_steps=args.max_steps,
+                        optimizer=args.central_optimizer)
     t0 = time.perf_counter()
     res = train_central(ds, model_cfg, cfg, progress=None if args.json else _bar())
     return EngineReport(
@@ -248,6 +249,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reporting-deadline", type=float, default=15.0,
                    help="fleet: server reporting deadline, wall seconds")
     p.add_argument("--batch-size", type=int, default=64, help="central: batch size")
+    p.add_argument("--central-optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="central: the phones' plain SGD, or Adam (give it its --lr, e.g. "
+                        "0.002)")
     p.add_argument("--lr", type=float, default=None, help="client/central SGD learning rate")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on SGD steps (central: in total; federated: per client)")
