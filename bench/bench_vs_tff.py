@@ -102,8 +102,6 @@ def main() -> int:
     args = p.parse_args()
     if args.summarize:
         return pooled(args.summarize)
-    if args.replay and args.recipe_args:
-        p.error("--replay trains plain FedAvg runs again: leave out --recipe-args")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = args.out or Path(tempfile.mkdtemp(prefix="fedkb-bench-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,13 +34,14 @@ def federated_rounds(users: list[str], rounds: int, per_round: int, seed: int
     return out
 
 
-def replay_schedule(path: Path, ds, lr: float, server_lr: float, epochs: int
-                    ) -> list[list[list]]:
-    """The clients of every round of a federated report (``--json``), to train again.
+def replay_schedule(path: Path, ds, knobs: dict[str, Any]) -> tuple[list[list[list]], int]:
+    """The clients of every round of a federated report (``--json``), to train again,
+    and the number of rounds that run was planned for (its lr decay spans them).
 
-    The report must be of plain FedAvg with the same client lr, server lr and epochs (a
-    replay with other knobs would not be the same run), list every round's participants
-    (the fleet logs them), and name only training users of ``ds``.
+    ``knobs`` are the replay's ``lr``, ``server_lr``, ``epochs``, ``strategy``,
+    ``clip_norm`` and ``lr_decay``: each must be what the report's run used (a replay with
+    other knobs would not be the same run). The report must list every round's
+    participants (the fleet logs them) and name only training users of ``ds``.
     """
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -48,16 +50,21 @@ def replay_schedule(path: Path, ds, lr: float, server_lr: float, epochs: int
         raise UserError(f"--schedule {path}: not a federated report ({exc})") from None
     if not rows:
         raise UserError(f"--schedule {path}: the report has no rounds")
-    if cfg.get("strategy", "fedavg") != "fedavg" or cfg.get("clip_norm") is not None \
-            or cfg.get("lr_decay"):
-        raise UserError(f"--schedule {path}: the run was not plain FedAvg (strategy "
-                        f"{cfg.get('strategy')}, clip_norm {cfg.get('clip_norm')}, lr_decay "
-                        f"{cfg.get('lr_decay')}); TFF's engine replays FedAvg only")
-    for name, mine in (("lr", lr), ("server_lr", server_lr), ("epochs", epochs)):
-        theirs = cfg.get(name, cfg.get("client_lr") if name == "lr" else None)
-        if theirs is not None and float(theirs) != float(mine):
+    for name, mine in knobs.items():
+        if name in cfg:
+            theirs = cfg[name]
+        elif name == "lr" and "client_lr" in cfg:  # TFF's reports
+            theirs = cfg["client_lr"]
+        elif name in REPLAY_DEFAULTS:
+            theirs = REPLAY_DEFAULTS[name]
+        else:
+            continue  # not recorded: nothing to check against
+        if theirs is None and name not in REPLAY_DEFAULTS:
+            continue  # e.g. the fleet's lr None: the preset's, resolved by the engine
+        if not _same(theirs, mine):
+            flag = "--" + name.replace("_", "-")
             raise UserError(f"--schedule {path}: the run used {name} {theirs}, this replay "
-                            f"{mine}; pass the same value")
+                            f"{mine}; pass the same {flag}")
     known = set(ds.train_users)
     out = []
     for row in rows:
@@ -71,4 +78,18 @@ def replay_schedule(path: Path, ds, lr: float, server_lr: float, epochs: int
             raise UserError(f"--schedule {path}: round {row.get('round')} names users that "
                             f"are not training users of this dataset, e.g. {unknown[0]!r}")
         out.append([[u, int(seed)] for u, seed in clients])
-    return out
+    return out, int(cfg.get("rounds") or len(out))
+
+
+# what a report that does not name a knob ran with (reports older than the knob)
+REPLAY_DEFAULTS: dict[str, Any] = {"strategy": "fedavg", "clip_norm": None,
+                                   "lr_decay": False}
+
+
+def _same(theirs: Any, mine: Any) -> bool:
+    if theirs is None or mine is None:
+        return theirs is mine
+    if isinstance(theirs, bool) or isinstance(mine, bool) or isinstance(theirs, str) \
+            or isinstance(mine, str):
+        return theirs == mine
+    return float(theirs) == float(mine)

@@ -94,13 +94,13 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
     lr = args.lr if args.lr is not None else cfg.learning_rate
     epochs = max(1, int(args.epochs))
     if args.schedule is not None:
-        if (args.strategy, args.clip_norm, args.lr_decay) != ("fedavg", None, False):
-            raise UserError("--schedule replays plain FedAvg runs: leave out --strategy, "
-                            "--clip-norm and --lr-decay")
-        rounds = replay_schedule(args.schedule, ds, lr, args.server_lr, epochs)
+        rounds, planned = replay_schedule(args.schedule, ds, {
+            "lr": lr, "server_lr": args.server_lr, "epochs": epochs, "strategy": args.strategy,
+            "clip_norm": args.clip_norm, "lr_decay": args.lr_decay})
     else:
         rounds = federated_rounds(ds.train_users, args.rounds, args.clients_per_round,
                                   args.seed)
+        planned = len(rounds)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedkb-tff-") as tmp:
         work = Path(tmp)
@@ -108,7 +108,7 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
         out = run_tff_isolated({
             "data": str(args.data), "model": cfg.to_dict(), "weights": str(work / "w0.bin"),
             "rounds": rounds, "epochs": epochs, "max_steps": args.max_steps, "client_lr": lr,
-            "server_lr": args.server_lr, "strategy": _tff_strategy(args, len(rounds)),
+            "server_lr": args.server_lr, "strategy": _tff_strategy(args, planned),
             "weights_out": str(work / "final.bin")}, work)
         final = decode_arrays((work / "final.bin").read_bytes())
     counts, loss = evaluate_keras(build_model(cfg, weights=final),
@@ -131,7 +131,8 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
 def _tff_strategy(args: argparse.Namespace, rounds: int) -> dict:
     """The fleet server's strategy for these knobs, spelt out for the TFF child: its
     defaults come from the server's own :class:`StrategyConfig`, and each round's server
-    lr from the server's schedule (round r makes model version r)."""
+    lr from the server's schedule (round r makes model version r; ``rounds``: the rounds
+    the run was planned for, over which the fleet's decay runs)."""
     from fedkb.server.config import StrategyConfig
     from fedkb.server.strategy import scheduled_lr
 

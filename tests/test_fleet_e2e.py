@@ -112,8 +112,11 @@ def test_one_round_of_our_stack_equals_tff_fedavg(tmp_path, tiny_data, tiny_arti
 
 
 def test_tff_replaying_a_fleet_run_reaches_the_same_recall(tmp_path, tiny_data, tiny_artifact):
+    # the demo's kind of server recipe (Nesterov momentum, clipped deltas, decayed server
+    # lr) in both engines: TFF runs the server's update rules on the fleet's clients
     common = [sys.executable, "-m", "fedkb", "simulate", "--data", str(tiny_data), "--preset",
-              "tiny", "--lr", "0.5", "--json"]
+              "tiny", "--strategy", "fedavgm", "--server-lr", "0.5", "--clip-norm", "2",
+              "--lr-decay", "--lr", "0.5", "--json"]
     fleet = subprocess.run(
         [*common, "--engine", "fleet", "--rounds", "3", "--clients-per-round", "3",
          "--devices", "24", "--workers", "1", "--speedup", "300", "--overselect", "1.0",

@@ -48,29 +48,47 @@ def _report(tmp_path, rows, **config):
     return path
 
 
+def _knobs(lr=0.5, server_lr=1.0, epochs=1, strategy="fedavg", clip_norm=None,
+           lr_decay=False):
+    return {"lr": lr, "server_lr": server_lr, "epochs": epochs, "strategy": strategy,
+            "clip_norm": clip_norm, "lr_decay": lr_decay}
+
+
 def test_replay_reads_the_clients_back_and_refuses_what_would_not_be_the_same_run(
         tmp_path, tiny_data):
     ds = Dataset.open(tiny_data)
     u = ds.train_users
     rows = [{"round": 1, "clients": 2, "participants": [[u[0], 0], [u[1], 0]]},
             {"round": 2, "clients": 1, "participants": [[u[2], 3]]}]
-    assert replay_schedule(_report(tmp_path, rows), ds, 0.5, 1.0, 1) == \
-        [[[u[0], 0], [u[1], 0]], [[u[2], 3]]]
+    assert replay_schedule(_report(tmp_path, rows), ds, _knobs()) == \
+        ([[[u[0], 0], [u[1], 0]], [[u[2], 3]]], 2)
+    # any server recipe replays, with the same knobs; the decay spans the planned rounds
+    recipe = {"strategy": "fedavgm", "clip_norm": 4.0, "lr_decay": True, "rounds": 20}
+    assert replay_schedule(_report(tmp_path, rows, **recipe), ds, _knobs(
+        strategy="fedavgm", clip_norm=4.0, lr_decay=True))[1] == 20
+    # a report from before a knob existed ran with its default
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"rounds": rows, "config": {"client_lr": 0.5}}))
+    assert replay_schedule(old, ds, _knobs())[0][1] == [[u[2], 3]]
 
     cases = [
-        (_report(tmp_path, rows), (0.3, 1.0, 1), "lr 0.5"),
-        (_report(tmp_path, rows), (0.5, 0.7, 1), "server_lr 1.0"),
-        (_report(tmp_path, rows, strategy="fedavgm"), (0.5, 1.0, 1), "FedAvg only"),
-        (_report(tmp_path, rows, clip_norm=4.0), (0.5, 1.0, 1), "FedAvg only"),
-        (_report(tmp_path, [{**rows[0], "clients": 3}]), (0.5, 1.0, 1), "incomplete"),
-        (_report(tmp_path, [{"round": 1, "clients": 2}]), (0.5, 1.0, 1), "incomplete"),
-        (_report(tmp_path, [{**rows[1], "participants": [["nobody", 0]]}]), (0.5, 1.0, 1),
+        (_report(tmp_path, rows), _knobs(lr=0.3), "lr 0.5"),
+        (_report(tmp_path, rows), _knobs(server_lr=0.7), "server_lr 1.0"),
+        (_report(tmp_path, rows, strategy="fedavgm"), _knobs(), "strategy fedavgm"),
+        (_report(tmp_path, rows), _knobs(strategy="fedadam"), "--strategy"),
+        (_report(tmp_path, rows, clip_norm=4.0), _knobs(), "clip_norm 4.0"),
+        (_report(tmp_path, rows), _knobs(clip_norm=4.0), "clip_norm None"),
+        (_report(tmp_path, rows, lr_decay=True), _knobs(), "--lr-decay"),
+        (old, _knobs(strategy="fedavgm"), "strategy fedavg,"),
+        (_report(tmp_path, [{**rows[0], "clients": 3}]), _knobs(), "incomplete"),
+        (_report(tmp_path, [{"round": 1, "clients": 2}]), _knobs(), "incomplete"),
+        (_report(tmp_path, [{**rows[1], "participants": [["nobody", 0]]}]), _knobs(),
          "'nobody'"),
-        (_report(tmp_path, []), (0.5, 1.0, 1), "no rounds"),
+        (_report(tmp_path, []), _knobs(), "no rounds"),
     ]
     for path, knobs, why in cases:
         with pytest.raises(UserError, match=why):
-            replay_schedule(path, ds, *knobs)
+            replay_schedule(path, ds, knobs)
     (tmp_path / "junk.json").write_text("not json")
     with pytest.raises(UserError, match="not a federated report"):
-        replay_schedule(tmp_path / "junk.json", ds, 0.5, 1.0, 1)
+        replay_schedule(tmp_path / "junk.json", ds, _knobs())
