@@ -62,6 +62,12 @@ def figures(rep: dict | None) -> str:
     return f"{h['top1_recall']:.2%} / {h['top3_recall']:.2%} ({h['loss']:.3f})"
 
 
+def series() -> tuple[dict[str, list[float]], ...]:
+    """Empty per-engine lists: wall times, top-1 recalls, losses."""
+    return ({"tff": [], "fleet": []}, {"tff": [], "fleet": [], "replay": []},
+            {"tff": [], "fleet": [], "replay": []})
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -120,9 +126,7 @@ def main() -> int:
     fleet_extra = shlex.split(args.fleet_args)
     table = ["| seed | engine | wall (whole command) | held-out top-1 / top-3 (loss) |",
              "|---|---|---|---|"]
-    walls: dict[str, list[float]] = {"tff": [], "fleet": []}
-    top1: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
-    loss: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
+    walls, top1, loss = series()
     gaps = []
     for seed in seeds:
         s = ["--seed", str(seed)]
@@ -165,9 +169,7 @@ def main() -> int:
 def pooled(dirs: list[Path]) -> int:
     """``--summarize``: the summary over the kept reports of earlier invocations (walls
     from each report's ``.wall`` file, written since this option exists)."""
-    top1: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
-    loss: dict[str, list[float]] = {"tff": [], "fleet": [], "replay": []}
-    walls: dict[str, list[float]] = {"tff": [], "fleet": []}
+    walls, top1, loss = series()
     for d in dirs:
         for name in top1:
             for f in sorted(d.glob(f"{name}-*.json")):

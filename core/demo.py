@@ -83,9 +83,7 @@ def _demo(args: argparse.Namespace) -> int:
     t = _step(3, "baselines on the same training users: n-gram, then central training")
     base = argparse.Namespace(data=data, preset=args.preset, epochs=args.central_epochs,
                               batch_size=64, max_steps=None, seed=0, json=False,
-                              central_optimizer=args.central_optimizer,
-                              lr=args.central_lr if args.central_lr is not None else
-                              (0.01 if args.central_optimizer == "adam" else None))
+                              central_optimizer=args.central_optimizer, lr=args.central_lr)
     ngram = run_ngram(base)
     central = run_central(base)
     _done(t)

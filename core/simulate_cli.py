@@ -56,12 +56,13 @@ def run_ngram(args: argparse.Namespace) -> EngineReport:
 
 def run_central(args: argparse.Namespace) -> EngineReport:
     """The same Keras model trained on the pooled training users (the upper reference)."""
-    from fedkb.model.central import CentralConfig, train_central
+    from fedkb.model.central import ADAM_LR, CentralConfig, train_central
 
     ds = _open_dataset(args.data)
     model_cfg = _model_config(args, ds)
+    default_lr = ADAM_LR if args.central_optimizer == "adam" else model_cfg.learning_rate
     cfg = CentralConfig(epochs=args.epochs, batch_size=args.batch_size,
-                        learning_rate=args.lr if args.lr is not None else model_cfg.learning_rate,
+                        learning_rate=args.lr if args.lr is not None else default_lr,
                         seed=args.seed, max_steps=args.max_steps,
                         optimizer=args.central_optimizer)
     t0 = time.perf_counter()
@@ -251,8 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fleet: server reporting deadline, wall seconds")
     p.add_argument("--batch-size", type=int, default=64, help="central: batch size")
     p.add_argument("--central-optimizer", choices=("sgd", "adam"), default="sgd",
-                   help="central: the phones' plain SGD, or Adam (give it its --lr, e.g. "
-                        "0.002)")
+                   help="central: the phones' plain SGD, or Adam (default --lr 0.01)")
     p.add_argument("--lr", type=float, default=None, help="client/central SGD learning rate")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on SGD steps (central: in total; federated: per client)")

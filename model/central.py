@@ -21,6 +21,10 @@ from fedkb.datasets.store import Dataset, clip_to_vocab, windows_to_xy
 from fedkb.metrics import RecallCounts
 from fedkb.model.config import ModelConfig
 
+# Adam's learning rate when none is given: the best of 0.002/0.005/0.01/0.02 for one epoch
+# of `small` on Shakespeare (bench/README.md); plain SGD defaults to the preset's rate
+ADAM_LR = 0.01
+
 
 @dataclass(frozen=True)
 class CentralConfig:

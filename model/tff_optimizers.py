@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 LR_KEY = "learning_rate"
+SLOTS = {"fedavg": (), "fedavgm": ("v",), "fedadam": ("m", "v")}  # optimizer state per strategy
 
 
 class ServerStrategyOptimizer(tff.learning.optimizers.Optimizer):
@@ -34,7 +35,7 @@ class ServerStrategyOptimizer(tff.learning.optimizers.Optimizer):
     def __init__(self, name: str, lrs: Sequence[float], momentum: float = 0.9,
                  nesterov: bool = True, beta1: float = 0.9, beta2: float = 0.99,
                  tau: float = 1e-3) -> None:
-        if name not in ("fedavg", "fedavgm", "fedadam"):
+        if name not in SLOTS:
             raise ValueError(f"unknown server strategy {name!r}")
         if not lrs:
             raise ValueError("need the server learning rate of at least one round")
@@ -43,13 +44,10 @@ class ServerStrategyOptimizer(tff.learning.optimizers.Optimizer):
         self._mu, self._nesterov = float(momentum), bool(nesterov)
         self._b1, self._b2, self._tau = float(beta1), float(beta2), float(tau)
 
-    def _slots(self) -> tuple[str, ...]:
-        return {"fedavg": (), "fedavgm": ("v",), "fedadam": ("m", "v")}[self._name]
-
     def initialize(self, specs: Any) -> collections.OrderedDict:
         state: collections.OrderedDict = collections.OrderedDict(
             [("step", tf.constant(0, tf.int32)), (LR_KEY, tf.constant(self._lrs[0]))])
-        for slot in self._slots():
+        for slot in SLOTS[self._name]:
             state[slot] = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)
         return state
 
