@@ -51,8 +51,8 @@ def main() -> int:
 
     from fedkb.datasets.store import Dataset
     from fedkb.device_runtime.trainer import Trainer
-    from fedkb.federated import heldout_eval
-    from fedkb.schedule import federated_rounds
+    from fedkb.simulation.fleet_engine import heldout_eval
+    from fedkb.simulation.schedule import federated_rounds
 
     ds = Dataset.open(args.data)
     model = args.model or args.data / "models" / "small"

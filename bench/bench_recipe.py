@@ -25,10 +25,10 @@ import numpy as np
 from fedkb.codec import decode_arrays
 from fedkb.datasets.store import Dataset, clip_to_vocab
 from fedkb.device_runtime.trainer import Trainer
-from fedkb.schedule import federated_rounds
 from fedkb.server.aggregate import Spec, mean_factory
 from fedkb.server.config import StrategyConfig
 from fedkb.server.strategy import make_strategy
+from fedkb.simulation.schedule import federated_rounds
 
 
 def main() -> int:
@@ -51,8 +51,9 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine-sampling", action="store_true",
-                   help="draw clients as the federated engines do (fedkb.schedule), so a "
-                        "seed here trains the clients `fedkb simulate --engine tff` trains")
+                   help="draw clients as the federated engines do "
+                        "(fedkb.simulation.schedule), so a seed here trains the clients "
+                        "`fedkb simulate --engine tff` trains")
     a = p.parse_args()
 
     ds = Dataset.open(a.data)

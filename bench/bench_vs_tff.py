@@ -112,7 +112,7 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="fedkb-bench-"))
     out.mkdir(parents=True, exist_ok=True)
 
-    from fedkb.federated import default_artifact_dir, ensure_artifact
+    from fedkb.simulation.fleet_engine import default_artifact_dir, ensure_artifact
 
     t0 = time.perf_counter()
     ensure_artifact(args.data, args.preset, default_artifact_dir(args.data, args.preset))

@@ -9,17 +9,16 @@ from dataclasses import replace
 import pytest
 
 from fedkb.datasets.store import Dataset
-from fedkb.federated import (
+from fedkb.server.config import RoundConfig, StrategyConfig
+from fedkb.simulation.fleet_engine import (
     FleetRunConfig,
     default_artifact_dir,
-    diverged,
     ensure_artifact,
     rejoin_rounds,
     server_config,
-    stall_diagnosis,
     train_phones,
 )
-from fedkb.server.config import RoundConfig, StrategyConfig
+from fedkb.simulation.fleet_run import diverged, stall_diagnosis
 
 
 def test_phones_rest_a_quarter_of_the_rounds_needed_to_use_every_training_phone(tiny_data):
@@ -64,7 +63,7 @@ def test_export_is_reused_and_redone_when_the_preset_no_longer_matches(tiny_data
 
 def test_heldout_eval_in_two_halves_sums_like_one_pass(tiny_data, tiny_artifact):
     from fedkb.device_runtime.trainer import Trainer
-    from fedkb.federated import heldout_eval
+    from fedkb.simulation.fleet_engine import heldout_eval
 
     ds = Dataset.open(tiny_data)
     trainer = Trainer(tiny_artifact)

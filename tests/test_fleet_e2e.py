@@ -69,7 +69,7 @@ def test_fleet_command_trains_rounds_against_a_real_server(tmp_path, tiny_data, 
 
 
 def test_one_round_of_our_stack_equals_tff_fedavg(tmp_path, tiny_data, tiny_artifact):
-    from fedkb.model.tff_reference import run_tff_isolated
+    from fedkb.simulation.tff_engine import run_tff_isolated
 
     ds = Dataset.open(tiny_data)
     users = ds.train_users[:4]

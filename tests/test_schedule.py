@@ -8,8 +8,8 @@ import pytest
 
 from fedkb.datasets.store import Dataset
 from fedkb.errors import UserError
-from fedkb.federated import round_rows
-from fedkb.schedule import federated_rounds, replay_schedule
+from fedkb.simulation.fleet_engine import round_rows
+from fedkb.simulation.schedule import federated_rounds, replay_schedule
 
 
 def _round(rid: int, version: int, reported: int, state: str = "committed",

@@ -116,7 +116,7 @@ def test_a_server_started_by_the_stack_stops_when_its_parent_is_killed(tmp_path)
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from fedkb.stack import ServerProcess\n"
+        "from fedkb.simulation.server_process import ServerProcess\n"
         f"s = ServerProcess(Path({str(tmp_path / 'state')!r}), model=Path({str(artifact)!r}))\n"
         "s.start()\n"
         "print(s.proc.pid, flush=True)\n"

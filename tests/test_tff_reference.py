@@ -31,7 +31,7 @@ def test_batch_plan_is_seeded_and_covers_each_epoch():
 
 def test_tff_round_matches_litert_clients_and_weighted_mean(tiny_data, tiny_artifact, tmp_path):
     from fedkb.device_runtime.trainer import Trainer
-    from fedkb.model.tff_reference import run_tff_isolated
+    from fedkb.simulation.tff_engine import run_tff_isolated
 
     ds = Dataset.open(tiny_data)
     meta = json.loads((tiny_artifact / "metadata.json").read_text())
@@ -85,11 +85,11 @@ def test_tff_runs_the_servers_strategy_clipping_and_decay(name, tiny_data, tiny_
     import argparse
 
     from fedkb.device_runtime.trainer import Trainer
-    from fedkb.model.tff_reference import run_tff_isolated
     from fedkb.server.aggregate import Spec, mean_factory
     from fedkb.server.config import StrategyConfig
     from fedkb.server.strategy import make_strategy
-    from fedkb.simulate_cli import _tff_strategy
+    from fedkb.simulation.cli import _tff_strategy
+    from fedkb.simulation.tff_engine import run_tff_isolated
 
     ds = Dataset.open(tiny_data)
     meta = json.loads((tiny_artifact / "metadata.json").read_text())

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from fedkb.datasets.store import Dataset
-from fedkb.errors import UserError
 from fedkb.metrics import EngineReport, RecallCounts
 
 INELIGIBLE_RETRY_PHONE_S = 300.0  # simulated seconds a phone the server refused waits
@@ -198,50 +197,12 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
     return out
 
 
-class TrainingStalled(UserError):
-    """A fleet run stopped committing; ``report`` is what it did until then (failures as
-    data: its rounds and their participants, so the run can be replayed elsewhere)."""
-
-    def __init__(self, message: str, report: dict[str, Any]):
-        super().__init__(message)
-        self.report = report
-
-
-DIVERGED_LOSS = 100.0  # a training loss above this (nats per token; ln V ~ 9.2) is a blow-up
-
-
-def diverged(loss: float | None) -> bool:
-    """Whether a committed round's training loss says the model blew up."""
-    return loss is not None and not (math.isfinite(loss) and loss < DIVERGED_LOSS)
-
-
-def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
-    """Why a run stopped: a diverged model, or rounds abandoned since the last commit."""
-    from collections import Counter
-
-    train = [r for r in rounds if r["kind"] == "train"]
-    committed = [r for r in train if r["state"] == "committed"]
-    last = committed[-1] if committed else None
-    version = last["committed_version"] if last else 0
-    since = [r for r in train if r["state"] == "abandoned" and (last is None
-                                                              or r["id"] > last["id"])]
-    reasons = Counter(r.get("reason") or "?" for r in since)
-    msg = (f"training stalled at model version {version}: the last {len(since)} training "
-           f"rounds were abandoned ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})"
-           if since else f"training stopped at model version {version}")
-    loss = (last or {}).get("metrics", {}).get("loss")
-    if diverged(loss):
-        return (msg + f"; the last committed round's training loss was {loss:.3g}: the "
-                "model diverged (lower --lr, or clip the devices' deltas)")
-    return msg + ("; too few phones were eligible or finished in time (more --devices, a "
-                  "longer --reporting-deadline, or a smaller --clients-per-round)")
-
-
 def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
                      on_progress: Callable | None = None, keep_server: bool = False):
     """Train with server + fleet; returns (EngineReport, FederatedRun, ServerProcess|None)."""
     from fedkb.model.config import get_preset
-    from fedkb.stack import ServerProcess, run_federated
+    from fedkb.simulation.fleet_run import TrainingStalled, run_federated, stall_diagnosis
+    from fedkb.simulation.server_process import ServerProcess
 
     ds = Dataset.open(cfg.data)
     tmp = None

@@ -61,8 +61,8 @@ def _done(t0: float, text: str = "") -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
-    from fedkb.federated import FleetRunConfig, ensure_artifact, run_fleet_engine
-    from fedkb.simulate_cli import _round_bar, run_central, run_ngram
+    from fedkb.simulation.cli import _round_bar, run_central, run_ngram
+    from fedkb.simulation.fleet_engine import FleetRunConfig, ensure_artifact, run_fleet_engine
 
     t_all = time.perf_counter()
     work = args.workdir

@@ -1,21 +1,18 @@
-"""Our whole stack on this machine: a real `fedkb server` process plus a fleet.
+"""One federated run of the fleet against a running server, and how it can stop.
 
-:class:`ServerProcess` starts the server as its own process group (so nothing it starts
-can outlive it), waits until it listens, and always kills the group on exit, whatever
-happened (an exception, Ctrl-C). :func:`run_federated` is the one call the demo, the
-notebook, `fedkb simulate --engine fleet` and the benchmarks share: publish an artifact,
-run the fleet until R rounds commit, and collect rounds, evaluations and final weights.
+:func:`run_federated` is the one call the demo, the notebook, `fedkb simulate --engine
+fleet` and the benchmarks share: run the fleet until R rounds commit, then collect rounds,
+evaluations and the final weights from the server. A run that stops committing (rounds
+abandoned in a row, or a committed round whose loss says the model diverged) is
+``stalled``; :func:`stall_diagnosis` says why and :class:`TrainingStalled` carries what
+the run did (failures are data).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,72 +21,7 @@ from typing import Any
 import requests
 
 from fedkb.codec import decode_arrays
-
-
-class ServerProcess:
-    """``with ServerProcess(state_dir, model=..., config=...) as url: ...``"""
-
-    def __init__(self, state_dir: Path, model: Path | None = None, config: Path | None = None,
-                 rounds: int | None = None, host: str = "127.0.0.1", port: int = 0,
-                 log: Path | None = None, admin_token: str | None = None,
-                 threads: int | None = None):
-        self.state_dir = Path(state_dir)
-        self.cmd = [sys.executable, "-m", "fedkb", "server", "--host", host, "--port",
-                    str(port), "--state-dir", str(self.state_dir), "--exit-with-parent"]
-        if model is not None:
-            self.cmd += ["--model", str(model)]
-        if config is not None:
-            self.cmd += ["--config", str(config)]
-        if rounds is not None:
-            self.cmd += ["--rounds", str(rounds)]
-        if threads is not None:
-            self.cmd += ["--threads", str(threads)]
-        self.log = log or self.state_dir.parent / f"{self.state_dir.name}.log"
-        self.env = {**os.environ, **({"FEDKB_ADMIN_TOKEN": admin_token} if admin_token else {})}
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 90.0) -> str:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        info = self.state_dir / "server.json"
-        info.unlink(missing_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, env=self.env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"fedkb server exited with {self.proc.returncode}:\n{tail}")
-            if info.exists():
-                with contextlib.suppress(ValueError, OSError):
-                    data = json.loads(info.read_text())
-                    if data.get("pid") == self.proc.pid:
-                        self.url = data["url"]
-                        return self.url
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"fedkb server did not start within {timeout:.0f}s (log {self.log})")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+from fedkb.errors import UserError
 
 
 def get_json(url: str, path: str) -> Any:
@@ -130,16 +62,6 @@ class FederatedRun:
     stalled: bool = False  # stopped: rounds kept being abandoned, or the model diverged
 
 
-def write_round_config(path: Path, round_cfg: dict[str, Any],
-                       strategy: dict[str, Any] | None = None) -> Path:
-    """A server config file (JSON) with ``round`` and optional ``strategy`` tables."""
-    doc: dict[str, Any] = {"round": round_cfg}
-    if strategy:
-        doc["strategy"] = strategy
-    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    return path
-
-
 def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
                   speedup: float = 60.0, start_hour: float = 22.0, seed: int = 0,
                   on_progress: Callable | None = None, final_eval: bool = True,
@@ -153,13 +75,11 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     ``stall_rounds``: stop (``stalled``) once that many training rounds in a row were
     abandoned: a diverged model whose phones can no longer finish, or no phone eligible,
     would otherwise keep the run going forever. With it, a committed training round whose
-    loss says the model diverged (:func:`fedkb.federated.diverged`) stops the run at once
-    (it used to take the 25 abandoned rounds that follow: ~4.5 minutes in the bench).
+    loss says the model diverged (:func:`diverged`) stops the run at once.
     ``claim_hold_s``: see :class:`~fedkb.device_runtime.fleet.FleetConfig` (the server
     needs spare WSGI threads: ``ServerProcess(threads=...)``).
     """
     from fedkb.device_runtime.fleet import Fleet, FleetConfig
-    from fedkb.federated import diverged
 
     t0 = time.monotonic()
     trained_at: list[float] = []
@@ -198,3 +118,40 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     final = get_weights(url, status["model_version"])
     return FederatedRun(url, summary, status, sorted(rows, key=lambda r: r["id"]), evals,
                         final, wall, fleet.accepted, bool(progress["stalled"]))
+
+
+class TrainingStalled(UserError):
+    """A fleet run stopped committing; ``report`` is what it did until then (failures as
+    data: its rounds and their participants, so the run can be replayed elsewhere)."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+DIVERGED_LOSS = 100.0  # a training loss above this (nats per token; ln V ~ 9.2) is a blow-up
+
+
+def diverged(loss: float | None) -> bool:
+    """Whether a committed round's training loss says the model blew up."""
+    return loss is not None and not (math.isfinite(loss) and loss < DIVERGED_LOSS)
+
+
+def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
+    """Why a run stopped: a diverged model, or rounds abandoned since the last commit."""
+    train = [r for r in rounds if r["kind"] == "train"]
+    committed = [r for r in train if r["state"] == "committed"]
+    last = committed[-1] if committed else None
+    version = last["committed_version"] if last else 0
+    since = [r for r in train if r["state"] == "abandoned" and (last is None
+                                                              or r["id"] > last["id"])]
+    reasons = Counter(r.get("reason") or "?" for r in since)
+    msg = (f"training stalled at model version {version}: the last {len(since)} training "
+           f"rounds were abandoned ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})"
+           if since else f"training stopped at model version {version}")
+    loss = (last or {}).get("metrics", {}).get("loss")
+    if diverged(loss):
+        return (msg + f"; the last committed round's training loss was {loss:.3g}: the "
+                "model diverged (lower --lr, or clip the devices' deltas)")
+    return msg + ("; too few phones were eligible or finished in time (more --devices, a "
+                  "longer --reporting-deadline, or a smaller --clients-per-round)")

@@ -28,8 +28,8 @@ _AREAS = (
     "fedkb.server.cli",
     "fedkb.server.predict_cli",
     "fedkb.device_runtime.cli",
-    "fedkb.simulate_cli",
-    "fedkb.demo",
+    "fedkb.simulation.cli",
+    "fedkb.simulation.demo",
 )
 
 

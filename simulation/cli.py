@@ -86,9 +86,9 @@ def run_tff(args: argparse.Namespace) -> EngineReport:
     from fedkb.datasets.store import clip_to_vocab
     from fedkb.model.central import evaluate_keras
     from fedkb.model.keras_model import build_model
-    from fedkb.model.tff_reference import run_tff_isolated
     from fedkb.model.weights import initial_weights
-    from fedkb.schedule import federated_rounds, replay_schedule
+    from fedkb.simulation.schedule import federated_rounds, replay_schedule
+    from fedkb.simulation.tff_engine import run_tff_isolated
 
     ds = _open_dataset(args.data)
     cfg = _model_config(args, ds)
@@ -147,7 +147,7 @@ def _tff_strategy(args: argparse.Namespace, rounds: int) -> dict:
 
 def run_fleet(args: argparse.Namespace) -> EngineReport:
     """Our stack: `fedkb server` (its own process) + the emulated fleet, same knobs."""
-    from fedkb.federated import FleetRunConfig, default_artifact_dir, run_fleet_engine
+    from fedkb.simulation.fleet_engine import FleetRunConfig, default_artifact_dir, run_fleet_engine
 
     _open_dataset(args.data)
     cfg = FleetRunConfig(
@@ -267,7 +267,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     if args.schedule is not None and args.engine != "tff":
         raise UserError("--schedule is for --engine tff (it replays an earlier run's clients)")
-    from fedkb.federated import TrainingStalled
+    from fedkb.simulation.fleet_run import TrainingStalled
 
     try:
         report = ENGINES[args.engine](args)

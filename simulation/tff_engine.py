@@ -11,7 +11,7 @@ which outlives Python (DESIGN.md, "Verified facts and hazards"). So TFF never ru
 the caller's process: :func:`run_tff_isolated` runs this module as a child process in
 its own process group and kills the whole group afterwards, whatever happened.
 
-Child protocol: ``python -m fedkb.model.tff_reference SPEC.json OUT.json`` where SPEC has
+Child protocol: ``python -m fedkb.simulation.tff_engine SPEC.json OUT.json`` where SPEC has
 ``data``, ``model`` (a ModelConfig dict), ``weights`` (a codec file of the initial
 weights), ``rounds`` (per round, a list of ``[user, batch_seed]``), ``epochs``,
 ``max_steps``, ``client_lr`` and ``server_lr``, and optionally ``strategy`` (``name``,
@@ -49,7 +49,7 @@ def run_tff_isolated(spec: dict[str, Any], workdir: Path, timeout: float | None 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(workdir / "tff.log", "wb") if quiet else None  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedkb.model.tff_reference", str(spec_path), str(out_path)],
+        [sys.executable, "-m", "fedkb.simulation.tff_engine", str(spec_path), str(out_path)],
         start_new_session=True, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         rc = proc.wait(timeout=timeout)
@@ -149,12 +149,12 @@ def _model_fn_factory(tf, tff, cfg):
 
 def _server_optimizer(tff, strategy: dict[str, Any]):
     """TFF's own server SGD for plain FedAvg at a constant rate; otherwise our strategy's
-    exact update rules (:mod:`fedkb.model.tff_optimizers`: TFF has no Nesterov momentum
+    exact update rules (:mod:`fedkb.simulation.tff_optimizers`: TFF has no Nesterov momentum
     and bias-corrects Adam)."""
     lrs = [float(x) for x in strategy["lrs"]]
     if strategy["name"] == "fedavg" and len(set(lrs)) == 1:
         return tff.learning.optimizers.build_sgdm(learning_rate=lrs[0])
-    from fedkb.model.tff_optimizers import ServerStrategyOptimizer
+    from fedkb.simulation.tff_optimizers import ServerStrategyOptimizer
 
     knobs = ("momentum", "nesterov", "beta1", "beta2", "tau")
     return ServerStrategyOptimizer(strategy["name"], lrs,
