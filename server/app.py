@@ -140,8 +140,9 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock)
     metrics.devices.set_function(devices.count)
-    loop = RoundLoop(round_cfg, db, devices, None, make_strategy(config.strategy), metrics,
-                     clock, random.Random(config.seed))
+    strategy = make_strategy(config.strategy, config.client)
+    loop = RoundLoop(round_cfg, db, devices, None, strategy, metrics, clock,
+                     random.Random(config.seed))
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
                         loop, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR

@@ -4,12 +4,14 @@ Three layers, each a frozen dataclass passed explicitly (never read from globals
 
 - :class:`RoundConfig`: the protocol knobs of Bonawitz et al. 2019 ("Towards Federated
   Learning at Scale: System Design"): report goal, over-selection, selection window,
-  reporting deadline, minimum fraction, pace steering, eligibility, and the device plan.
+  reporting deadline, minimum fraction, pace steering, eligibility.
+- :class:`ClientConfig`: what a training task asks of a phone (lr, epochs, steps).
 - :class:`StrategyConfig`: which server optimizer turns the mean delta into a new model.
 - :class:`ServerConfig`: where state lives, tokens, limits, and the two above.
 
 A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
-``[round]`` / ``[strategy]`` tables; unknown keys are refused.
+``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` tables; unknown keys are
+refused.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ class RoundConfig:
             that) for it once the model is there.
         eval_every: an evaluation round on held-out devices every N committed versions
             (0: never). ``eval_goal`` reports are wanted (over-selected likewise).
-        lr, epochs, max_steps: the device plan for training (batch from the artifact).
         require_charging, require_unmetered, require_idle, min_battery: eligibility, checked
             again by the server on every check-in.
         retry_min_s, retry_max_s, retry_jitter, ineligible_retry_s: pace steering.
@@ -76,9 +77,6 @@ class RoundConfig:
     claim_poll_s: float = 1.0
     eval_every: int = 5
     eval_goal: int = 10
-    lr: float = 0.5
-    epochs: int = 1
-    max_steps: int = 50
     require_charging: bool = True
     require_unmetered: bool = True
     require_idle: bool = True
@@ -93,9 +91,9 @@ class RoundConfig:
     min_registered: int = 0
 
     def __post_init__(self) -> None:
-        _positive(self, "report_goal", "eval_goal", "epochs", "max_steps",
-                  "selection_window_s", "reporting_deadline_s", "retry_min_s",
-                  "retry_max_s", "ineligible_retry_s", "lr", "pace_margin", "claim_poll_s")
+        _positive(self, "report_goal", "eval_goal", "selection_window_s",
+                  "reporting_deadline_s", "retry_min_s", "retry_max_s", "ineligible_retry_s",
+                  "pace_margin", "claim_poll_s")
         if self.overselect < 1.0:
             raise ConfigError("round.overselect must be >= 1")
         if not 0.0 < self.min_fraction <= 1.0:
@@ -124,6 +122,29 @@ class RoundConfig:
 
     def replace(self, **changes: Any) -> RoundConfig:
         return _replace(self, "round", changes)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What each training task asks of a phone (the device half of the plan; the batch
+    size comes from the artifact). The strategy turns it into each task's
+    :class:`~fedkb.wire.Plan`.
+
+    Attributes:
+        lr: the phone's SGD learning rate.
+        epochs: passes over the phone's shard.
+        max_steps: at most this many SGD steps per task.
+    """
+
+    lr: float = 0.5
+    epochs: int = 1
+    max_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "epochs", "max_steps")
+
+    def replace(self, **changes: Any) -> ClientConfig:
+        return _replace(self, "client", changes)
 
 
 @dataclass(frozen=True)
@@ -211,7 +232,8 @@ class ServerConfig:
         max_upload_bytes: refuse larger uploads with 413 (None: the model's size + 64 KiB).
         seed: of the server's random choices (pace-steering jitter).
         tick_s: how often a background thread advances deadlines (0: only on requests).
-        round, strategy, predict: the per-layer configs (sections of the config file).
+        round, client, strategy, predict: the per-layer configs (the config file's
+            tables).
     """
 
     state_dir: Path = Path("fedkb-state")
@@ -226,6 +248,7 @@ class ServerConfig:
     seed: int | None = None
     tick_s: float = 1.0
     round: RoundConfig = field(default_factory=RoundConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
@@ -283,9 +306,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the config must be an object/table")
     round_cfg = round_config_from_dict(RoundConfig(), raw.pop("round", {}) or {})
+    client_cfg = ClientConfig().replace(**(raw.pop("client", {}) or {}))
     strategy_cfg = StrategyConfig().replace(**(raw.pop("strategy", {}) or {}))
     predict_cfg = PredictConfig().replace(**(raw.pop("predict", {}) or {}))
-    cfg = ServerConfig(round=round_cfg, strategy=strategy_cfg, predict=predict_cfg).replace(**raw)
+    cfg = ServerConfig(round=round_cfg, client=client_cfg, strategy=strategy_cfg,
+                       predict=predict_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}
     if "max_rounds" in extra:
         cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))

@@ -217,7 +217,7 @@ class RoundLoop(Selection, Reporting):
             id=rid, kind=kind, base_version=version, goal=goal, target=self.cfg.target(goal),
             min_reports=self.cfg.min_reports(goal), opened_at=now,
             selection_deadline=now + self.cfg.selection_window_s,
-            plan=self.strategy.configure(kind, self.cfg, self.artifact.batch_size),
+            plan=self.strategy.configure(kind, self.artifact.batch_size),
             aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None,
             configured=configured)
         self.db.insert("rounds", rnd.row())

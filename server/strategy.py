@@ -3,7 +3,7 @@
 The round loop (:mod:`fedkb.server.rounds`) calls only the two methods of
 :class:`Strategy`, like Flower's ``Strategy`` (``configure_fit`` / ``aggregate_fit``):
 
-- ``configure(kind, round_config, batch_size)`` -> the :class:`~fedkb.wire.Plan` sent to
+- ``configure(kind, batch_size)`` -> the :class:`~fedkb.wire.Plan` sent to
   devices;
 - ``aggregator(specs)`` -> a fresh streaming aggregator for one round's updates;
 - ``aggregate(weights, mean_delta, version)`` -> the new global weights (``version``: the
@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from fedkb.server.aggregate import Aggregator, Arrays, Spec, mean_factory
-from fedkb.server.config import RoundConfig, StrategyConfig
+from fedkb.server.config import ClientConfig, StrategyConfig
 from fedkb.wire import Plan
 
 # --- pure optimizer steps --------------------------------------------------------------
@@ -79,7 +79,7 @@ def scheduled_lr(base: float, decay_rounds: int, version: int) -> float:
 class Strategy(Protocol):
     name: str
 
-    def configure(self, kind: str, rc: RoundConfig, batch_size: int) -> Plan: ...
+    def configure(self, kind: str, batch_size: int) -> Plan: ...
 
     def aggregator(self, specs: Sequence[Spec]) -> Aggregator: ...
 
@@ -96,12 +96,14 @@ class FedAvg:
 
     name = "fedavg"
 
-    def __init__(self, cfg: StrategyConfig) -> None:
+    def __init__(self, cfg: StrategyConfig, client: ClientConfig | None = None) -> None:
         self.cfg = cfg
+        self.client = client or ClientConfig()
 
-    def configure(self, kind: str, rc: RoundConfig, batch_size: int) -> Plan:
-        return Plan(kind=kind, lr=rc.lr, batch_size=batch_size,  # type: ignore[arg-type]
-                    epochs=rc.epochs, max_steps=rc.max_steps)
+    def configure(self, kind: str, batch_size: int) -> Plan:
+        c = self.client
+        return Plan(kind=kind, lr=c.lr, batch_size=batch_size,  # type: ignore[arg-type]
+                    epochs=c.epochs, max_steps=c.max_steps)
 
     def aggregator(self, specs: Sequence[Spec]) -> Aggregator:
         return mean_factory(specs, self.cfg.clip_norm)
@@ -125,8 +127,8 @@ class FedAvg:
 class FedAvgM(FedAvg):
     name = "fedavgm"
 
-    def __init__(self, cfg: StrategyConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: StrategyConfig, client: ClientConfig | None = None) -> None:
+        super().__init__(cfg, client)
         self._v: Arrays = []
 
     def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
@@ -146,8 +148,8 @@ class FedAvgM(FedAvg):
 class FedAdam(FedAvg):
     name = "fedadam"
 
-    def __init__(self, cfg: StrategyConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: StrategyConfig, client: ClientConfig | None = None) -> None:
+        super().__init__(cfg, client)
         self._m: Arrays = []
         self._v: Arrays = []
 
@@ -174,5 +176,5 @@ class FedAdam(FedAvg):
 STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
 
 
-def make_strategy(cfg: StrategyConfig) -> Strategy:
-    return STRATEGIES[cfg.name](cfg)
+def make_strategy(cfg: StrategyConfig, client: ClientConfig | None = None) -> Strategy:
+    return STRATEGIES[cfg.name](cfg, client)

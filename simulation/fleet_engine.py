@@ -142,8 +142,7 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int,
                   cfg.selection_window_s, "reporting_deadline_s": cfg.reporting_deadline_s,
                   "pipeline": cfg.pipeline, "claim_poll_s": cfg.claim_poll_s,
                   "overselect": cfg.overselect,
-                  "eval_every": cfg.eval_every, "eval_goal": eval_goal, "lr": lr,
-                  "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+                  "eval_every": cfg.eval_every, "eval_goal": eval_goal,
                   "rejoin_after_rounds": rejoin_rounds(cfg, train_phones),
                   # round 1 waits for the fleet to register, not just the server to start;
                   # a phone registers once eligible (~40% at a time): ask for no more than
@@ -156,6 +155,7 @@ def server_config(cfg: FleetRunConfig, lr: float, train_phones: int,
                   # phone's time (300 wall seconds would be 5 simulated hours at 60x).
                   "ineligible_retry_s": round(max(0.05, INELIGIBLE_RETRY_PHONE_S / cfg.speedup),
                                               3)},
+        "client": {"lr": lr, "epochs": cfg.epochs, "max_steps": cfg.max_steps},
         "strategy": {"name": cfg.strategy, "server_lr": cfg.server_lr,
                      **({"clip_norm": cfg.clip_norm} if cfg.clip_norm is not None else {}),
                      **({"decay_rounds": cfg.rounds} if cfg.lr_decay else {})},

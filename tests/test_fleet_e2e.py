@@ -44,7 +44,7 @@ def test_fleet_command_trains_rounds_against_a_real_server(tmp_path, tiny_data, 
     config = tmp_path / "server.json"
     config.write_text(json.dumps({"tick_s": 0.2, "round": {
         "report_goal": 5, "selection_window_s": 3, "reporting_deadline_s": 20,
-        "eval_every": 2, "eval_goal": 2, "max_steps": 10}}))
+        "eval_every": 2, "eval_goal": 2}, "client": {"max_steps": 10}}))
     proc, url = start_server(tmp_path / "state", tiny_artifact, config, tmp_path / "server.log")
     try:
         fleet = subprocess.run(
@@ -78,7 +78,7 @@ def test_one_round_of_our_stack_equals_tff_fedavg(tmp_path, tiny_data, tiny_arti
     config.write_text(json.dumps({"tick_s": 0.1, "round": {
         "report_goal": len(users), "overselect": 1.0, "min_fraction": 1.0,
         "selection_window_s": 60, "reporting_deadline_s": 120, "pipeline": False,
-        "eval_every": 0, "lr": lr, "epochs": 1, "max_steps": 1000, "max_rounds": 1}}))
+        "eval_every": 0, "max_rounds": 1}, "client": {"lr": lr, "epochs": 1, "max_steps": 1000}}))
     proc, url = start_server(tmp_path / "state", tiny_artifact, config, tmp_path / "server.log")
     try:
         profiles = [DeviceProfile(f"phone-{i}", u, "train", TIERS[2], 1e9, 1e9, 0.0, ALWAYS)
@@ -209,7 +209,7 @@ def test_fleet_waits_for_a_missing_server_and_survives_a_kill9_restart(tmp_path,
     config = tmp_path / "server.json"
     config.write_text(json.dumps({"tick_s": 0.2, "round": {
         "report_goal": 3, "selection_window_s": 2, "reporting_deadline_s": 10,
-        "eval_every": 0, "max_steps": 5}}))
+        "eval_every": 0}, "client": {"max_steps": 5}}))
     fleet = Fleet(FleetConfig(url, tiny_data, devices=12, speedup=60, start_hour=1.0))
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(fleet.run()), daemon=True)

@@ -16,7 +16,13 @@ from fedkb.server.aggregate import (
     mean_factory,
     validate_update,
 )
-from fedkb.server.config import ConfigError, RoundConfig, StrategyConfig, load_config
+from fedkb.server.config import (
+    ClientConfig,
+    ConfigError,
+    RoundConfig,
+    StrategyConfig,
+    load_config,
+)
 from fedkb.server.strategy import (
     FedAdam,
     FedAvg,
@@ -141,9 +147,10 @@ def test_fedadam_follows_reddi_et_al():
 
 
 def test_make_strategy_and_plan():
-    s = make_strategy(StrategyConfig(name="fedavgm"))
+    s = make_strategy(StrategyConfig(name="fedavgm"),
+                      ClientConfig(lr=0.1, epochs=2, max_steps=7))
     assert s.name == "fedavgm"
-    plan = s.configure("evaluate", RoundConfig(lr=0.1, epochs=2, max_steps=7), 16)
+    plan = s.configure("evaluate", 16)
     assert (plan.kind, plan.lr, plan.batch_size, plan.epochs, plan.max_steps) == (
         "evaluate", 0.1, 16, 2, 7)
 

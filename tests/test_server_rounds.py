@@ -232,7 +232,7 @@ def test_admin_stops_starts_and_reconfigures(tmp_path):
     assert h.admin("POST", "/v1/admin/training", json={"enabled": False}).get_json() == {
         "training": "stopped"}
     assert h.status()["open_rounds"] == []
-    r = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 5, "lr": 0.1})
+    r = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 5})
     assert r.status_code == 200 and r.get_json()["report_goal"] == 5
     bad = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": "many"})
     assert bad.status_code == 422
