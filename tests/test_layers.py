@@ -62,7 +62,7 @@ def imports(path: Path) -> list[str]:
 
 
 def modules() -> list[tuple[str, Path]]:
-    return [(folder, p) for folder in PACKAGES for p in sorted((ROOT / folder).glob("*.py"))]
+    return [(folder, p) for folder in PACKAGES for p in sorted((ROOT / folder).rglob("*.py"))]
 
 
 def test_every_layer_folder_has_modules():
