@@ -11,17 +11,18 @@ a small share of the bytes and the most sensitive to error, as in TFF's
 Layout (integers little-endian; never pickle)::
 
     b"FKBQ" | u16 format version | u32 header length h (<= 16 KiB)
-    | header: h bytes of UTF-8 JSON {"encoding": {...}, "seed": int|null, "sizes": [n_i]}
+    | header: h bytes of UTF-8 JSON {"encoding": {...}, "seed": int|null, "shapes": [[d..]]}
     | payload, per tensor i in order:
         float32 tensor:   m_i float32 values
         quantized tensor: c_i float32 scales | c_i float32 offsets | packed codes
     | u32 crc32 of everything before it
 
-where ``m_i`` is ``n_i``, or its rotated (padded) length, and ``c_i`` the chunk count of
-``m_i``. Every length follows from the header, so :func:`decode_update` checks the exact
-body size before reading, and refuses, with :class:`EncodingError` and a reason code,
-any body that does not match the expected encoding, seed or shapes, is truncated or
-over-long, fails its checksum, or holds non-finite scales or values.
+where ``n_i`` is the product of shape i, ``m_i`` is ``n_i`` or its rotated (padded)
+length, and ``c_i`` the chunk count of ``m_i``. Every length follows from the header,
+so :func:`decode_update` checks the exact body size before reading, and refuses, with
+:class:`EncodingError` and a reason code, any body that does not match the expected
+encoding, seed or shapes, is truncated or over-long, fails its checksum, or holds
+non-finite scales or values.
 """
 
 from __future__ import annotations
@@ -174,11 +175,13 @@ def encode_update_measured(arrays: Sequence[np.ndarray], encoding: Encoding,
         raise ValueError("a quantizing encoding needs an explicit numpy Generator (rng)")
     if len(arrays) > MAX_TENSORS:
         raise ValueError(f"more than {MAX_TENSORS} tensors")
-    sizes, parts, nq = [], [], 0
+    shapes, sizes, parts, nq = [], [], [], 0
     for i, a in enumerate(arrays):
-        flat = np.asarray(a, dtype=np.float32).reshape(-1)
+        a = np.asarray(a, dtype=np.float32)
+        flat = a.reshape(-1)
         if not np.all(np.isfinite(flat)):
             raise ValueError(f"tensor {i} has non-finite values")
+        shapes.append([int(d) for d in a.shape])
         sizes.append(int(flat.size))
         if encoding.compressed(flat.size):
             if encoding.rotate:
@@ -192,7 +195,7 @@ def encode_update_measured(arrays: Sequence[np.ndarray], encoding: Encoding,
                 continue
         parts.append(flat.astype("<f4").tobytes())
     header = json.dumps({"encoding": encoding.to_dict(),
-                         "seed": seed if encoding.rotate else None, "sizes": sizes},
+                         "seed": seed if encoding.rotate else None, "shapes": shapes},
                         sort_keys=True, separators=(",", ":")).encode("utf-8")
     if len(header) > MAX_HEADER:
         raise ValueError(f"header of {len(header)} bytes exceeds {MAX_HEADER}")
@@ -232,11 +235,11 @@ def decode_update(data: bytes | bytearray | memoryview, shapes: Sequence[Sequenc
                                               f"the plan asks for {expected.to_json()}")
     if expected.rotate and (seed is None or header["seed"] != seed):
         raise EncodingError("wrong_seed", "update was rotated with another seed")
-    sizes = header["sizes"]
-    want = [math.prod(int(d) for d in s) for s in shapes]
-    if sizes != want:
-        raise EncodingError("shape_mismatch", f"update has tensor sizes {sizes[:8]}..., "
+    want = [[int(d) for d in s] for s in shapes]
+    if header["shapes"] != want:
+        raise EncodingError("shape_mismatch", f"update has shapes {header['shapes'][:8]}..., "
                                               f"expected {want[:8]}...")
+    sizes = [math.prod(s) for s in want]
     total = start + sum(enc.tensor_bytes(n) for n in sizes) + _CRC.size
     if len(buf) < total:
         raise EncodingError("truncated", f"{len(buf)} bytes, the header implies {total}")
@@ -246,36 +249,38 @@ def decode_update(data: bytes | bytearray | memoryview, shapes: Sequence[Sequenc
     if zlib.crc32(buf[: total - _CRC.size]) != crc:
         raise EncodingError("corrupt", "checksum mismatch")
     out, off = [], start
-    for i, (n, shape) in enumerate(zip(sizes, shapes, strict=True)):
+    for i, (n, shape) in enumerate(zip(sizes, want, strict=True)):
         v, off = _read_tensor(buf, off, i, n, enc)
         if enc.rotate and enc.compressed(n):
             assert seed is not None
             v = unrotate(v, n, seed, stream=i, max_block=enc.max_block)
         if not np.all(np.isfinite(v)):
             raise EncodingError("bad_value", f"tensor {i} decodes to non-finite values")
-        out.append(v.reshape(tuple(int(d) for d in shape)))
+        out.append(v.reshape(shape))
     return out
 
 
 def _parse_header(raw: bytes) -> dict:
     try:
         h = json.loads(raw.decode("utf-8"))
-        if not isinstance(h, dict) or set(h) != {"encoding", "seed", "sizes"}:
+        if not isinstance(h, dict) or set(h) != {"encoding", "seed", "shapes"}:
             raise ValueError("header keys")
         if isinstance(h["encoding"], dict) and h["encoding"].get("version") != FORMAT_VERSION:
             raise EncodingError("wrong_version", f"encoding version "
                                 f"{h['encoding'].get('version')!r}, expected {FORMAT_VERSION}")
         enc = Encoding.from_dict(h["encoding"])
-        sizes, seed = h["sizes"], h["seed"]
-        if (not isinstance(sizes, list) or len(sizes) > MAX_TENSORS
-                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 40
-                           for n in sizes)):
-            raise ValueError("sizes")
+        shapes, seed = h["shapes"], h["seed"]
+        if (not isinstance(shapes, list) or len(shapes) > MAX_TENSORS
+                or not all(isinstance(s, list) and len(s) <= 8 and all(
+                    isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 32
+                    for d in s) for s in shapes)
+                or any(math.prod(s) >= 1 << 40 for s in shapes)):
+            raise ValueError("shapes")
         if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 1 << 64):
             raise ValueError("seed")
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise EncodingError("malformed", f"unreadable header ({e})") from None
-    return {"encoding": enc, "seed": seed, "sizes": sizes}
+    return {"encoding": enc, "seed": seed, "shapes": shapes}
 
 
 def _read_tensor(buf: memoryview, off: int, i: int, n: int, enc: Encoding

@@ -43,7 +43,11 @@ class FieldOverflowError(ValueError):
 
 
 def modulus_bits(bits: int, n_summands: int) -> int:
-    """``bits + ceil(log2 n_summands)``: the smallest k whose Z_{2^k} holds the sum exactly."""
+    """``bits + ceil(log2 n_summands)``: a k whose Z_{2^k} holds the sum of n codes exactly.
+
+    It bounds the sum by ``n * 2**bits``, so it is the minimal ``ceil(log2(n * L + 1))``
+    or one bit more (e.g. 33 summands of 4 bits: at most 495 < 2**9, the rule gives 10).
+    """
     levels(bits)  # validates bits
     if n_summands < 1:
         raise ValueError("n_summands must be at least 1")
