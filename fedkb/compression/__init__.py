@@ -1,4 +1,4 @@
-"""Compression stages of the aggregation pipeline (ARCHITECTURE / DESIGN: "The aggregation
+"""Compression stages of the aggregation pipeline (DESIGN.md, "The aggregation
 pipeline"), as pure NumPy function pairs a phone (encode) and the server (decode, fold)
 both run:
 
