@@ -1,0 +1,42 @@
+"""Compression stages of the aggregation pipeline (DESIGN.md, "The aggregation
+pipeline"), as pure NumPy function pairs a phone (encode) and the server (decode, fold)
+both run:
+
+- :mod:`~fedkb.compression.quantize`: b-bit stochastic quantization on per-chunk grids
+  (private min/max, or shared ``[-R, R]`` for integer folds);
+- :mod:`~fedkb.compression.rotate`: randomized Hadamard rotation in power-of-two blocks;
+- :mod:`~fedkb.compression.field`: shared-grid codes as residues mod 2^k for secure
+  aggregation, with the headroom that keeps the sum exact;
+- :mod:`~fedkb.compression.encoding`: the versioned, self-describing encoded update.
+
+NumPy and the standard library only, so a phone can import it.
+"""
+
+from fedkb.compression.encoding import (
+    EncodeReport,
+    Encoding,
+    EncodingError,
+    decode_update,
+    encode_update,
+    encode_update_measured,
+)
+from fedkb.compression.field import FieldOverflowError, decode_sum, modulus_bits, sum_mod
+from fedkb.compression.quantize import (
+    Grid,
+    QuantizedTensor,
+    codes_to_ints,
+    dequantize,
+    dequantize_sum,
+    minmax_grid,
+    quantize,
+    shared_grid,
+)
+from fedkb.compression.rotate import rotate, rotated_length, unrotate
+
+__all__ = [
+    "EncodeReport", "Encoding", "EncodingError", "FieldOverflowError", "Grid",
+    "QuantizedTensor", "codes_to_ints", "decode_sum", "decode_update", "dequantize",
+    "dequantize_sum", "encode_update", "encode_update_measured", "minmax_grid",
+    "modulus_bits", "quantize", "rotate", "rotated_length", "shared_grid", "sum_mod",
+    "unrotate",
+]
