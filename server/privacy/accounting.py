@@ -28,10 +28,17 @@ Three mechanisms, never mixed in one run (their neighbouring relations differ):
     sensitivity of tree ``j`` (:mod:`.tree_sensitivity`; ``S = ⌊log2 T⌋ + 1`` for one
     participation) the run is ρ-zCDP with ``ρ = Σ_j S_j / (2 z_j²)`` (trees compose;
     worst case, every tree holds the device). The release is one Gaussian mechanism on
-    all nodes, so ρ converts to ε exactly via a Gaussian of multiplier ``1/√(2ρ)``
-    (PLD accountant), as TF Privacy's ``_gaussian_zcdp_to_epsilon`` does. Neighbours are
+    all nodes, so ρ converts to ε exactly as a Gaussian of multiplier ``1/√(2ρ)``; we
+    use the analytic Gaussian curve (:func:`gaussian_epsilon`, Balle & Wang 2018), which
+    the tests check equals TF Privacy's ``_gaussian_zcdp_to_epsilon`` (a PLD
+    accountant) and is much faster for large ρ. Neighbours are
     dp_accounting's ``REPLACE_SPECIAL`` (a device's data replaced by a record that
     contributes zero), hence sensitivity ``C``, not ``2C``, per leaf.
+
+Sampling is an assumption, not a fact the accountant can check: ``fixed`` and
+``poisson`` hold only if the server draws cohorts uniformly (or independently) from all
+``N`` devices. A fleet that trains only the devices that are charging, idle and on
+Wi-Fi does not; that is the case DP-FTRL's ``tree`` accounting was made for.
 
 ``z`` in a :class:`RoundEvent` is always the *actual* noise std on the round's sum
 divided by that round's clip ``C`` (the total one, when adaptive clipping splits it).
