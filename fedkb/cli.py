@@ -27,6 +27,7 @@ _AREAS = (
     "fedkb.model.cli",
     "fedkb.server.cli",
     "fedkb.server.predict_cli",
+    "fedkb.server.privacy.plan_cli",
     "fedkb.device_runtime.cli",
     "fedkb.simulation.cli",
     "fedkb.simulation.demo",
