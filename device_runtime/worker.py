@@ -13,9 +13,8 @@ server has it, instead of asking again every ``claim_poll_s``.
 One training thread per worker runs LiteRT work, keeping one interpreter per model
 artifact: memory grows with workers, not with phones. It takes jobs from the worker's
 :mod:`~fedkb.device_runtime.compute`: its own queue, or one queue shared by every worker
-of a fleet (so no core idles while another has a round's work). (Two threads per worker,
-each with its own interpreter, made a 20-round run on 2 cores slower: 45-49 s against
-42-44 s.)
+of a fleet (so no core idles while another has a round's work). One thread, not two: two
+interpreters per worker compete for the same cores and make a run slower.
 """
 
 from __future__ import annotations
@@ -45,11 +44,11 @@ from fedkb.device_runtime.traces import State
 MAX_BACKOFF_S = 30.0  # wall seconds
 # A phone's job also waits for "battery not low" (Android's JobInfo.Builder
 # setRequiresBatteryNotLow): the level the server asks for by default (round.min_battery).
-# Without it, a phone charging from a low level checked in every few minutes for hours
-# only to be refused (a third of all check-ins in a 20-round run).
+# Without it, a phone charging from a low level checks in every few minutes for hours
+# only to be refused.
 BATTERY_NOT_LOW = 20.0  # percent
-# The server's answers to a report that came after its round stopped taking reports.
-LATE_CODES = frozenset({"late_report", "round_closed"})
+# The server's answer to a report that came after its round stopped taking reports.
+LATE_CODES = frozenset({"late_report"})
 
 
 @dataclass
