@@ -46,7 +46,7 @@ MAX_BACKOFF_S = 30.0  # wall seconds
 # setRequiresBatteryNotLow): the level the server asks for by default (round.min_battery).
 # Without it, a phone charging from a low level checks in every few minutes for hours
 # only to be refused.
-BATTERY_NOT_LOW = 20.0  # percent
+BATTERY_NOT_LOW = 0.2  # a fraction, like every battery level
 # The server's answer to a report that came after its round stopped taking reports.
 LATE_CODES = frozenset({"late_report"})
 
@@ -194,12 +194,10 @@ class Worker:
             return
         try:
             if phone.device_id is None:
-                reg = self.client.register(
-                    "train" if phone.profile.role == "train" else "heldout",
-                    phone.profile.device_id)
+                reg = self.client.register(phone.profile.role, phone.profile.name)
                 phone.device_id, phone.token = reg.device_id, reg.token
                 self.stats.counts["registered"] += 1
-            resp = self.client.checkin(phone.token or "", _conditions(state),
+            resp = self.client.checkin(phone.token or "", state.conditions(),
                                        phone.cached_version)
             self.stats.counts["checkins"] += 1
         except Unauthorized:
@@ -261,7 +259,7 @@ class Worker:
             self._holds = CheckinHolds(self.server_url, self.compute.results)
         hold_id = next(self._job_ids)
         self._held[hold_id] = phone
-        self._holds.submit(hold_id, phone.token or "", _conditions(state), phone.cached_version,
+        self._holds.submit(hold_id, phone.token or "", state.conditions(), phone.cached_version,
                            round(wait, 3))
         self.stats.counts["checkins"] += 1
         self.stats.counts["held_checkins"] += 1
@@ -285,7 +283,7 @@ class Worker:
         """Check in once with the conditions that ended the wait (the server frees the seat)."""
         phone.waiting = False
         try:
-            self.client.checkin(phone.token or "", _conditions(state), phone.cached_version)
+            self.client.checkin(phone.token or "", state.conditions(), phone.cached_version)
             self.stats.counts["withdrawn"] += 1
         except (Retry, Refused):
             pass  # the server counts it as a no-show instead
@@ -364,9 +362,3 @@ class Worker:
         now = self.clock.now()
         self.stats.eligible = sum(1 for p in self.phones
                                   if p.profile.trace.state_at(now).eligible)
-
-
-def _conditions(state: State) -> wire.Conditions:
-    """What a phone reports about itself at check-in, from its trace state."""
-    return wire.Conditions(state.charging, state.network == "wifi", state.idle,
-                           state.battery / 100.0)
