@@ -13,6 +13,18 @@ Windows are stored user by user, so a device reads its own rows through a memory
 without touching anyone else's: loading a shard costs what the shard costs.
 A window ``w`` of T+1 tokens gives input ``x = w[:-1]``, target ``y = w[1:]`` and
 ``mask = y != PAD`` (see :func:`windows_to_xy`).
+
+Three words, one meaning each (here and in every layer above):
+
+- ``heldout`` (:data:`HELDOUT`): the *population* of users who never train, the split
+  beside ``train``; the phones holding them register as population ``heldout`` and
+  recall "on held-out users" is measured on them.
+- ``eval``: the *part* of one user's windows kept for evaluation (:attr:`Shard.eval`,
+  ``index.json``'s ``"eval"`` rows, ``all_windows(split, "eval")``): a training user's
+  held-back sentences, and all of a held-out user's windows. The name is the on-disk
+  index key of :data:`FORMAT`, so it stays.
+- ``evaluate``: the *task kind* (the wire's ``plan.kind``, the artifact's signature) that
+  runs a model on a phone's ``eval`` part.
 """
 
 from __future__ import annotations

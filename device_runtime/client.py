@@ -5,7 +5,8 @@ Each call returns a parsed :mod:`fedkb.wire` message or raises one of:
 - :class:`Retry`: worth trying again later (connection refused or dropped, timeout, 5xx,
   429); carries a suggested delay. The server going away is this.
 - :class:`Refused`: the server said no for good (a 4xx with a JSON error code such as
-  ``late``, ``round_closed``, ``duplicate``); retrying the same request is pointless.
+  ``late_report``, ``round_abandoned``, ``already_submitted``; the codes are listed in
+  :mod:`fedkb.server.errors`); retrying the same request is pointless.
 - :class:`Unauthorized`: the token was refused (401): register again.
 
 Uploads are idempotent on the server (a retried identical upload gets the same answer),

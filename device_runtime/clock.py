@@ -36,18 +36,11 @@ class SimClock:
         return self.start_hour * 3600.0 + (time.monotonic() - self._wall0) * self.speedup
 
     def wall_for(self, sim_seconds: float) -> float:
+        """Wall seconds that ``sim_seconds`` of simulated time take (never negative)."""
         return max(0.0, sim_seconds) / self.speedup
 
-    def sleep_sim(self, sim_seconds: float) -> bool:
-        """Wait ``sim_seconds`` of simulated time; False if the clock was stopped meanwhile."""
-        return not self._stop.wait(self.wall_for(sim_seconds))
-
-    def sleep_wall(self, wall_seconds: float) -> bool:
-        """Wait real seconds (a server-given delay); False if the clock was stopped."""
-        return not self._stop.wait(max(0.0, wall_seconds))
-
     def stop(self) -> None:
-        """Wake every sleeper: the fleet is shutting down."""
+        """Mark the clock stopped: the fleet is shutting down (its loops see :attr:`stopped`)."""
         self._stop.set()
 
     @property

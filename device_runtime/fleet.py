@@ -53,7 +53,7 @@ class FleetConfig:
 def phone_users(cfg: FleetConfig, ds: Dataset | None = None) -> list[tuple[str, str]]:
     """(user, role) of every phone: user i of a seeded shuffle of all users, repeating."""
     ds = ds or Dataset.open(cfg.data)
-    users = [(u, "train") for u in ds.train_users] + [(u, "eval") for u in ds.heldout_users]
+    users = [(u, "train") for u in ds.train_users] + [(u, "heldout") for u in ds.heldout_users]
     order = np.random.default_rng(cfg.seed).permutation(len(users))
     return [users[order[i % len(users)]] for i in range(cfg.devices)]
 

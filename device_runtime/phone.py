@@ -11,9 +11,10 @@ The phone's timeline is in simulated seconds (see :mod:`fedkb.device_runtime.clo
     t_report
 
 The phone watches its conditions the whole time, as a real job scheduler does (Bonawitz
-et al. 2019, §3): the first simulated instant at which it stops being eligible (unplugged,
-off Wi‑Fi, in use) ends the task, and it reports an abort with that reason instead of a
-result. Because the abort point is read off the trace in simulated time, a busy machine
+et al. 2019, §3): the first simulated instant at which it stops being eligible (not
+charging, off Wi‑Fi, not idle) ends the task, and it reports an abort with that reason (the
+server's words: ``not_charging``, ``metered_network``, ``not_idle``; or ``offline``) instead
+of a result. Because the abort point is read off the trace in simulated time, a busy machine
 changes how long the emulation takes, never which tasks are interrupted.
 
 :func:`run_task` does the real work (LiteRT only) and returns an :class:`Outcome`: what to
@@ -38,7 +39,7 @@ class Phone:
     """A phone's mutable state; everything else is in its (frozen) profile."""
 
     profile: DeviceProfile
-    device_id: str | None = None
+    device_id: str | None = None  # issued by the server at registration (None: not yet)
     token: str | None = None
     cached_version: int | None = None
     has_artifact: bool = False

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedkb.device_runtime.traces import Trace, diurnal_trace
+from fedkb.wire import Population
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ TIERS = (
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    device_id: str  # stable name of the phone (the fleet's, not the server's id)
+    name: str  # the fleet's stable name of the phone (the server issues its device id)
     user: str  # whose shard this phone holds
-    role: str  # "train" (a training user) or "eval" (a held-out user)
+    role: Population  # its population: "train" (a training user) or "heldout" (it only evaluates)
     tier: Tier
     down_bps: float  # download bandwidth, bytes per second
     up_bps: float
@@ -55,7 +56,7 @@ def _rng_for(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
 
 
-def make_profile(user: str, role: str, seed: int, trace: Trace | None = None,
+def make_profile(user: str, role: Population, seed: int, trace: Trace | None = None,
                  trace_days: int = 3, name: str | None = None) -> DeviceProfile:
     """A reproducible profile for a phone holding ``user``'s shard.
 

@@ -6,17 +6,23 @@ midnight UTC of day 0): row i holds from ``t[i]`` until ``t[i+1]``. Each row has
 - ``charging`` (bool): plugged in;
 - ``network``: ``wifi`` (unmetered), ``cell`` (metered) or ``offline``;
 - ``idle`` (bool): screen off and not in use;
-- ``battery`` (0..100): the level when the row starts.
+- ``battery`` (a fraction, 0..1, like every battery level in fedkb): the level when the
+  row starts.
 
 A phone may train only when ``charging and network == "wifi" and idle`` (Bonawitz et al.
-2019, §2; Hard et al. 2018). FedScale showed availability is dominated by charging at
-night; :func:`diurnal_trace` generates that pattern from a seed, in the phone's local time.
+2019, §2; Hard et al. 2018); when it may not, :meth:`State.why_not` says why in the
+server's words (:data:`fedkb.wire.INELIGIBILITY_REASONS`), or ``offline``. FedScale
+showed availability is dominated by charging at night; :func:`diurnal_trace` generates
+that pattern from a seed, in the phone's local time.
 
 Plain-text schema (so users can replay real traces; no pickles)::
 
     CSV  header: device,t,charging,network,idle,battery
          one row per state change; t in seconds (float), charging/idle as 0/1
     JSON {"devices": {"<device>": [[t, charging, network, idle, battery], ...]}}
+
+In the files ``battery`` is a percentage (0..100), as battery levels are usually logged;
+:func:`load_traces` divides it by 100 and :func:`save_traces` multiplies it back.
 
 A device's rows must be sorted by t; the first row's t is where the trace starts (before
 it the phone counts as unavailable and offline). After the last row the last state holds.
@@ -31,9 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fedkb import wire
+
 NETWORKS = ("offline", "cell", "wifi")
 _NET_CODE = {n: i for i, n in enumerate(NETWORKS)}
 DAY = 86_400.0
+# The abort reason of a phone that lost its network altogether (it could not even check
+# in, so the server never gives it as a reason); the others are the server's words.
+OFFLINE = "offline"
 
 
 @dataclass(frozen=True)
@@ -48,15 +59,17 @@ class State:
         """Charging, on an unmetered network, and idle: the phone may run a task."""
         return self.charging and self.network == "wifi" and self.idle
 
+    def conditions(self) -> wire.Conditions:
+        """What the phone reports about itself at check-in in this state."""
+        return wire.Conditions(self.charging, self.network == "wifi", self.idle, self.battery)
+
     def why_not(self) -> str | None:
-        """The first reason the phone may not train (used as an abort reason), or None."""
-        if not self.charging:
-            return "unplugged"
-        if self.network != "wifi":
-            return "network" if self.network == "cell" else "offline"
-        if not self.idle:
-            return "in_use"
-        return None
+        """The first reason the phone may not train (used as an abort reason), or None:
+        the server's reason for these conditions, or :data:`OFFLINE` without a network.
+        The battery level is the job scheduler's business (the worker), not a task's."""
+        reason = self.conditions().ineligibility()
+        return OFFLINE if reason == wire.METERED_NETWORK and self.network == "offline" \
+            else reason
 
 
 _OFF = State(False, "offline", False, 0.0)
@@ -82,7 +95,7 @@ class Trace:
         self.flags = (np.asarray(charging, bool).astype(np.uint8)
                       | (np.asarray(idle, bool).astype(np.uint8) << 1)
                       | (net.astype(np.uint8) << 2))
-        self.battery = np.clip(np.asarray(battery, dtype=np.float32), 0, 100).astype(np.float16)
+        self.battery = np.clip(np.asarray(battery, dtype=np.float32), 0, 1).astype(np.float16)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -95,7 +108,9 @@ class Trace:
         if i < 0:
             return _OFF
         f = int(self.flags[i])
-        return State(bool(f & 1), NETWORKS[(f >> 2) & 3], bool(f & 2), float(self.battery[i]))
+        # float16 holds a level to ~0.0005: report it to a tenth of a percent
+        return State(bool(f & 1), NETWORKS[(f >> 2) & 3], bool(f & 2),
+                     round(float(self.battery[i]), 3))
 
     def next_change(self, t: float) -> float | None:
         """The simulated time of the next row after ``t`` (None: the state never changes)."""
@@ -162,7 +177,7 @@ def diurnal_trace(rng: np.random.Generator, tz_hours: float = 0.0, days: int = 2
     asleep = charging & night
     use = _bursts(rng, n, p_start=0.25, mean_len=2.0)
     idle = np.where(asleep, rng.random(n) > 0.04, ~use)
-    return _compress(t, charging, network, idle, start_level=rng.uniform(30, 90),
+    return _compress(t, charging, network, idle, start_level=rng.uniform(0.3, 0.9),
                      step_s=step_s)
 
 
@@ -178,8 +193,8 @@ def _bursts(rng: np.random.Generator, n: int, p_start: float, mean_len: float) -
 def _compress(t, charging, network, idle, start_level: float, step_s: float) -> Trace:
     """Keep only rows where a discrete field changes; battery at those rows.
 
-    The battery fills 6 points per 5 minutes on the charger and drains ~0.9 per 5 minutes
-    off it, clipped to [2, 100].
+    The battery fills 6% per 5 minutes on the charger and drains ~0.9% per 5 minutes off
+    it, clipped to [0.02, 1].
     """
     change = np.ones(len(t), bool)
     change[1:] = ((charging[1:] != charging[:-1]) | (network[1:] != network[:-1])
@@ -190,8 +205,8 @@ def _compress(t, charging, network, idle, start_level: float, step_s: float) -> 
     level = start_level
     for i, (r, k) in enumerate(zip(rows, steps, strict=True)):
         battery[i] = level
-        rate = 6.0 if charging[r] else -0.9
-        level = min(100.0, max(2.0, level + rate * k * step_s / 300.0))
+        rate = 0.06 if charging[r] else -0.009
+        level = min(1.0, max(0.02, level + rate * k * step_s / 300.0))
     return Trace(t[rows], charging[rows], network[rows], idle[rows], battery)
 
 
@@ -199,22 +214,23 @@ def _compress(t, charging, network, idle, start_level: float, step_s: float) -> 
 
 
 def load_traces(path: str | Path) -> dict[str, Trace]:
-    """Read a CSV or JSON trace file (schema in the module docstring)."""
+    """Read a CSV or JSON trace file (schema in the module docstring; battery in percent,
+    returned as a fraction)."""
     path = Path(path)
     rows: dict[str, list[tuple[float, bool, str, bool, float]]] = {}
     try:
         if path.suffix.lower() == ".json":
             doc = json.loads(path.read_text(encoding="utf-8"))
             for dev, items in doc["devices"].items():
-                rows[str(dev)] = [(float(r[0]), bool(r[1]), str(r[2]), bool(r[3]), float(r[4]))
-                                  for r in items]
+                rows[str(dev)] = [(float(r[0]), bool(r[1]), str(r[2]), bool(r[3]),
+                                   float(r[4]) / 100.0) for r in items]
         else:
             with path.open(newline="", encoding="utf-8") as fh:
                 for r in csv.DictReader(fh):
                     rows.setdefault(r["device"], []).append(
                         (float(r["t"]), r["charging"].strip() in ("1", "true", "True"),
                          r["network"].strip(), r["idle"].strip() in ("1", "true", "True"),
-                         float(r["battery"])))
+                         float(r["battery"]) / 100.0))
     except (KeyError, IndexError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a valid trace file ({exc!r})") from None
     out = {}
@@ -235,10 +251,12 @@ def load_traces(path: str | Path) -> dict[str, Trace]:
 
 
 def save_traces(traces: dict[str, Trace], path: str | Path) -> None:
-    """Write traces as CSV (or JSON when ``path`` ends in .json)."""
+    """Write traces as CSV (or JSON when ``path`` ends in .json), battery in percent."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        doc = {"devices": {d: [list(r) for r in tr.rows()] for d, tr in traces.items()}}
+        doc = {"devices": {d: [[t, c, net, idle, round(b * 100.0, 1)]
+                               for t, c, net, idle, b in tr.rows()]
+                           for d, tr in traces.items()}}
         path.write_text(json.dumps(doc), encoding="utf-8")
         return
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -246,4 +264,4 @@ def save_traces(traces: dict[str, Trace], path: str | Path) -> None:
         w.writerow(["device", "t", "charging", "network", "idle", "battery"])
         for dev, tr in traces.items():
             for t, c, net, idle, b in tr.rows():
-                w.writerow([dev, f"{t:g}", int(c), net, int(idle), f"{b:.1f}"])
+                w.writerow([dev, f"{t:g}", int(c), net, int(idle), f"{b * 100.0:.1f}"])

@@ -13,9 +13,8 @@ server has it, instead of asking again every ``claim_poll_s``.
 One training thread per worker runs LiteRT work, keeping one interpreter per model
 artifact: memory grows with workers, not with phones. It takes jobs from the worker's
 :mod:`~fedkb.device_runtime.compute`: its own queue, or one queue shared by every worker
-of a fleet (so no core idles while another has a round's work). (Two threads per worker,
-each with its own interpreter, made a 20-round run on 2 cores slower: 45-49 s against
-42-44 s.)
+of a fleet (so no core idles while another has a round's work). One thread, not two: two
+interpreters per worker compete for the same cores and make a run slower.
 """
 
 from __future__ import annotations
@@ -45,11 +44,11 @@ from fedkb.device_runtime.traces import State
 MAX_BACKOFF_S = 30.0  # wall seconds
 # A phone's job also waits for "battery not low" (Android's JobInfo.Builder
 # setRequiresBatteryNotLow): the level the server asks for by default (round.min_battery).
-# Without it, a phone charging from a low level checked in every few minutes for hours
-# only to be refused (a third of all check-ins in a 20-round run).
-BATTERY_NOT_LOW = 20.0  # percent
-# The server's answers to a report that came after its round stopped taking reports.
-LATE_CODES = frozenset({"late_report", "round_closed"})
+# Without it, a phone charging from a low level checks in every few minutes for hours
+# only to be refused.
+BATTERY_NOT_LOW = 0.2  # a fraction, like every battery level
+# The server's answer to a report that came after its round stopped taking reports.
+LATE_CODES = frozenset({"late_report"})
 
 
 @dataclass
@@ -195,12 +194,10 @@ class Worker:
             return
         try:
             if phone.device_id is None:
-                reg = self.client.register(
-                    "train" if phone.profile.role == "train" else "heldout",
-                    phone.profile.device_id)
+                reg = self.client.register(phone.profile.role, phone.profile.name)
                 phone.device_id, phone.token = reg.device_id, reg.token
                 self.stats.counts["registered"] += 1
-            resp = self.client.checkin(phone.token or "", _conditions(state),
+            resp = self.client.checkin(phone.token or "", state.conditions(),
                                        phone.cached_version)
             self.stats.counts["checkins"] += 1
         except Unauthorized:
@@ -262,7 +259,7 @@ class Worker:
             self._holds = CheckinHolds(self.server_url, self.compute.results)
         hold_id = next(self._job_ids)
         self._held[hold_id] = phone
-        self._holds.submit(hold_id, phone.token or "", _conditions(state), phone.cached_version,
+        self._holds.submit(hold_id, phone.token or "", state.conditions(), phone.cached_version,
                            round(wait, 3))
         self.stats.counts["checkins"] += 1
         self.stats.counts["held_checkins"] += 1
@@ -286,7 +283,7 @@ class Worker:
         """Check in once with the conditions that ended the wait (the server frees the seat)."""
         phone.waiting = False
         try:
-            self.client.checkin(phone.token or "", _conditions(state), phone.cached_version)
+            self.client.checkin(phone.token or "", state.conditions(), phone.cached_version)
             self.stats.counts["withdrawn"] += 1
         except (Retry, Refused):
             pass  # the server counts it as a no-show instead
@@ -365,9 +362,3 @@ class Worker:
         now = self.clock.now()
         self.stats.eligible = sum(1 for p in self.phones
                                   if p.profile.trace.state_at(now).eligible)
-
-
-def _conditions(state: State) -> wire.Conditions:
-    """What a phone reports about itself at check-in, from its trace state."""
-    return wire.Conditions(state.charging, state.network == "wifi", state.idle,
-                           state.battery / 100.0)

@@ -149,14 +149,42 @@ class RegisterResponse(_Message):
 # --- check-in --------------------------------------------------------------------------
 
 
+# Why a device may not take a task now: one vocabulary for the server's check-in answers
+# (``CheckinResponse.reason``, :mod:`fedkb.server.pacing`) and the phone's own scheduler and
+# abort reasons (:mod:`fedkb.device_runtime.traces`), in the order they are checked.
+NOT_CHARGING = "not_charging"
+METERED_NETWORK = "metered_network"
+NOT_IDLE = "not_idle"
+LOW_BATTERY = "low_battery"
+INELIGIBILITY_REASONS = (NOT_CHARGING, METERED_NETWORK, NOT_IDLE, LOW_BATTERY)
+
+
 @dataclass(frozen=True)
 class Conditions(_Message):
-    """What the phone reports about itself (Hard et al. 2018: charging, unmetered, idle)."""
+    """What the phone reports about itself (Hard et al. 2018: charging, unmetered, idle).
+
+    ``battery`` is a fraction, 0..1, here and everywhere in fedkb (trace files, which
+    store a percentage, are converted when read).
+    """
 
     charging: bool
     unmetered: bool
     idle: bool
     battery: float  # 0..1
+
+    def ineligibility(self, *, charging: bool = True, unmetered: bool = True,
+                      idle: bool = True, min_battery: float = 0.0) -> str | None:
+        """The first of :data:`INELIGIBILITY_REASONS` that holds (None: eligible), for the
+        requirements given (each ``True``: required; ``min_battery``: a fraction)."""
+        if charging and not self.charging:
+            return NOT_CHARGING
+        if unmetered and not self.unmetered:
+            return METERED_NETWORK
+        if idle and not self.idle:
+            return NOT_IDLE
+        if self.battery < min_battery:
+            return LOW_BATTERY
+        return None
 
     @classmethod
     def from_json(cls, d: Any) -> Conditions:
@@ -312,7 +340,8 @@ class UploadResult(_Message):
 
 @dataclass(frozen=True)
 class AbortRequest(_Message):
-    """The phone gives up a task, e.g. ``"unplugged"``, ``"network"``, ``"error"``."""
+    """The phone gives up a task, e.g. ``"not_charging"`` (one of
+    :data:`INELIGIBILITY_REASONS`), ``"offline"``, ``"deadline"``, ``"no_data"``."""
 
     reason: str
 

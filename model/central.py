@@ -24,6 +24,7 @@ from fedkb.model.config import ModelConfig
 # Adam's learning rate when none is given: the best of 0.002/0.005/0.01/0.02 for one epoch
 # of `small` on Shakespeare (bench/README.md); plain SGD defaults to the preset's rate
 ADAM_LR = 0.01
+OPTIMIZERS = ("sgd", "adam")  # central training's optimizers
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class CentralConfig:
     optimizer: str = "sgd"  # or "adam" (Keras Adam, default betas and epsilon)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
+        if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"central optimizer must be 'sgd' or 'adam', not {self.optimizer!r}")
 
 

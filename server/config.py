@@ -175,8 +175,10 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         if self.decay_rounds < 0:
             raise ConfigError("strategy.decay_rounds must be >= 0")
-        if self.name not in ("fedavg", "fedavgm", "fedadam"):
-            raise ConfigError("strategy.name must be fedavg, fedavgm or fedadam, "
+        from fedkb.server.strategy import STRATEGIES  # the registry (it imports this module)
+
+        if self.name not in STRATEGIES:
+            raise ConfigError(f"strategy.name must be one of {', '.join(STRATEGIES)}, "
                               f"not {self.name!r}")
         _positive(self, "server_lr", "tau")
         if not (0 <= self.momentum < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

@@ -19,7 +19,7 @@ code                        status  meaning
 ``forbidden``               403     admin action without the admin token
 ``wrong_device``            403     the task belongs to another device
 ``not_found``               404     unknown path, task, round or model version
-``round_closed``            409     the round has committed: the report is late
+``late_report``             409     the round has closed (committed or past its deadline)
 ``round_abandoned``         409     the round was abandoned (deadline, or server restart)
 ``already_submitted``       409     a different second upload for the same task
 ``task_aborted``            409     the task was aborted before

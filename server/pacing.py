@@ -17,16 +17,10 @@ from fedkb.wire import Conditions
 
 
 def ineligibility(c: Conditions, rc: RoundConfig) -> str | None:
-    """Why a device may not take a task now (None: it may)."""
-    if rc.require_charging and not c.charging:
-        return "not_charging"
-    if rc.require_unmetered and not c.unmetered:
-        return "metered_network"
-    if rc.require_idle and not c.idle:
-        return "not_idle"
-    if c.battery < rc.min_battery:
-        return "low_battery"
-    return None
+    """Why a device may not take a task now (None: it may): one of
+    :data:`fedkb.wire.INELIGIBILITY_REASONS`, the words the phone uses too."""
+    return c.ineligibility(charging=rc.require_charging, unmetered=rc.require_unmetered,
+                           idle=rc.require_idle, min_battery=rc.min_battery)
 
 
 def jitter(seconds: float, rc: RoundConfig, rng: random.Random) -> float:

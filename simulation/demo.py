@@ -22,29 +22,67 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
+
+# The demo's recipe. Emulated phones share this machine's cores, so rounds are made short:
+# the next round selects its phones while one trains (pipelining; they start from the
+# model it commits), the server steers 4x the check-ins a 3 s selection window needs, and
+# there is no over-selection (with it the late phones are always the largest shards, and
+# held-out recall falls; a round still ends as soon as every phone answered, aborts
+# included). Each phone's delta is clipped to norm 4 (a few of them bind): with client lr
+# 1.0 and server momentum one outsized update otherwise derails training for rounds. The
+# server lr decays (cosine, to a tenth by the last round, see demo_config): without it the
+# final model is one noisy step from a better one.
+DEMO_ROUND = FLEET_ROUND.replace(max_rounds=200, selection_window_s=3.0, pace_margin=4.0,
+                                 overselect=1.0, reporting_deadline_s=10.0, pipeline=True)
+DEMO_CLIENT = ClientConfig(lr=1.0)
+DEMO_STRATEGY = StrategyConfig(name="fedavgm", server_lr=0.7, clip_norm=4.0)
+DEMO_CENTRAL_OPTIMIZER = "adam"  # a server-side trainer's choice for the baseline
+
+
+def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
+                clients_per_round: int, workers: int, preset: str, strategy: str,
+                lr: float, server_lr: float) -> FleetRunConfig:
+    """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
+    federated evaluation round every eighth of the run, the server lr decayed over it."""
+    return FleetRunConfig(
+        data=data, preset=preset, devices=devices, workers=workers, artifact=artifact,
+        round=DEMO_ROUND.replace(max_rounds=rounds, report_goal=clients_per_round,
+                                 eval_every=max(1, rounds // 8)),
+        client=DEMO_CLIENT.replace(lr=lr),
+        strategy=DEMO_STRATEGY.replace(name=strategy, server_lr=server_lr,
+                                       decay_rounds=rounds))
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fedkb.model.central import OPTIMIZERS, CentralConfig
+    from fedkb.simulation.cli import strategy_names
+
     p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
                    help="where the demo writes its dataset, model and report")
-    p.add_argument("--rounds", type=int, default=200, help="federated training rounds")
-    p.add_argument("--clients-per-round", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=DEMO_ROUND.max_rounds,
+                   help="federated training rounds")
+    p.add_argument("--clients-per-round", type=int, default=DEMO_ROUND.report_goal)
     p.add_argument("--devices", type=int, default=None,
                    help="emulated phones (default: one per user, 1,419 on Shakespeare)")
-    p.add_argument("--workers", type=int, default=2, help="fleet worker processes")
-    p.add_argument("--central-epochs", type=float, default=1.0)
-    p.add_argument("--central-optimizer", choices=("adam", "sgd"), default="adam",
+    p.add_argument("--workers", type=int, default=default_of(FleetRunConfig, "workers"),
+                   help="fleet worker processes")
+    p.add_argument("--central-epochs", type=float, default=default_of(CentralConfig, "epochs"))
+    p.add_argument("--central-optimizer", choices=tuple(reversed(OPTIMIZERS)),
+                   default=DEMO_CENTRAL_OPTIMIZER,
                    help="central baseline: Adam at --central-lr (a server-side trainer's "
                         "choice), or the phones' plain SGD")
     p.add_argument("--central-lr", type=float, default=None,
                    help="central baseline learning rate (default: 0.01 for Adam, the best "
                         "of 0.002-0.02 in one epoch; the preset's 0.5 for SGD)")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--strategy", default="fedavgm", choices=("fedavg", "fedavgm", "fedadam"),
+    p.add_argument("--preset", default=default_of(FleetRunConfig, "preset"))
+    p.add_argument("--strategy", default=DEMO_STRATEGY.name, choices=strategy_names(),
                    help="server optimizer (default: FedAvg with Nesterov momentum, as Gboard)")
-    p.add_argument("--lr", type=float, default=1.0,
+    p.add_argument("--lr", type=float, default=DEMO_CLIENT.lr,
                    help="SGD learning rate on the phones")
-    p.add_argument("--server-lr", type=float, default=0.7,
+    p.add_argument("--server-lr", type=float, default=DEMO_STRATEGY.server_lr,
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
     p.add_argument("--no-serve", action="store_true", help="exit when done")
     p.set_defaults(func=_demo)
@@ -61,8 +99,10 @@ def _done(t0: float, text: str = "") -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
-    from fedkb.simulation.cli import _round_bar, run_central, run_ngram
-    from fedkb.simulation.fleet_engine import FleetRunConfig, ensure_artifact, run_fleet_engine
+    from fedkb.model.central import CentralConfig
+    from fedkb.simulation.engines import central_lr, run_central, run_ngram
+    from fedkb.simulation.fleet_engine import ensure_artifact, run_fleet_engine
+    from fedkb.simulation.progress import round_bar
 
     t_all = time.perf_counter()
     work = args.workdir
@@ -81,39 +121,21 @@ def _demo(args: argparse.Namespace) -> int:
     _done(t, f"({meta['num_params']:,} parameters, builtin ops only: {meta['builtin_only']})")
 
     t = _step(3, "baselines on the same training users: n-gram, then central training")
-    base = argparse.Namespace(data=data, preset=args.preset, epochs=args.central_epochs,
-                              batch_size=64, max_steps=None, seed=0, json=False,
-                              central_optimizer=args.central_optimizer, lr=args.central_lr)
-    ngram = run_ngram(base)
-    central = run_central(base)
+    ngram = run_ngram(data)
+    lr = args.central_lr if args.central_lr is not None else \
+        central_lr(args.preset, args.central_optimizer)
+    central = run_central(data, args.preset,
+                          CentralConfig(epochs=args.central_epochs, learning_rate=lr,
+                                        optimizer=args.central_optimizer), progress=True)
     _done(t)
 
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
                  f"{args.rounds} rounds of {args.clients_per_round}")
-    cfg = FleetRunConfig(data=data, preset=args.preset, rounds=args.rounds,
-                         clients_per_round=args.clients_per_round, devices=devices,
-                         lr=args.lr, artifact=artifact,
-                         workers=args.workers, eval_every=max(1, args.rounds // 8),
-                         strategy=args.strategy, server_lr=args.server_lr,
-                         # Emulated phones share this machine's 2 cores, so rounds are made
-                         # short: the next round selects its phones while one trains
-                         # (pipelining; they start from the model it commits), the server
-                         # steers 4x the check-ins a 3 s selection window needs, and there
-                         # is no over-selection (with 10% the late phones were always the
-                         # largest shards, and held-out top-1 after 160 rounds fell from
-                         # ~15.7% to 14.8%; a round still ends as soon as every phone
-                         # answered, aborts included). Each phone's delta is clipped to norm
-                         # 4 (~1% of them): with client lr 1.0 and server momentum one
-                         # outsized update otherwise derails training for rounds. The server
-                         # lr decays (cosine, to a tenth by the last round): without it the
-                         # final model is one noisy step from a better one (15.1-15.7% top-1
-                         # between identical runs).
-                         selection_window_s=3.0, pace_margin=4.0, overselect=1.0,
-                         clip_norm=4.0, pipeline=True, reporting_deadline_s=10.0,
-                         lr_decay=True)
+    cfg = demo_config(data, artifact, devices, args.rounds, args.clients_per_round,
+                      args.workers, args.preset, args.strategy, args.lr, args.server_lr)
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
-                                           on_progress=_round_bar(args.rounds),
+                                           on_progress=round_bar(args.rounds),
                                            keep_server=not args.no_serve)
     _done(t)
     try:

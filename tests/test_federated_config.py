@@ -2,46 +2,131 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import shutil
-from dataclasses import replace
 
 import pytest
 
+from fedkb.cli import build_parser
 from fedkb.datasets.store import Dataset
-from fedkb.server.config import RoundConfig, StrategyConfig
-from fedkb.simulation.fleet_engine import (
+from fedkb.server.config import ClientConfig, ConfigError, RoundConfig, StrategyConfig, load_config
+from fedkb.simulation.cli import NO_CAP, central_config, fleet_config, tff_config
+from fedkb.simulation.fleet_config import (
+    FLEET_ROUND,
     FleetRunConfig,
-    default_artifact_dir,
-    ensure_artifact,
     rejoin_rounds,
     server_config,
+    server_round,
     train_phones,
+    write_server_config,
 )
+from fedkb.simulation.fleet_engine import default_artifact_dir, ensure_artifact
 from fedkb.simulation.fleet_run import diverged, stall_diagnosis
 
 
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
 def test_phones_rest_a_quarter_of_the_rounds_needed_to_use_every_training_phone(tiny_data):
-    cfg = FleetRunConfig(data=tiny_data, clients_per_round=20, overselect=1.1)
+    cfg = FleetRunConfig(data=tiny_data, round=FLEET_ROUND.replace(report_goal=20,
+                                                                   overselect=1.1))
     assert rejoin_rounds(cfg, 1277) == 1277 // 22 // 4 == 14
     assert rejoin_rounds(cfg, 10) == 0  # a small fleet: no rest, or rounds would starve
     assert rejoin_rounds(FleetRunConfig(data=tiny_data, rejoin_after_rounds=3), 1277) == 3
 
 
 def test_server_config_is_a_valid_round_config_in_the_servers_clock(tiny_data):
-    cfg = FleetRunConfig(data=tiny_data, devices=30, speedup=300.0, clip_norm=4.0)
+    cfg = FleetRunConfig(data=tiny_data, devices=30, speedup=300.0,
+                         strategy=StrategyConfig(clip_norm=4.0))
     phones = train_phones(Dataset.open(tiny_data), cfg)
     assert 0 < phones < 30  # held-out users' phones evaluate, they do not train
-    doc = server_config(cfg, 0.5, phones)
+    doc = server_config(cfg, phones)
     rc = RoundConfig(**doc["round"])  # validated like a config file
     assert rc.ineligible_retry_s == 1.0  # 300 s of phone time at 300x
-    assert doc["strategy"] == {"name": "fedavg", "server_lr": 1.0, "clip_norm": 4.0}
-    decayed = server_config(replace(cfg, lr_decay=True, rounds=200), 0.5, phones)
-    assert StrategyConfig(**decayed["strategy"]).decay_rounds == 200  # over the whole run
+    assert StrategyConfig(**doc["strategy"]) == StrategyConfig(name="fedavg", server_lr=1.0,
+                                                               clip_norm=4.0)
+    decayed = fleet_config(_args("simulate", "--engine", "fleet", "--data", str(tiny_data),
+                                 "--rounds", "200", "--lr-decay"))
+    assert StrategyConfig(**server_config(decayed, phones)["strategy"]).decay_rounds == 200
     # rounds wait for the fleet to register: a round's target, at most a quarter of the
     # training phones (only the eligible ones register, so a small fleet must not wait)
     assert rc.min_registered == phones // 4
-    assert server_config(cfg, 0.5, 1277)["round"]["min_registered"] == 26  # 20 x 1.3
+    assert server_config(cfg, 1277)["round"]["min_registered"] == 26  # 20 x 1.3
+
+
+def test_a_small_fleet_asks_an_evaluation_round_for_a_quarter_of_its_heldout_phones(tiny_data):
+    cfg = FleetRunConfig(data=tiny_data, round=FLEET_ROUND.replace(eval_goal=10))
+    assert server_round(cfg, 100, 12).eval_goal == 3
+    assert server_round(cfg, 100, 2).eval_goal == 1
+    assert server_round(cfg, 100, 400).eval_goal == 10
+    assert server_round(cfg, 100).eval_goal == 10
+
+
+def test_the_server_config_file_is_what_load_config_reads_back(tiny_data, tmp_path):
+    cfg = FleetRunConfig(data=tiny_data, devices=30, speedup=120.0,
+                         round=FLEET_ROUND.replace(eval_every=2, max_rounds=7),
+                         client=ClientConfig(lr=0.3, epochs=2, max_steps=9),
+                         strategy=StrategyConfig(name="fedadam", server_lr=0.02, clip_norm=2.0,
+                                                 decay_rounds=7))
+    phones = train_phones(Dataset.open(tiny_data), cfg)
+    path = write_server_config(cfg, tmp_path / "server.json", phones, 30 - phones)
+    back = load_config(path)
+    assert back.round == server_round(cfg, phones, 30 - phones)
+    assert (back.client, back.strategy) == (cfg.client, cfg.strategy)
+    assert json.loads(path.read_text()) == {
+        "round": dataclasses.asdict(back.round), "client": dataclasses.asdict(back.client),
+        "strategy": dataclasses.asdict(back.strategy)}
+
+
+def test_a_fleet_run_needs_its_number_of_rounds(tiny_data):
+    with pytest.raises(ConfigError, match="max_rounds"):
+        FleetRunConfig(data=tiny_data, round=RoundConfig())
+
+
+def test_simulate_defaults_are_the_configs_defaults(tiny_data):
+    from fedkb.model.central import CentralConfig
+    from fedkb.model.config import get_preset
+    from fedkb.simulation.engines import TffRunConfig
+
+    args = _args("simulate", "--engine", "fleet", "--data", str(tiny_data))
+    lr = get_preset("small").learning_rate  # --lr unset: the preset's
+    assert fleet_config(args) == FleetRunConfig(
+        data=tiny_data, artifact=default_artifact_dir(tiny_data, "small"),
+        client=ClientConfig(lr=lr, max_steps=NO_CAP))  # no cap unless --max-steps
+    assert fleet_config(args).round == FLEET_ROUND
+    assert tff_config(args) == TffRunConfig(data=tiny_data, lr=lr)
+    assert central_config(args) == CentralConfig(learning_rate=lr)
+
+
+def test_demo_defaults_are_the_demo_recipe(tiny_data, tmp_path):
+    from fedkb.simulation.demo import DEMO_CLIENT, DEMO_ROUND, DEMO_STRATEGY, demo_config
+
+    a = _args("demo")
+    cfg = demo_config(tiny_data, tmp_path, 40, a.rounds, a.clients_per_round, a.workers,
+                      a.preset, a.strategy, a.lr, a.server_lr)
+    assert cfg.round == DEMO_ROUND.replace(eval_every=DEMO_ROUND.max_rounds // 8)
+    assert cfg.client == DEMO_CLIENT
+    assert cfg.strategy == DEMO_STRATEGY.replace(decay_rounds=DEMO_ROUND.max_rounds)
+    assert (cfg.workers, cfg.preset) == (FleetRunConfig(data=tiny_data).workers, "small")
+
+
+def _choices(command: str, flag: str) -> tuple[str, ...]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices[command]._actions if flag in a.option_strings)
+    return tuple(action.choices)
+
+
+def test_strategy_choices_are_the_servers_registry():
+    from fedkb.server.strategy import STRATEGIES
+
+    assert _choices("simulate", "--strategy") == _choices("demo", "--strategy") == \
+        tuple(STRATEGIES)
+    with pytest.raises(ConfigError, match=", ".join(STRATEGIES)):
+        StrategyConfig(name="fedsgd")
 
 
 def test_export_is_reused_and_redone_when_the_preset_no_longer_matches(tiny_data, tiny_artifact,
@@ -97,3 +182,19 @@ def test_a_loss_above_100_nats_or_not_finite_is_a_divergence():
     assert not diverged(None) and not diverged(9.2) and not diverged(99.9)
     assert diverged(100.0) and diverged(4e21) and diverged(float("nan"))
     assert diverged(float("inf"))
+
+
+def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
+    from fedkb.simulation.fleet_config import report_config
+
+    cfg = FleetRunConfig(data=tiny_data, strategy=StrategyConfig(decay_rounds=20))
+    doc = report_config(cfg)
+    assert list(doc) == [
+        "data", "preset", "rounds", "clients_per_round", "epochs", "max_steps", "lr",
+        "server_lr", "strategy", "devices", "workers", "speedup", "start_hour",
+        "selection_window_s", "reporting_deadline_s", "pipeline", "claim_poll_s",
+        "claim_hold_s", "overselect", "pace_margin", "clip_norm", "lr_decay", "eval_every",
+        "eval_goal", "seed", "artifact", "rejoin_after_rounds"]
+    assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
+        (20, 20, True, "fedavg")
+    json.dumps(doc)  # plain JSON

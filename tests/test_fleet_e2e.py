@@ -33,7 +33,7 @@ from fedkb.device_runtime.worker import Worker
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ALWAYS = Trace(np.array([0.0]), np.array([True]), np.array([NETWORKS.index("wifi")]),
-               np.array([True]), np.array([90.0]))
+               np.array([True]), np.array([0.9]))
 
 
 def _status(url: str) -> dict:

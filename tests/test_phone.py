@@ -18,8 +18,8 @@ def _trace(rows):
                  np.array(i), np.array(b, float))
 
 
-ALWAYS = _trace([(0, True, "wifi", True, 80)])
-UNPLUG_AT_100 = _trace([(0, True, "wifi", True, 80), (100, False, "wifi", True, 80)])
+ALWAYS = _trace([(0, True, "wifi", True, 0.8)])
+UNPLUG_AT_100 = _trace([(0, True, "wifi", True, 0.8), (100, False, "wifi", True, 0.8)])
 
 
 def _profile(trace, tier=TIERS[2], down=1e6, up=2.5e5):
@@ -78,13 +78,13 @@ def test_compute_time_scales_with_the_tier(model, windows):
 def test_unplugged_during_training_aborts_at_that_moment(model, windows):
     glacial = Tier("glacial", 1.0, 1e6, 512)  # a step takes "forever" in simulated time
     out = run_task(Phone(_profile(UNPLUG_AT_100, tier=glacial)), _task(), 0.0, model, windows)
-    assert (out.kind, out.reason, out.due) == ("abort", "unplugged", 100.0)
+    assert (out.kind, out.reason, out.due) == ("abort", "not_charging", 100.0)
 
 
 def test_unplugged_during_download_aborts_before_training(model, windows):
     phone = Phone(_profile(UNPLUG_AT_100, down=1_000.0))  # 240 kB at 1 kB/s: 240 s
     out = run_task(phone, _task(), 0.0, model, windows)
-    assert (out.kind, out.reason, out.due) == ("abort", "unplugged", 100.0)
+    assert (out.kind, out.reason, out.due) == ("abort", "not_charging", 100.0)
     assert phone.cached_version is None  # the download never finished
 
 

@@ -82,13 +82,11 @@ def test_tff_runs_the_servers_strategy_clipping_and_decay(name, tiny_data, tiny_
     """`--engine tff --strategy/--clip-norm/--lr-decay` is the fleet server's recipe:
     three rounds of TFF against LiteRT clients fed to the server's own aggregator
     (clipping) and strategy object (Nesterov momentum / Reddi's FedAdam, decayed lr)."""
-    import argparse
-
     from fedkb.device_runtime.trainer import Trainer
     from fedkb.server.aggregate import Spec, mean_factory
     from fedkb.server.config import StrategyConfig
     from fedkb.server.strategy import make_strategy
-    from fedkb.simulation.cli import _tff_strategy
+    from fedkb.simulation.engines import tff_strategy
     from fedkb.simulation.tff_engine import run_tff_isolated
 
     ds = Dataset.open(tiny_data)
@@ -97,9 +95,8 @@ def test_tff_runs_the_servers_strategy_clipping_and_decay(name, tiny_data, tiny_
     w0 = trainer.artifact.initial_weights()
     rounds = [[[u, 7 * r + i] for i, u in enumerate(ds.train_users[r:r + 3])] for r in range(3)]
     lr, server_lr, clip = 0.3, (0.5 if name == "fedavgm" else 0.02), 0.05
-    args = argparse.Namespace(strategy=name, server_lr=server_lr, clip_norm=clip,
-                              lr_decay=True)
-    spec = _tff_strategy(args, len(rounds))
+    spec = tff_strategy(StrategyConfig(name=name, server_lr=server_lr, clip_norm=clip,
+                                       decay_rounds=len(rounds)), len(rounds))
     assert spec["lrs"][0] == server_lr and spec["lrs"][-1] == pytest.approx(server_lr / 10)
 
     strategy = make_strategy(StrategyConfig(name=name, server_lr=server_lr, clip_norm=clip,

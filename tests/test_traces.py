@@ -22,21 +22,21 @@ def _trace(rows):
                  np.array(i), np.array(b))
 
 
-FIXED = [  # t, charging, network, idle, battery
-    (0, False, "cell", False, 50),
-    (100, True, "cell", True, 55),
-    (200, True, "wifi", False, 60),
-    (300, True, "wifi", True, 65),
-    (400, False, "wifi", True, 70),
+FIXED = [  # t, charging, network, idle, battery (a fraction)
+    (0, False, "cell", False, 0.5),
+    (100, True, "cell", True, 0.55),
+    (200, True, "wifi", False, 0.6),
+    (300, True, "wifi", True, 0.65),
+    (400, False, "wifi", True, 0.7),
 ]
 
 
 @pytest.mark.parametrize(("state", "eligible", "reason"), [
-    (State(True, "wifi", True, 50), True, None),
-    (State(False, "wifi", True, 50), False, "unplugged"),
-    (State(True, "cell", True, 50), False, "network"),
-    (State(True, "offline", True, 50), False, "offline"),
-    (State(True, "wifi", False, 50), False, "in_use"),
+    (State(True, "wifi", True, 0.5), True, None),
+    (State(False, "wifi", True, 0.5), False, "not_charging"),
+    (State(True, "cell", True, 0.5), False, "metered_network"),
+    (State(True, "offline", True, 0.5), False, "offline"),
+    (State(True, "wifi", False, 0.5), False, "not_idle"),
 ])
 def test_eligibility_needs_charging_unmetered_and_idle(state, eligible, reason):
     assert state.eligible is eligible
@@ -46,10 +46,10 @@ def test_eligibility_needs_charging_unmetered_and_idle(state, eligible, reason):
 def test_trace_lookup_is_piecewise_constant():
     tr = _trace(FIXED)
     assert tr.state_at(-1).network == "offline" and not tr.state_at(-1).eligible
-    assert tr.state_at(0) == State(False, "cell", False, 50)
-    assert tr.state_at(299.9).why_not() == "in_use"
+    assert tr.state_at(0) == State(False, "cell", False, 0.5)
+    assert tr.state_at(299.9).why_not() == "not_idle"
     assert tr.state_at(300).eligible
-    assert tr.state_at(10_000).why_not() == "unplugged"  # last state holds
+    assert tr.state_at(10_000).why_not() == "not_charging"  # last state holds
     assert tr.next_change(300) == 400 and tr.next_change(400) is None
     assert tr.next_eligible(0) == 300 and tr.next_eligible(350) == 350
     assert tr.next_eligible(401) is None
@@ -58,9 +58,9 @@ def test_trace_lookup_is_piecewise_constant():
 
 def test_unsorted_or_bad_rows_are_refused():
     with pytest.raises(ValueError):
-        _trace([(10, True, "wifi", True, 1), (5, True, "wifi", True, 1)])
+        _trace([(10, True, "wifi", True, 0.01), (5, True, "wifi", True, 0.01)])
     with pytest.raises(ValueError):
-        Trace(np.array([0.0]), np.array([True]), np.array([7]), np.array([True]), np.array([1]))
+        Trace(np.array([0.0]), np.array([True]), np.array([7]), np.array([True]), np.array([0.01]))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
@@ -75,7 +75,7 @@ def test_trace_files_round_trip(tmp_path, suffix):
         for t in (0, 150, 310, 3600 * 3, 3600 * 13):
             a, b = tr.state_at(t), back[dev].state_at(t)
             assert (a.charging, a.network, a.idle) == (b.charging, b.network, b.idle)
-            assert abs(a.battery - b.battery) < 0.6
+            assert abs(a.battery - b.battery) < 0.006
 
 
 def test_trace_file_errors_name_the_problem(tmp_path):
@@ -103,3 +103,46 @@ def test_diurnal_generator_is_seeded_and_available_mostly_at_night():
     shifted = [diurnal_trace(np.random.default_rng(s), tz_hours=12) for s in range(40)]
     el2 = np.array([[tr.state_at(t).eligible for t in grid] for tr in shifted])
     assert el2[:, (hours >= 1) & (hours < 5)].mean() < 0.1
+
+
+@pytest.mark.parametrize(("state", "reason"), [
+    (State(False, "wifi", True, 0.5), "not_charging"),
+    (State(True, "cell", True, 0.5), "metered_network"),
+    (State(True, "wifi", False, 0.5), "not_idle"),
+])
+def test_the_phone_and_the_server_name_each_failing_condition_alike(state, reason):
+    from fedkb.server.config import RoundConfig
+    from fedkb.server.pacing import ineligibility
+
+    assert state.why_not() == reason
+    assert ineligibility(state.conditions(), RoundConfig()) == reason
+
+
+def test_a_low_battery_is_low_battery_to_the_phones_scheduler_and_the_server():
+    from fedkb.device_runtime.worker import BATTERY_NOT_LOW
+    from fedkb.server.config import RoundConfig
+    from fedkb.server.pacing import ineligibility
+
+    assert RoundConfig().min_battery == BATTERY_NOT_LOW  # the same fraction on both sides
+    low = State(True, "wifi", True, 0.1).conditions()
+    assert low.ineligibility(min_battery=BATTERY_NOT_LOW) == "low_battery"
+    assert ineligibility(low, RoundConfig()) == "low_battery"
+    assert State(True, "wifi", True, 0.1).why_not() is None  # a task is not aborted for it
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_trace_files_hold_a_percentage_and_phones_report_a_fraction(tmp_path, suffix):
+    from fedkb import wire
+
+    path = tmp_path / f"traces{suffix}"
+    if suffix == ".csv":
+        path.write_text("device,t,charging,network,idle,battery\nx,0,1,wifi,1,40\n"
+                        "x,60,1,wifi,1,47.5\n")
+    else:
+        path.write_text('{"devices": {"x": [[0, 1, "wifi", 1, 40], [60, 1, "wifi", 1, 47.5]]}}')
+    trace = load_traces(path)["x"]
+    assert [trace.state_at(t).battery for t in (0, 60)] == [0.4, 0.475]
+    sent = trace.state_at(0).conditions()
+    assert wire.Conditions.from_json(sent.to_json()) == sent  # valid on the wire: 0..1
+    save_traces({"x": trace}, tmp_path / f"again{suffix}")
+    assert "47.5" in (tmp_path / f"again{suffix}").read_text()  # written back in percent

@@ -70,7 +70,7 @@ def _task(task_id: str) -> wire.Task:
 
 def test_a_phone_with_a_low_battery_waits_for_a_higher_level(tiny_data):
     # charging, on Wi-Fi and idle from t=0, but at 10% until the trace says 60% at t=900
-    trace = _trace([(0.0, True, True, 10.0), (900.0, True, True, 60.0)])
+    trace = _trace([(0.0, True, True, 0.1), (900.0, True, True, 0.6)])
     worker, client = _worker(tiny_data, [trace], wire.CheckinResponse(retry_after_s=5.0))
     phone = worker.phones[0]
     worker._wake(phone, 10.0)
@@ -81,7 +81,7 @@ def test_a_phone_with_a_low_battery_waits_for_a_higher_level(tiny_data):
 
 
 def test_a_phone_selected_ahead_gives_its_seat_back_when_unplugged(tiny_data):
-    trace = _trace([(0.0, True, True, 80.0), (100.0, False, True, 80.0)])
+    trace = _trace([(0.0, True, True, 0.8), (100.0, False, True, 0.8)])
     wait = wire.CheckinResponse(retry_after_s=0.5, reason="selected_waiting")
     worker, client = _worker(tiny_data, [trace], wait)
     phone = worker.phones[0]
@@ -95,17 +95,17 @@ def test_a_phone_selected_ahead_gives_its_seat_back_when_unplugged(tiny_data):
 
 
 def test_the_largest_shard_trains_first(tiny_data):
-    always = _trace([(0.0, True, True, 90.0)])
+    always = _trace([(0.0, True, True, 0.9)])
     worker, _ = _worker(tiny_data, [always] * 3, lambda token: wire.CheckinResponse(
         task=_task(f"t-{token}")))
-    sizes = {p.profile.device_id: worker.dataset.entry(p.profile.user).train[1]
+    sizes = {p.profile.name: worker.dataset.entry(p.profile.user).train[1]
              for p in worker.phones}
     assert len(set(sizes.values())) == 3
     for phone in worker.phones:
         worker._wake(phone, 0.0)
     order = []
     while (job := worker.compute.take(timeout=0.01)) is not None:
-        order.append(job.phone.profile.device_id)
+        order.append(job.phone.profile.name)
     assert [sizes[d] for d in order] == sorted(sizes.values(), reverse=True)
 
 
@@ -114,7 +114,7 @@ def test_a_phone_trained_by_another_worker_gets_its_result_back(tiny_data):
     # (thread queues here: multiprocessing ones would start a resource tracker process;
     # the fleet end-to-end tests run the real thing, with two worker processes)
     jobs, results = queue.Queue(), [queue.Queue(), queue.Queue()]
-    always = _trace([(0.0, True, True, 90.0)])
+    always = _trace([(0.0, True, True, 0.9)])
     answer = lambda token: wire.CheckinResponse(task=_task(f"t-{token}"))  # noqa: E731
     a, _ = _worker(tiny_data, [always], answer, SharedCompute(0, jobs, results), owner=0)
     b, _ = _worker(tiny_data, [always], answer, SharedCompute(1, jobs, results), owner=1)
@@ -158,7 +158,7 @@ def _holding_worker(tiny_data, ineligible_in_s: float):
     """A worker with held check-ins (5 s) and one phone that stops being eligible
     ``ineligible_in_s`` simulated seconds from now (60x: 60 simulated s a wall second)."""
     probe = SimClock(speedup=60.0).now()
-    trace = _trace([(0.0, True, True, 90.0), (probe + ineligible_in_s, False, True, 90.0)])
+    trace = _trace([(0.0, True, True, 0.9), (probe + ineligible_in_s, False, True, 0.9)])
     worker, _ = _worker(tiny_data, [trace], WAITING)
     worker.hold_s = 5.0
     worker._holds = RecordingHolds()  # type: ignore[assignment]
