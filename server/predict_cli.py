@@ -57,11 +57,12 @@ def _from_server(url: str, text: str, k: int) -> dict[str, Any]:
 
 
 def _local(model: Path, weights: Path | None, text: str, k: int) -> dict[str, Any]:
+    from fedkb.artifact import ArtifactError
     from fedkb.codec import CodecError, decode_arrays
-    from fedkb.device_runtime.artifact import ArtifactError, WeightsError
     from fedkb.server.config import PredictConfig
     from fedkb.server.errors import ApiError
     from fedkb.server.predictor import Engine, check_request
+    from fedkb.weights import WeightsError
 
     cfg = PredictConfig(interpreters=1)
     try:
