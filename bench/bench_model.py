@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{name:7s} params {row['num_params']:>9,}  export {row['export_seconds']:6.1f} s"
                   f"  tflite {row['file_bytes']['model.tflite'] / 1e6:6.2f} MB"
-                  f"  weights {row['file_bytes']['weights.bin'] / 1e6:5.2f} MB"
+                  f"  weights {row['file_bytes']['weights.safetensors'] / 1e6:5.2f} MB"
                   f"  train LiteRT {row['lite_train_step_ms']:7.2f} ms"
                   f" / Keras {row['keras_train_step_ms']:7.2f} ms"
                   f" = {row['lite_over_keras']:.2f}"

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkb.codec import decode_arrays
 from fedkb.datasets.store import Dataset, clip_to_vocab
 from fedkb.device_runtime.trainer import Trainer
-from fedkb.server.aggregate import Spec, mean_factory
+from fedkb.server.aggregate import mean_factory
 from fedkb.server.config import StrategyConfig
 from fedkb.server.strategy import make_strategy
 from fedkb.simulation.schedule import federated_rounds
@@ -58,8 +57,8 @@ def main() -> int:
 
     ds = Dataset.open(a.data)
     tr = Trainer(a.model)
-    weights = decode_arrays((a.model / "weights.bin").read_bytes())
-    specs = [Spec(n, tuple(w.shape)) for n, w in zip(tr.names, weights, strict=True)]
+    weights = tr.artifact.initial_weights()
+    specs = tr.artifact.specs
     strategy = make_strategy(StrategyConfig(name=a.strategy, server_lr=a.server_lr,
                                             momentum=a.momentum, nesterov=a.nesterov,
                                             clip_norm=a.clip_norm,

@@ -43,23 +43,16 @@ def rss_mb() -> float:
 
 def fake_artifact(path: Path, preset: str) -> Path:
     """An artifact directory with the preset's weight shapes (no TensorFlow)."""
-    import hashlib
-
-    from fedkb.codec import encode_arrays
+    from fedkb.artifact import MODEL_FILE, WEIGHTS_FILE, initial_weights_file, write_artifact
     from fedkb.model.config import PRESETS
     from fedkb.model.weights import initial_weights, weight_specs
 
     cfg = PRESETS[preset]
-    path.mkdir(parents=True, exist_ok=True)
-    files = {"model.tflite": b"dummy", "weights.bin": encode_arrays(initial_weights(cfg))}
-    for name, data in files.items():
-        (path / name).write_bytes(data)
+    specs = weight_specs(cfg)
+    files = {MODEL_FILE: b"dummy", WEIGHTS_FILE: initial_weights_file(specs, initial_weights(cfg))}
     meta = {"preset": preset, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
-            "vocab_size": cfg.vocab_size,
-            "weights": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
-                        for s in weight_specs(cfg)],
-            "files": {n: {"sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}}
-    (path / "metadata.json").write_text(json.dumps(meta))
+            "vocab_size": cfg.vocab_size, "weights": [s.to_json() for s in specs]}
+    write_artifact(path, meta, files)
     return path
 
 

@@ -1,7 +1,8 @@
 """The vocabulary: special tokens first, then the most frequent training-user tokens.
 
 Ids are positions in :attr:`Vocab.words`. The four special tokens have fixed ids
-(``PAD=0, BOS=1, EOS=2, OOV=3``) that the model, the metric and the device rely on.
+(``PAD=0, BOS=1, EOS=2, OOV=3``) that the model, the metric and the device rely on; they
+are the artifact contract's (:mod:`fedkb.artifact`), re-exported here for the datasets.
 On disk it is ``vocab.json``: a JSON list of the words, index = id.
 """
 
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-PAD, BOS, EOS, OOV = 0, 1, 2, 3
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<oov>")
-NUM_SPECIAL = len(SPECIAL_TOKENS)
+from fedkb.artifact import BOS, EOS, NUM_SPECIAL, OOV, PAD, SPECIAL_TOKENS
+
+__all__ = ["BOS", "EOS", "NUM_SPECIAL", "OOV", "PAD", "SPECIAL_TOKENS", "Vocab"]
 
 
 @dataclass(frozen=True)

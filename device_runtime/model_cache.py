@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from fedkb import wire
+from fedkb.artifact import METADATA_FILE, Artifact
 from fedkb.codec import decode_arrays
 from fedkb.device_runtime.client import DeviceClient, Retry
 from fedkb.device_runtime.phone import ModelFiles
@@ -39,17 +39,18 @@ class ModelCache:
         key = (task.artifact_url, task.model_version)
         if key in self._models:
             return self._models[key]
-        from fedkb.device_runtime.artifact import Artifact
         from fedkb.device_runtime.trainer import Trainer
 
         manifest = json.loads(self.client.download(task.artifact_url))
         files = manifest["files"]
-        meta_raw = self._fetch(files["metadata.json"])
+        meta_raw = self._fetch(files[METADATA_FILE])
         meta = json.loads(meta_raw)
         model_rec = files[meta["model_file"]]
         if model_rec["sha256"] not in self._trainers:
             model_bytes = self._fetch(model_rec)
-            artifact = Artifact(Path(task.artifact_url), meta, model_bytes)
+            # only what training needs: the initial weights and vocabulary stay on the server
+            artifact = Artifact.from_files({METADATA_FILE: meta_raw,
+                                            meta["model_file"]: model_bytes}, task.artifact_url)
             self._trainers[model_rec["sha256"]] = (Trainer(artifact),
                                                    len(model_bytes) + len(meta_raw))
         trainer, artifact_bytes = self._trainers[model_rec["sha256"]]

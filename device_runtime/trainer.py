@@ -34,16 +34,10 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from fedkb.device_runtime.artifact import (
-    BOS,
-    OOV,
-    PAD,
-    Artifact,
-    WeightsError,
-    check_weights,
-)
+from fedkb.artifact import BOS, OOV, PAD, Artifact
 from fedkb.device_runtime.batching import batch_plan
 from fedkb.metrics import RecallCounts
+from fedkb.weights import WeightsError, check_weights
 
 __all__ = ["EvalResult", "StepInfo", "TrainResult", "TrainSession", "Trainer", "WeightsError"]
 
@@ -111,8 +105,8 @@ class Trainer:
     def __init__(self, artifact: str | Path | Artifact, num_threads: int | None = 1):
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         self.meta = self.artifact.meta
-        self.infos = self.artifact.weight_infos
-        self.names = [i.name for i in self.infos]
+        self.specs = self.artifact.specs
+        self.names = self.artifact.weight_names
         self.V, self.T, self.B = (self.artifact.vocab_size, self.artifact.seq_len,
                                   self.artifact.batch_size)
         self.infer_batch = int(self.meta["infer_batch"])
@@ -126,7 +120,7 @@ class Trainer:
 
     def set_weights(self, weights: list[np.ndarray] | dict[str, np.ndarray]) -> None:
         """Load weights into the interpreter (validated: count, shape, float32, finite)."""
-        arrays = check_weights(self.infos, weights)
+        arrays = check_weights(self.specs, weights)
         self._runners["set_weights"](**dict(zip(self.names, arrays, strict=True)))
         self._has_weights = True
 
@@ -180,7 +174,7 @@ class Trainer:
             raise ValueError("max_steps must be >= 0")
         data = self._check_windows(windows)
         self.set_weights(weights)
-        start = [np.array(a, copy=True) for a in check_weights(self.infos, weights)]
+        start = [np.array(a, copy=True) for a in check_weights(self.specs, weights)]
         return TrainSession(self, start, data, epochs, max_steps,
                             self.artifact.learning_rate if lr is None else float(lr), seed)
 

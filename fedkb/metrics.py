@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-NUM_SPECIAL = 4  # PAD, BOS, EOS, OOV (fedkb.datasets.vocab)
+from fedkb.artifact import NUM_SPECIAL  # PAD, BOS, EOS, OOV
 
 
 @dataclass

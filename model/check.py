@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkb.device_runtime.artifact import PAD, Artifact
+from fedkb.artifact import BOS, PAD, Artifact
 from fedkb.device_runtime.trainer import Trainer
 from fedkb.model.config import ModelConfig
 from fedkb.model.oplist import op_report
@@ -36,7 +36,7 @@ def synthetic_batches(config: ModelConfig, n: int, seed: int = 0,
     out = []
     for _ in range(n):
         w = rng.integers(4, V, size=(B, T + 1)).astype(np.int32)
-        w[:, 0] = 1  # BOS
+        w[:, 0] = BOS
         lengths = rng.integers(2, T + 2, size=B)
         for r, length in enumerate(lengths):
             w[r, length:] = PAD

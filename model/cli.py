@@ -50,7 +50,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
-    from fedkb.device_runtime.artifact import Artifact, ArtifactError
+    from fedkb.artifact import Artifact, ArtifactError
     from fedkb.model.check import check_artifact, format_report
 
     try:
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     msub.required = True
 
-    e = msub.add_parser("export", help="write model.tflite + metadata.json + weights.bin",
+    e = msub.add_parser("export", help="write model.tflite + metadata.json + weights.safetensors",
                         description="Export the next-word LSTM as a LiteRT artifact with "
                         "train/evaluate/infer/get_weights/set_weights signatures (builtin "
                         "ops only). V comes from the dataset (capped), T from the data.")

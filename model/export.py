@@ -4,10 +4,13 @@ An artifact directory holds::
 
     model.tflite   signatures train / evaluate / infer / get_weights / set_weights
                    (see :mod:`fedkb.model.signatures`), builtin ops only
-    weights.bin    the initial weights (fedkb.codec, pickle-free), deterministic from a seed,
-                   in the canonical order of metadata["weights"]
+    weights.safetensors  the initial weights (safetensors, named, canonical order recorded),
+                   deterministic from a seed
     vocab.json     the model's vocabulary (JSON list, index = id), the dataset's capped at V
     metadata.json  self-description (written last: a directory without it is no artifact)
+
+The layout, file names, format id and special tokens are the contract's
+(:mod:`fedkb.artifact`); everyone reads an artifact with :class:`fedkb.artifact.Artifact`.
 
 The converter may drop variable initial values (TF#98964), so the weights in
 ``model.tflite`` mean nothing: a user of the artifact always calls ``set_weights`` first.
@@ -17,7 +20,6 @@ the op, before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -28,19 +30,23 @@ from typing import Any
 
 import numpy as np
 
+from fedkb.artifact import (
+    MODEL_FILE,
+    SPECIAL_TOKENS,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    initial_weights_file,
+    sha256,
+    write_artifact,
+)
 from fedkb.errors import UserError
 from fedkb.model.config import ModelConfig
 from fedkb.model.oplist import OpReport, op_report
-from fedkb.model.weights import WEIGHTS_FILE, initial_weights, save_weights, weight_specs
+from fedkb.model.weights import initial_weights, weight_specs
 
-FORMAT = "fedkb-model/1"
 # The training graph's revision: same signatures and math, a different (faster) graph.
 # 2: hoisted input projection, one-matmul recurrent gradient, SCATTER_ND embedding grad.
 GRAPH_REVISION = 2
-MODEL_FILE = "model.tflite"
-VOCAB_FILE = "vocab.json"
-METADATA_FILE = "metadata.json"
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<oov>")
 
 
 class FlexOpError(UserError):
@@ -103,10 +109,6 @@ def _signature_io(model_bytes: bytes) -> dict[str, Any]:
     return out
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def export_artifact(config: ModelConfig, vocab: Sequence[str], out: str | Path,
                     seed: int | None = None, data_info: dict[str, Any] | None = None,
                     ) -> ExportResult:
@@ -123,7 +125,7 @@ def export_artifact(config: ModelConfig, vocab: Sequence[str], out: str | Path,
     import tensorflow as tf
 
     t0 = time.perf_counter()
-    if tuple(vocab[:4]) != SPECIAL_TOKENS:
+    if tuple(vocab[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
         raise UserError(f"the vocabulary must start with {SPECIAL_TOKENS}")
     if len(vocab) < config.vocab_size:
         raise UserError(f"the vocabulary has {len(vocab)} words, the model wants "
@@ -135,21 +137,15 @@ def export_artifact(config: ModelConfig, vocab: Sequence[str], out: str | Path,
     ops = require_builtin_only(model_bytes)
     signatures = _signature_io(model_bytes)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METADATA_FILE).unlink(missing_ok=True)  # not an artifact until rewritten
+    specs = weight_specs(config)
     files = {
         MODEL_FILE: model_bytes,
-        WEIGHTS_FILE: save_weights(out / WEIGHTS_FILE, weights),
+        WEIGHTS_FILE: initial_weights_file(specs, weights),
         VOCAB_FILE: json.dumps(list(vocab[: config.vocab_size]),
                                ensure_ascii=False).encode("utf-8"),
     }
-    (out / MODEL_FILE).write_bytes(files[MODEL_FILE])
-    (out / VOCAB_FILE).write_bytes(files[VOCAB_FILE])
     seconds = time.perf_counter() - t0
-    specs = weight_specs(config)
     meta = {
-        "format": FORMAT,
         "graph_revision": GRAPH_REVISION,
         "preset": config.name,
         "config": config.to_dict(),
@@ -162,20 +158,19 @@ def export_artifact(config: ModelConfig, vocab: Sequence[str], out: str | Path,
         "seed": seed,
         "special_tokens": {name: i for i, name in enumerate(SPECIAL_TOKENS)},
         "vocab": {"file": VOCAB_FILE, "size": config.vocab_size,
-                  "sha256": _sha256(files[VOCAB_FILE])},
-        "model_file": MODEL_FILE,
-        "weights_file": WEIGHTS_FILE,
-        "weights": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in specs],
+                  "sha256": sha256(files[VOCAB_FILE])},
+        "weights": [s.to_json() for s in specs],
         "signatures": signatures,
         "ops": ops.counts,
         "builtin_only": ops.builtin_only,
-        "files": {name: {"sha256": _sha256(b), "bytes": len(b)} for name, b in files.items()},
         "data": data_info or {},
         "export_seconds": round(seconds, 3),
         "tensorflow_version": tf.__version__,
     }
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    return ExportResult(out, config, meta["num_params"], ops,
+    out = Path(out)
+    (out / "weights.bin").unlink(missing_ok=True)  # the initial weights of format 1
+    art = write_artifact(out, meta, files)
+    return ExportResult(out, config, int(art.meta["num_params"]), ops,
                         {n: len(b) for n, b in files.items()}, seconds)
 
 

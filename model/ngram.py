@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedkb.metrics import NUM_SPECIAL, RecallCounts
-
-PAD = 0
+from fedkb.artifact import NUM_SPECIAL, PAD
+from fedkb.metrics import RecallCounts
 
 
 def _discount(counts: np.ndarray) -> float:

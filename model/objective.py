@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-NUM_SPECIAL = 4  # PAD, BOS, EOS, OOV are ids 0..3 (fedkb.datasets.vocab)
+from fedkb.artifact import NUM_SPECIAL  # PAD, BOS, EOS, OOV are ids 0..3
+
 NEG = -1e9
 
 

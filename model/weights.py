@@ -1,8 +1,9 @@
 """The model's weights as plain NumPy: their order, names, shapes and initial values.
 
 The order defined here is *the* order everywhere: the ``set_weights`` inputs and
-``get_weights`` outputs of the LiteRT artifact, ``weights.bin``, server checkpoints and
-device updates. This module imports NumPy and the codec only (no TensorFlow).
+``get_weights`` outputs of the LiteRT artifact, ``weights.safetensors``, server
+checkpoints and device updates. Each weight is a :class:`fedkb.weights.WeightSpec` (the
+contract's one spec). This module imports NumPy and the contract only (no TensorFlow).
 
 Initial values are drawn with NumPy from a seed, so they are the same on every machine
 and do not depend on TensorFlow's initializers: tied embedding U(-0.1, 0.1), input
@@ -13,28 +14,10 @@ starts near 0.73 as well).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from fedkb.codec import decode_arrays, encode_arrays
 from fedkb.model.config import ModelConfig
-
-WEIGHTS_FILE = "weights.bin"
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """One weight tensor: its name (a valid identifier, used as a signature key) and shape."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+from fedkb.weights import WeightSpec
 
 
 def num_gates(config: ModelConfig) -> int:
@@ -100,14 +83,3 @@ def initial_weights(config: ModelConfig, seed: int | None = None) -> list[np.nda
             w = np.zeros(spec.shape)
         values[spec.name] = w.astype(np.float32)
     return [values[s.name] for s in weight_specs(config)]
-
-
-def save_weights(path: str | Path, weights: list[np.ndarray]) -> bytes:
-    """Write weights with the pickle-free codec; returns the bytes written."""
-    data = encode_arrays(weights)
-    Path(path).write_bytes(data)
-    return data
-
-
-def load_weights(path: str | Path) -> list[np.ndarray]:
-    return decode_arrays(Path(path).read_bytes())

@@ -10,7 +10,7 @@ One concept per module:
   eligibility and pace steering.
 - :mod:`~fedkb.server.strategy` FedAvg / FedAvgM / FedAdam behind one interface;
   :mod:`~fedkb.server.aggregate` streaming weighted mean, clipping, validation.
-- :mod:`~fedkb.server.checkpoints`, :mod:`~fedkb.server.artifact`, :mod:`~fedkb.server.db`,
+- :mod:`~fedkb.server.checkpoints` (safetensors), :mod:`~fedkb.server.db`,
   :mod:`~fedkb.server.devices` state on disk; :mod:`~fedkb.server.auth` tokens.
 - :mod:`~fedkb.server.errors` named errors -> JSON; :mod:`~fedkb.server.http` parsing;
   ``api_devices``, ``api_models``, ``api_status``, ``api_admin`` the blueprints;

@@ -7,54 +7,24 @@ model-sized accumulator per open round, never the list of participants' updates
 (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
 Decentralized Data", for the weighted mean; Bonawitz et al. 2019 for streaming).
 
-Validation of an update against the model's weight specs lives here too: it is the
-precondition of every fold.
+The precondition of every fold, an update that fits the model's weight specs, is checked
+before: :func:`fedkb.weights.check_weights` (called by :mod:`fedkb.server.uploads`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from fedkb.weights import WeightSpec
+
 Arrays = list[np.ndarray]
 
 
-@dataclass(frozen=True)
-class Spec:
-    """Shape and dtype of one weight tensor (from the artifact's metadata.json)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-
-class UpdateError(ValueError):
-    """An update that does not fit the model. ``reason`` is a stable code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 # --- pure functions --------------------------------------------------------------------
-
-
-def validate_update(arrays: Sequence[np.ndarray], specs: Sequence[Spec]) -> None:
-    """Raise :class:`UpdateError` unless ``arrays`` match ``specs`` and are all finite."""
-    if len(arrays) != len(specs):
-        raise UpdateError("bad_shape", f"expected {len(specs)} arrays, got {len(arrays)}")
-    for a, s in zip(arrays, specs, strict=True):
-        if a.dtype != np.dtype(s.dtype):
-            raise UpdateError("bad_dtype", f"{s.name}: dtype {a.dtype}, expected {s.dtype}")
-        if tuple(a.shape) != s.shape:
-            raise UpdateError("bad_shape", f"{s.name}: shape {tuple(a.shape)}, expected {s.shape}")
-    for a, s in zip(arrays, specs, strict=True):
-        if not np.isfinite(a).all():
-            raise UpdateError("non_finite", f"{s.name}: contains NaN or Inf")
 
 
 def global_norm(arrays: Sequence[np.ndarray]) -> float:
@@ -71,7 +41,7 @@ def clip_by_global_norm(arrays: Sequence[np.ndarray], max_norm: float) -> tuple[
     return [a * scale for a in arrays], norm
 
 
-def zeros_like_specs(specs: Sequence[Spec], dtype: type = np.float64) -> Arrays:
+def zeros_like_specs(specs: Sequence[WeightSpec], dtype: type = np.float64) -> Arrays:
     return [np.zeros(s.shape, dtype=dtype) for s in specs]
 
 
@@ -112,7 +82,7 @@ class Aggregator(Protocol):
 class WeightedMean:
     """Σ wᵢ Δᵢ / Σ wᵢ, folded as updates arrive: memory is one float64 model."""
 
-    def __init__(self, specs: Sequence[Spec]) -> None:
+    def __init__(self, specs: Sequence[WeightSpec]) -> None:
         self._specs = list(specs)
         self._sum: Arrays | None = None
         self._weight = 0.0
@@ -166,7 +136,7 @@ class Clipped:
         return self.inner.total_weight
 
 
-def mean_factory(specs: Sequence[Spec], clip_norm: float | None = None) -> Aggregator:
+def mean_factory(specs: Sequence[WeightSpec], clip_norm: float | None = None) -> Aggregator:
     """A weighted mean, wrapped in clipping when ``clip_norm`` is set."""
     agg: Aggregator = WeightedMean(specs)
     return Clipped(agg, clip_norm) if clip_norm is not None else agg

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from fedkb.artifact import ArtifactError
 from fedkb.server.app import server_state
-from fedkb.server.artifact import ArtifactError
 from fedkb.server.auth import check_admin
 from fedkb.server.config import ConfigError
 from fedkb.server.errors import BadRequest, Unprocessable

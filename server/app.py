@@ -5,8 +5,9 @@ No module globals: everything a request needs hangs off ``app.extensions["fedkb"
 injectable clock for tests). The state directory holds::
 
     fedkb.db        SQLite (devices, rounds, tasks, models, metrics, settings), WAL mode
-    artifact/       the published model artifact (copied, hash-checked)
-    checkpoints/    v000000.fkb, v000001.fkb, ... (global weights + optimizer state)
+    artifact/       the published model artifact (copied byte for byte, hash-checked)
+    checkpoints/    v000000.safetensors, v000001.safetensors, ... (global weights +
+                    optimizer state) and latest.safetensors, the newest committed one
     admin_token     only when neither the config nor $FEDKB_ADMIN_TOKEN gives one
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from flask import Flask, Request, current_app, g, request
 
-from fedkb.server.artifact import ArtifactError, ModelArtifact
+from fedkb.artifact import METADATA_FILE, Artifact, ArtifactError
 from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token
 from fedkb.server.checkpoints import CheckpointStore
 from fedkb.server.config import RoundConfig, ServerConfig, round_config_from_dict
@@ -74,7 +75,7 @@ class ServerState:
         if self.config.max_upload_bytes is not None:
             return self.config.max_upload_bytes
         art = self.loop.artifact
-        return (art.model_bytes if art else 0) + UPLOAD_SLACK
+        return (art.update_bytes if art else 0) + UPLOAD_SLACK
 
     def authenticate(self, req: Request) -> str:
         """The id of the device that sent ``req`` (401 if no valid token)."""
@@ -84,17 +85,17 @@ class ServerState:
 
     def publish(self, source: Path) -> int:
         """Publish an exported artifact as version 0 (refused once a model exists)."""
-        art = ModelArtifact.load(source)
+        art = Artifact.load(source)
         with self.loop.lock:
             if self.loop.artifact is not None:
                 raise Conflict("a model is already published on this server", "model_exists")
-            copied = art.copy_to(self.state_dir / ARTIFACT_DIR)
+            copied = art.save(self.state_dir / ARTIFACT_DIR)
             self._attach(copied)
             assert self.loop.model is not None
             return self.loop.model.version
 
-    def _attach(self, art: ModelArtifact) -> None:
-        store = CheckpointStore(self.state_dir / CHECKPOINT_DIR, self.db, len(art.specs))
+    def _attach(self, art: Artifact) -> None:
+        store = CheckpointStore(self.state_dir / CHECKPOINT_DIR, self.db, art.specs)
         self.loop.attach(art, store)
 
     def set_round_config(self, changes: dict[str, Any]) -> RoundConfig:
@@ -146,20 +147,16 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
                         loop, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR
-    if (served / "metadata.json").is_file():
-        art = ModelArtifact.load(served)
-        if config.model is not None and _fingerprint(ModelArtifact.load(config.model)) \
-                != _fingerprint(art):
+    if (served / METADATA_FILE).is_file():
+        art = Artifact.load(served)
+        if config.model is not None and Artifact.load(config.model).fingerprint \
+                != art.fingerprint:
             raise ArtifactError(f"{state_dir} already serves another model; use a fresh "
                                 f"--state-dir to publish {config.model}")
         state._attach(art)
     elif config.model is not None:
         state.publish(config.model)
     return state
-
-
-def _fingerprint(art: ModelArtifact) -> dict[str, str]:
-    return {name: f.sha256 for name, f in art.files.items()}
 
 
 def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -48,6 +51,7 @@ class Database:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._after: list[Callable[[], None]] = []  # run once the open transaction commits
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -67,9 +71,28 @@ class Database:
             try:
                 yield self._conn
             except BaseException:
+                self._after.clear()
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            after, self._after = self._after, []
+            for fn in after:
+                try:
+                    fn()
+                except Exception:  # the commit stands; the follow-up is logged
+                    log.exception("after-commit action failed")
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the open :meth:`transaction` commits (dropped on rollback).
+
+        Outside a transaction ``fn`` runs at once. Used for files that must only ever name
+        committed rows (``checkpoints/latest.safetensors``).
+        """
+        with self._lock:
+            if self._conn.in_transaction:
+                self._after.append(fn)
+                return
+        fn()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._lock:

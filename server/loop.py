@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from fedkb.artifact import Artifact as ModelArtifact
 from fedkb.codec import CodecError
-from fedkb.server.artifact import ModelArtifact
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
 from fedkb.server.config import RoundConfig
 from fedkb.server.db import Database, row_dict

@@ -7,7 +7,9 @@
 
 ``--server`` posts to ``/v1/predict``; ``--model`` loads an exported artifact with the
 LiteRT interpreter in this process (no TensorFlow), with the artifact's initial weights
-or ``--weights`` (a weights file as served by ``/v1/models/<v>/weights``). Text ending
+or ``--weights``: a ``.safetensors`` file such as the server's
+``STATE_DIR/checkpoints/latest.safetensors`` (its ``state.*`` tensors are ignored), or a
+weights file as served by ``/v1/models/<v>/weights`` (fedkb codec). Text ending
 in a space asks for the next word; text ending inside a word asks for completions of
 it. ``--json`` prints the endpoint's JSON; otherwise one line of suggestions, each with
 its model probability (or ``freq`` when it was ranked by corpus frequency).
@@ -31,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--server", help="server URL, e.g. http://127.0.0.1:8000")
     where.add_argument("--model", type=Path, help="exported artifact directory (LiteRT)")
     p.add_argument("--weights", type=Path, default=None,
-                   help="with --model: weights file (fedkb codec) instead of the initial ones")
+                   help="with --model: weights instead of the initial ones (.safetensors, "
+                   "e.g. a server checkpoint, or a /v1/models/<v>/weights download)")
     p.add_argument("-k", type=int, default=3, help="number of suggestions (1..10, default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -56,17 +59,31 @@ def _from_server(url: str, text: str, k: int) -> dict[str, Any]:
     return body
 
 
+def _read_weights(path: Path) -> list[Any] | dict[str, Any]:
+    """Weights from a safetensors file (by name) or a codec file (in order)."""
+    from fedkb.codec import decode_arrays
+    from fedkb.server.checkpoints import STATE_PREFIX
+    from fedkb.tensorfile import decode_tensors
+
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        tensors, _ = decode_tensors(data)
+        return {k: v for k, v in tensors.items() if not k.startswith(STATE_PREFIX)}
+    return decode_arrays(data)
+
+
 def _local(model: Path, weights: Path | None, text: str, k: int) -> dict[str, Any]:
-    from fedkb.codec import CodecError, decode_arrays
-    from fedkb.device_runtime.artifact import ArtifactError, WeightsError
+    from fedkb.artifact import ArtifactError
+    from fedkb.codec import CodecError
     from fedkb.server.config import PredictConfig
     from fedkb.server.errors import ApiError
     from fedkb.server.predictor import Engine, check_request
+    from fedkb.weights import WeightsError
 
     cfg = PredictConfig(interpreters=1)
     try:
         check_request(text, k, cfg)
-        w = decode_arrays(weights.read_bytes()) if weights is not None else None
+        w = _read_weights(weights) if weights is not None else None
         engine = Engine.from_dir(model, w, cfg)
     except ApiError as exc:
         raise UserError(exc.message) from exc

@@ -20,7 +20,6 @@ No TensorFlow anywhere: LiteRT (``ai_edge_litert``), NumPy and the tokenizer.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import queue
 import threading
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fedkb.device_runtime.artifact import Artifact
+from fedkb.artifact import Artifact, ArtifactError
 from fedkb.device_runtime.trainer import Trainer
 from fedkb.server.config import PredictConfig
 from fedkb.server.errors import ApiError, BadRequest
@@ -132,23 +131,12 @@ class Engine:
                           query.partial)
 
 
-def served_engine_parts(artifact: Any) -> tuple[Artifact, list[str]]:
-    """The device-runtime :class:`Artifact` and vocabulary of a server ``ModelArtifact``."""
-    meta = artifact.meta
-    try:
-        model = artifact.files[meta["model_file"]].data
-        vocab = json.loads(artifact.files[meta["vocab"]["file"]].data.decode("utf-8"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelUnavailable(f"the published artifact cannot serve predictions: "
-                               f"no model file or vocabulary ({exc})") from exc
-    return Artifact(Path(artifact.path), meta, model), list(vocab)
-
-
 class LivePredictor:
     """Predictions from the round loop's latest committed model, switched in the background.
 
-    ``loop`` is the server's :class:`~fedkb.server.loop.RoundLoop` (``artifact``,
-    ``model.version`` and ``weights(version)`` are all it uses).
+    ``loop`` is the server's :class:`~fedkb.server.loop.RoundLoop` (``artifact``, the
+    published :class:`~fedkb.artifact.Artifact`, ``model.version`` and ``weights(version)``
+    are all it uses).
     """
 
     def __init__(self, loop: Any, cfg: PredictConfig | None = None,
@@ -156,7 +144,7 @@ class LivePredictor:
         self.loop, self.cfg = loop, cfg or PredictConfig()
         self.on_switch = on_switch
         self._engine: Engine | None = None
-        self._parts: tuple[Artifact, list[str]] | None = None
+        self._vocab: list[str] | None = None
         self._first = threading.Lock()  # held while the first engine is built
         self._reloading = threading.Lock()  # held by the background switcher
         self._failed: set[int] = set()
@@ -170,11 +158,16 @@ class LivePredictor:
         return int(model.version)
 
     def _build(self, version: int) -> Engine:
-        if self._parts is None:
-            self._parts = served_engine_parts(self.loop.artifact)
-        art, vocab = self._parts
+        art: Artifact = self.loop.artifact
+        if self._vocab is None:
+            try:
+                self._vocab = art.vocab()
+            except ArtifactError as exc:
+                raise ModelUnavailable(f"the published artifact cannot serve predictions: "
+                                       f"no vocabulary ({exc})") from exc
         t0 = time.perf_counter()
-        engine = Engine.build(art, vocab, self.loop.weights(version).weights, version, self.cfg)
+        engine = Engine.build(art, self._vocab, self.loop.weights(version).weights, version,
+                              self.cfg)
         log.info("prediction engine for model version %d ready in %.0f ms", version,
                  1e3 * (time.perf_counter() - t0))
         return engine

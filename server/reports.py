@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedkb.server.artifact import ModelArtifact
+from fedkb.artifact import Artifact as ModelArtifact
 from fedkb.server.db import Database, row_dict
 from fedkb.server.errors import ApiError, Conflict, Forbidden, NotFound
 from fedkb.server.metrics import ServerMetrics

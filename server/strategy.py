@@ -34,8 +34,9 @@ from typing import Protocol
 
 import numpy as np
 
-from fedkb.server.aggregate import Aggregator, Arrays, Spec, mean_factory
+from fedkb.server.aggregate import Aggregator, Arrays, mean_factory
 from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.weights import WeightSpec as Spec
 from fedkb.wire import Plan
 
 # --- pure optimizer steps --------------------------------------------------------------

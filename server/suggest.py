@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedkb.artifact import BOS, NUM_SPECIAL, OOV
 from fedkb.datasets.tokenize import PUNCTUATION, SENTENCE_END, normalize, tokens
-from fedkb.datasets.vocab import BOS, NUM_SPECIAL, OOV
 
 _PARTIAL = re.compile(r"[a-z0-9\u00e0-\u024f']+$")
 _WORDLIKE = re.compile(r"[a-z0-9\u00e0-\u024f]")

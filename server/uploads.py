@@ -3,6 +3,12 @@
 Pure functions of the request body and the task (no locks, no database writes), so the
 round loop runs them outside its lock. Each refusal is a named :class:`ApiError` whose
 ``code`` is also the reason the round counts it under.
+
+An upload is on the wire, not at rest: it keeps its framing (``FKBU`` + JSON metadata +
+:mod:`fedkb.codec` arrays, :func:`fedkb.wire.split_upload`). Its arrays pass the
+contract's one gate, :func:`fedkb.weights.check_weights`, whose reason codes map to the
+API's error codes by :data:`UPDATE_ERROR_CODES` (the codes devices see are unchanged:
+a wrong number of arrays has always been ``bad_shape``).
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fedkb.codec import CodecError, decode_arrays
-from fedkb.server.aggregate import Spec, UpdateError, validate_update
 from fedkb.server.errors import BadRequest, NotFound, Unprocessable
+from fedkb.weights import WeightsError, WeightSpec, check_weights
 from fedkb.wire import UploadMetadata, WireError, split_upload
+
+# check_weights reason -> the API error code (and the round's refusal reason)
+UPDATE_ERROR_CODES = {"bad_count": "bad_shape", "bad_name": "bad_shape",
+                      "not_array": "bad_dtype", "bad_dtype": "bad_dtype",
+                      "bad_shape": "bad_shape", "non_finite": "non_finite"}
 
 
 def upload_fingerprint(body: bytes) -> str:
@@ -33,7 +44,8 @@ def upload_fingerprint(body: bytes) -> str:
     return h.hexdigest()
 
 
-def parse_upload(body: bytes, task_id: str, round_id: int, kind: str, specs: Sequence[Spec],
+def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
+                 specs: Sequence[WeightSpec],
                  round_exists: Callable[[int], bool]) -> tuple[UploadMetadata, list[np.ndarray]]:
     """The metadata and update arrays of ``body`` for task ``task_id``, or a named error.
 
@@ -64,7 +76,7 @@ def parse_upload(body: bytes, task_id: str, round_id: int, kind: str, specs: Seq
     except CodecError as exc:
         raise BadRequest(f"update bytes: {exc}", "malformed_upload") from exc
     try:
-        validate_update(arrays, specs)
-    except UpdateError as exc:
-        raise Unprocessable(str(exc), exc.reason) from exc
+        arrays = check_weights(specs, arrays)
+    except WeightsError as exc:
+        raise Unprocessable(str(exc), UPDATE_ERROR_CODES[exc.reason]) from exc
     return meta, arrays

@@ -33,18 +33,20 @@ def ensure_artifact(data_dir: Path, preset: str, out: Path) -> Path:
     """Export ``preset`` for ``data_dir`` into ``out`` unless an identical export is there.
 
     "Identical" means the same preset fitted to this dataset (every hyperparameter, V and
-    T included), the same vocabulary file and the exporter's current graph revision, so a
-    changed preset, re-prepared data or an export by older code is exported again.
+    T included), the same vocabulary file, the current artifact format and the exporter's
+    current graph revision, so a changed preset, re-prepared data or an export by older
+    code is exported again.
     """
+    from fedkb.artifact import ARTIFACT_FORMAT, METADATA_FILE
     from fedkb.model.config import get_preset
     from fedkb.model.export import GRAPH_REVISION
 
     ds = Dataset.open(data_dir)
     cfg = get_preset(preset).fit_to_data(len(ds.vocab), ds.seq_len)
-    meta_file = out / "metadata.json"
+    meta_file = out / METADATA_FILE
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("config") == cfg.to_dict() and \
+        if meta.get("format") == ARTIFACT_FORMAT and meta.get("config") == cfg.to_dict() and \
                 meta.get("graph_revision") == GRAPH_REVISION and \
                 meta.get("data", {}).get("vocab_sha256") == ds.vocab.sha256:
             return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import select
 import signal
@@ -16,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from fedkb.codec import encode_arrays
+from fedkb.artifact import MODEL_FILE, WEIGHTS_FILE, initial_weights_file
+from fedkb.artifact import write_artifact as write_artifact_files
 from fedkb.server.app import create_app
 from fedkb.server.config import RoundConfig, ServerConfig, StrategyConfig
+from fedkb.weights import WeightSpec
 from fedkb.wire import UPLOAD_CONTENT_TYPE, UploadMetadata, encode_upload
 
 SPECS = [("embedding", (6, 3)), ("rnn_kernel", (3, 4)), ("output_bias", (6,))]
@@ -32,18 +32,16 @@ def initial_weights() -> list[np.ndarray]:
 
 
 def write_artifact(path: Path, weights: list[np.ndarray] | None = None) -> Path:
-    """A fake exported artifact: metadata.json + weights.bin + dummy model.tflite."""
-    path.mkdir(parents=True, exist_ok=True)
-    files = {"model.tflite": b"TFL3-dummy-model", "weights.bin": encode_arrays(
-        weights if weights is not None else initial_weights())}
-    for name, data in files.items():
-        (path / name).write_bytes(data)
-    meta = {"format": "fedkb-model/1", "preset": "fake", "batch_size": 4, "seq_len": 5,
-            "vocab_size": 6,
-            "weights": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in SPECS],
-            "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                      for n, d in files.items()}}
-    (path / "metadata.json").write_text(json.dumps(meta))
+    """A fake exported artifact: metadata.json + weights.safetensors + dummy model.tflite.
+
+    No vocabulary: it cannot serve predictions (nor could its model.tflite).
+    """
+    specs = [WeightSpec(n, s) for n, s in SPECS]
+    files = {MODEL_FILE: b"TFL3-dummy-model", WEIGHTS_FILE: initial_weights_file(
+        specs, weights if weights is not None else initial_weights())}
+    meta = {"preset": "fake", "batch_size": 4, "seq_len": 5, "vocab_size": 6,
+            "weights": [s.to_json() for s in specs]}
+    write_artifact_files(path, meta, files)
     return path
 
 

@@ -8,14 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from fedkb.artifact import ARTIFACT_FORMAT, WEIGHTS_FILE, initial_weights_file
 from fedkb.model.config import PRESETS, ModelConfig, get_preset
-from fedkb.model.weights import (
-    initial_weights,
-    load_weights,
-    num_params,
-    save_weights,
-    weight_specs,
-)
+from fedkb.model.weights import initial_weights, num_params, weight_specs
+from fedkb.tensorfile import decode_weights
 
 SIGNATURES = {"train", "evaluate", "infer", "get_weights", "set_weights"}
 
@@ -46,17 +42,21 @@ def test_initial_weights_deterministic_and_file_round_trip(tmp_path):
     assert not np.array_equal(a[0], initial_weights(cfg, seed=4)[0])
     assert [w.shape for w in a] == [s.shape for s in weight_specs(cfg)]
     assert all(w.dtype == np.float32 for w in a)
-    save_weights(tmp_path / "w.bin", a)
-    back = load_weights(tmp_path / "w.bin")
+    data = initial_weights_file(weight_specs(cfg), a)
+    back, extra, meta = decode_weights(weight_specs(cfg), data)
     assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, back, strict=True))
-    assert b"pickle" not in (tmp_path / "w.bin").read_bytes()[:64]
+    assert extra == {} and meta["format"] == ARTIFACT_FORMAT
+    assert json.loads(meta["weights"]) == [s.name for s in weight_specs(cfg)]
+    n = int.from_bytes(data[:8], "little")  # safetensors: a JSON header, then raw data
+    assert json.loads(data[8 : 8 + n])["embedding"]["dtype"] == "F32"
 
 
 def test_artifact_files_and_metadata(tiny_artifact, tiny_data):
     meta = json.loads((tiny_artifact / "metadata.json").read_text())
     data_meta = json.loads((tiny_data / "metadata.json").read_text())
     data_vocab = json.loads((tiny_data / "vocab.json").read_text())
-    assert meta["format"] == "fedkb-model/1" and meta["preset"] == "tiny"
+    assert meta["format"] == "fedkb-model/2" and meta["preset"] == "tiny"
+    assert meta["weights_file"] == "weights.safetensors"
     assert meta["vocab_size"] == min(len(data_vocab), PRESETS["tiny"].vocab_size)
     assert meta["seq_len"] == data_meta["seq_len"] == meta["data"]["seq_len"]
     assert meta["special_tokens"] == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<oov>": 3}
@@ -78,10 +78,12 @@ def test_artifact_files_and_metadata(tiny_artifact, tiny_data):
     train_in = {i["name"]: i for i in meta["signatures"]["train"]["inputs"]}
     assert train_in["x"]["shape"] == [meta["batch_size"], meta["seq_len"]]
     assert train_in["lr"]["shape"] == []
-    # the initial weights file is the seeded initial weights
-    w = load_weights(tiny_artifact / "weights.bin")
-    assert all(np.array_equal(a, b) for a, b in
-               zip(w, initial_weights(cfg, meta["seed"]), strict=True))
+    # the initial weights file is the seeded initial weights, readable by plain safetensors
+    from safetensors.numpy import load_file
+
+    w = load_file(tiny_artifact / WEIGHTS_FILE)
+    assert all(np.array_equal(w[s.name], b) for s, b in
+               zip(weight_specs(cfg), initial_weights(cfg, meta["seed"]), strict=True))
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from fedkb.artifact import Artifact
 from fedkb.datasets.store import Dataset, windows_to_xy
-from fedkb.device_runtime.artifact import Artifact
 from fedkb.device_runtime.trainer import Trainer
 from fedkb.metrics import recall_from_scores
 from fedkb.model.config import ModelConfig

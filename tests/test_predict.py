@@ -243,6 +243,21 @@ def test_cli_predict_local_model(tiny_artifact, tmp_path, capsys):
     assert all(s["word"].startswith("s") for s in body["suggestions"])
     assert main(["predict", "the ", "--model", str(tiny_artifact)]) == 0
     assert capsys.readouterr().out.startswith("local model: ")
+    # a safetensors weights file (a server checkpoint's layout: state.* ignored) works too
+    from fedkb.artifact import Artifact
+    from fedkb.server.checkpoints import encode_checkpoint
+    from fedkb.tensorfile import encode_tensors
+
+    art = Artifact.load(tiny_artifact)
+    ckpt = tmp_path / "v000003.safetensors"
+    ckpt.write_bytes(encode_checkpoint(art.specs, 3, art.initial_weights(), [np.ones(2)]))
+    outs = []
+    for extra in ([], ["--weights", str(ckpt)]):
+        assert main(["predict", "the ", "--model", str(tiny_artifact), "--json", *extra]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0] == outs[1] and outs[0]["suggestions"]
+    ckpt.write_bytes(encode_tensors({s.name: np.zeros(1, np.float32) for s in art.specs}))
+    assert main(["predict", "the ", "--model", str(tiny_artifact), "--weights", str(ckpt)]) == 2
     assert main(["predict", "the ", "--model", str(tiny_artifact), "-k", "11"]) == 2
     assert main(["predict", "the ", "--model", str(tmp_path / "nothing")]) == 2
     assert main(["predict", "the ", "--server", "http://127.0.0.1:9", "--weights", "x"]) == 2

@@ -8,13 +8,10 @@ import pytest
 from fedkb.server.aggregate import (
     Clipped,
     ScalarMeans,
-    Spec,
-    UpdateError,
     WeightedMean,
     clip_by_global_norm,
     global_norm,
     mean_factory,
-    validate_update,
 )
 from fedkb.server.config import (
     ClientConfig,
@@ -31,8 +28,10 @@ from fedkb.server.strategy import (
     make_strategy,
     scheduled_lr,
 )
+from fedkb.server.uploads import UPDATE_ERROR_CODES
+from fedkb.weights import WeightsError, WeightSpec, check_weights
 
-SPECS = [Spec("a", (2,)), Spec("b", (1, 2))]
+SPECS = [WeightSpec("a", (2,)), WeightSpec("b", (1, 2))]
 
 
 def arr(*values: list[float]) -> list[np.ndarray]:
@@ -92,10 +91,11 @@ def test_scalar_means_are_weighted():
     (arr([1, np.nan], [3, 4]), "non_finite"),
     (arr([1, 2], [np.inf, 4]), "non_finite"),
 ])
-def test_validate_update_names_the_reason(update, reason):
-    with pytest.raises(UpdateError) as e:
-        validate_update(update, SPECS)
-    assert e.value.reason == reason
+def test_an_update_that_does_not_fit_gets_its_api_code(update, reason):
+    """The contract's check names the reason; the server's API code for it is unchanged."""
+    with pytest.raises(WeightsError) as e:
+        check_weights(SPECS, update)
+    assert UPDATE_ERROR_CODES[e.value.reason] == reason
 
 
 def test_fedavg_adds_server_lr_times_mean_delta():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from server_support import FakeClock, harness, initial_weights, make_config, write_artifact
 
+from fedkb.artifact import Artifact, ArtifactError
 from fedkb.codec import decode_arrays
 from fedkb.errors import UserError
 from fedkb.server.app import create_app
-from fedkb.server.artifact import ArtifactError, ModelArtifact
 from fedkb.server.config import StrategyConfig
 
 
@@ -64,7 +64,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
     h = harness(tmp_path, pipeline=False)
     run_round(h)
     run_round(h)
-    path = tmp_path / "state" / "checkpoints" / "v000002.fkb"
+    path = tmp_path / "state" / "checkpoints" / "v000002.safetensors"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -77,10 +77,90 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert h2.status()["model_version"] == 3  # versions never reused
 
 
+def test_checkpoint_round_trips_through_safetensors_with_its_digest(tmp_path):
+    """A checkpoint is plain safetensors: the weights by name, the optimizer state as
+    state.i, string metadata; its SHA-256 is the one in its models row."""
+    from safetensors.numpy import load_file
+
+    from fedkb.server.checkpoints import decode_checkpoint, encode_checkpoint, sha256
+    from fedkb.tensorfile import read_metadata
+
+    h = harness(tmp_path, strategy=StrategyConfig(name="fedavgm", momentum=0.5),
+                pipeline=False)
+    run_round(h)
+    path = tmp_path / "state" / "checkpoints" / "v000001.safetensors"
+    row = h.state.db.one("SELECT file, sha256 FROM models WHERE version = 1")
+    assert row["file"] == path.name and row["sha256"] == sha256(path.read_bytes())
+    specs = h.state.loop.artifact.specs
+    tensors = load_file(path)
+    assert set(tensors) == {s.name for s in specs} | {"state.0", "state.1", "state.2"}
+    for s, w in zip(specs, h.global_weights(), strict=True):
+        np.testing.assert_array_equal(tensors[s.name], w)
+    meta = read_metadata(path.read_bytes())
+    assert (meta["format"], meta["model_version"], meta["state_tensors"]) == (
+        "fedkb-checkpoint/1", "1", "3")
+    assert json.loads(meta["weights"]) == [s.name for s in specs]
+    weights, state = decode_checkpoint(specs, path.read_bytes())
+    assert len(state) == 3 and np.array_equal(state[0], tensors["state.0"])
+    again = encode_checkpoint(specs, 1, weights, state)
+    assert sha256(again) == row["sha256"]  # deterministic bytes: same digest
+
+
+def test_a_corrupted_checkpoint_is_skipped_and_latest_follows(tmp_path):
+    h = harness(tmp_path, pipeline=False)
+    run_round(h)
+    run_round(h)
+    ckpt = tmp_path / "state" / "checkpoints"
+    assert (ckpt / "latest.safetensors").resolve() == (ckpt / "v000002.safetensors")
+    data = bytearray((ckpt / "v000002.safetensors").read_bytes())
+    data[-1] ^= 0x01  # a bit flip in the last weight: still decodes, fails its digest
+    (ckpt / "v000002.safetensors").write_bytes(bytes(data))
+    h2 = restart(tmp_path, h, pipeline=False)
+    assert (h2.status()["model_version"], h2.status()["damaged_versions"]) == (1, [2])
+    assert (ckpt / "latest.safetensors").resolve() == (ckpt / "v000001.safetensors")
+
+
+def test_load_the_global_model_in_three_lines(tmp_path):
+    """The README's snippet, on a real server state directory."""
+    h = harness(tmp_path, pipeline=False)
+    run_round(h, value=0.25)
+    run_round(h, value=0.5)
+    state_dir = tmp_path / "state"
+
+    from safetensors.numpy import load_file
+    tensors = load_file(state_dir / "checkpoints" / "latest.safetensors")
+    weights = {k: v for k, v in tensors.items() if not k.startswith("state.")}
+
+    assert h.status()["model_version"] == 2
+    names = h.state.loop.artifact.weight_names
+    assert list(weights) == sorted(names)
+    for name, w in zip(names, h.global_weights(), strict=True):
+        np.testing.assert_array_equal(weights[name], w)
+    np.testing.assert_allclose(weights[names[0]], initial_weights()[0] + 0.75)
+
+
+def test_latest_names_only_committed_versions(tmp_path):
+    """The after-commit hook behind latest.safetensors: dropped when the transaction rolls
+    back, run once it commits, at once outside a transaction."""
+    from fedkb.server.db import Database
+
+    ran: list[str] = []
+    db = Database(tmp_path / "x.db")
+    with pytest.raises(RuntimeError), db.transaction():
+        db.after_commit(lambda: ran.append("rolled back"))
+        raise RuntimeError
+    with db.transaction():
+        db.after_commit(lambda: ran.append("committed"))
+        assert ran == []
+    db.after_commit(lambda: ran.append("now"))
+    db.close()
+    assert ran == ["committed", "now"]
+
+
 def test_missing_checkpoint_file_falls_back(tmp_path):
     h = harness(tmp_path, pipeline=False)
     run_round(h)
-    (tmp_path / "state" / "checkpoints" / "v000001.fkb").unlink()
+    (tmp_path / "state" / "checkpoints" / "v000001.safetensors").unlink()
     assert restart(tmp_path, h).status()["model_version"] == 0
 
 
@@ -88,7 +168,8 @@ def test_checkpoint_file_without_its_row_is_ignored(tmp_path):
     h = harness(tmp_path, pipeline=False)
     run_round(h)
     ckpt = tmp_path / "state" / "checkpoints"
-    (ckpt / "v000002.fkb").write_bytes((ckpt / "v000001.fkb").read_bytes())  # crash mid-commit
+    # a crash mid-commit: the file of version 2 is there, its row is not
+    (ckpt / "v000002.safetensors").write_bytes((ckpt / "v000001.safetensors").read_bytes())
     assert restart(tmp_path, h).status()["model_version"] == 1
 
 
@@ -103,7 +184,7 @@ def test_weights_and_artifact_downloads_are_immutable_and_cacheable(tmp_path):
     assert again.status_code == 304 and not again.data
     man = h.client.get("/v1/models/0").get_json()
     assert man["weights"]["url"] == "/v1/models/0/weights"
-    assert set(man["files"]) == {"metadata.json", "model.tflite", "weights.bin"}
+    assert set(man["files"]) == {"metadata.json", "model.tflite", "weights.safetensors"}
     f = h.client.get(man["files"]["model.tflite"]["url"])
     assert f.data == b"TFL3-dummy-model" and "immutable" in f.headers["Cache-Control"]
     meta = h.client.get("/v1/models/0/files/metadata.json").get_json()
@@ -126,9 +207,9 @@ def test_artifact_with_a_bad_hash_is_refused(tmp_path):
     meta["files"]["model.tflite"]["sha256"] = "0" * 64
     (art / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="SHA-256"):
-        ModelArtifact.load(art)
+        Artifact.load(art)
     with pytest.raises(ArtifactError):
-        ModelArtifact.load(tmp_path / "nowhere")
+        Artifact.load(tmp_path / "nowhere")
 
 
 def test_round_config_changes_survive_restart(tmp_path):

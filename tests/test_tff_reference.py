@@ -83,7 +83,7 @@ def test_tff_runs_the_servers_strategy_clipping_and_decay(name, tiny_data, tiny_
     three rounds of TFF against LiteRT clients fed to the server's own aggregator
     (clipping) and strategy object (Nesterov momentum / Reddi's FedAdam, decayed lr)."""
     from fedkb.device_runtime.trainer import Trainer
-    from fedkb.server.aggregate import Spec, mean_factory
+    from fedkb.server.aggregate import mean_factory
     from fedkb.server.config import StrategyConfig
     from fedkb.server.strategy import make_strategy
     from fedkb.simulation.engines import tff_strategy
@@ -101,7 +101,7 @@ def test_tff_runs_the_servers_strategy_clipping_and_decay(name, tiny_data, tiny_
 
     strategy = make_strategy(StrategyConfig(name=name, server_lr=server_lr, clip_norm=clip,
                                             decay_rounds=len(rounds)))
-    specs = [Spec(f"w{i}", tuple(w.shape)) for i, w in enumerate(w0)]
+    specs = trainer.artifact.specs
     ours, clipped = w0, 0
     for version, clients in enumerate(rounds, 1):
         agg = mean_factory(specs, clip)

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from fedkb.artifact import WEIGHTS_FILE, Artifact, ArtifactError
 from fedkb.datasets.store import Dataset
-from fedkb.device_runtime.artifact import Artifact, ArtifactError, WeightsError
 from fedkb.device_runtime.trainer import Trainer
+from fedkb.weights import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_trainer_imports_no_tensorflow(tiny_artifact):
 
 def test_get_set_round_trip_exact(trainer):
     rng = np.random.default_rng(1)
-    w = [rng.standard_normal(i.shape).astype(np.float32) for i in trainer.infos]
+    w = [rng.standard_normal(i.shape).astype(np.float32) for i in trainer.specs]
     trainer.set_weights(w)
     back = trainer.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(w, back, strict=True))
@@ -152,9 +153,9 @@ def test_artifact_hash_checked(tiny_artifact, tmp_path):
 
     copy = tmp_path / "art"
     shutil.copytree(tiny_artifact, copy)
-    data = bytearray((copy / "weights.bin").read_bytes())
+    data = bytearray((copy / WEIGHTS_FILE).read_bytes())
     data[-20] ^= 0xFF
-    (copy / "weights.bin").write_bytes(bytes(data))
+    (copy / WEIGHTS_FILE).write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="SHA-256"):
         Artifact.load(copy)
     meta = json.loads((copy / "metadata.json").read_text())
