@@ -152,8 +152,9 @@ class StrategyConfig:
     """The server optimizer (Reddi et al. 2021, "Adaptive Federated Optimization").
 
     Attributes:
-        name: ``fedavg`` (server SGD), ``fedavgm`` (server momentum; ``nesterov`` as in
-            Hard et al. 2018) or ``fedadam``.
+        name: a key of :data:`fedkb.server.strategy.STRATEGIES`: ``fedavg`` (server
+            SGD), ``fedavgm`` (server momentum; ``nesterov`` as in Hard et al. 2018) or
+            ``fedadam``.
         server_lr: server learning rate (1.0 with ``fedavg`` is plain FedAvg).
         momentum, nesterov: for ``fedavgm``.
         beta1, beta2, tau: for ``fedadam`` (``tau`` is the adaptivity epsilon).
@@ -175,8 +176,11 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         if self.decay_rounds < 0:
             raise ConfigError("strategy.decay_rounds must be >= 0")
-        if self.name not in ("fedavg", "fedavgm", "fedadam"):
-            raise ConfigError("strategy.name must be fedavg, fedavgm or fedadam, "
+        # the registry lives with the strategies, which import this module: read it lazily
+        from fedkb.server.strategy import STRATEGIES
+
+        if self.name not in STRATEGIES:
+            raise ConfigError(f"strategy.name must be one of {', '.join(STRATEGIES)}, "
                               f"not {self.name!r}")
         _positive(self, "server_lr", "tau")
         if not (0 <= self.momentum < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

@@ -261,15 +261,17 @@ class RoundLoop(Selection, Reporting):
             return
         assert self.model is not None and rnd.aggregator is not None
         assert rnd.base_version == self.model.version, "one configured training round at a time"
-        mean_delta = rnd.aggregator.result()
-        if mean_delta is None:
+        result = rnd.aggregator.result()
+        rnd.stats.measurements = dict(result.measurements)
+        rnd.stats.clipped = int(result.measurements.get("clipped", 0))
+        if result.value is None:
             self._abandon(rnd, now, "no_weight")
             return
         assert self.store is not None
         before = self.strategy.state()
         try:
             version = self._next_version()
-            new = self.strategy.aggregate(self.model.weights, mean_delta, version)
+            new = self.strategy.aggregate(self.model.weights, result, version)
             file_sha, ckpt = self.store.write(version, new, self.strategy.state())
         except Exception as exc:  # the model stays as it was
             log.exception("commit of round %d failed", rnd.id)

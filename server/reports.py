@@ -66,7 +66,6 @@ class Reporting:
             now = self.clock()
             if rnd.aggregator is not None:
                 rnd.aggregator.accumulate(arrays, float(meta.num_examples))
-                rnd.stats.clipped = int(getattr(rnd.aggregator, "clipped", 0))
             scalars = {**meta.metrics, **{f"timing_{k}": v for k, v in meta.timings.items()}}
             if meta.loss is not None:
                 scalars["loss"] = meta.loss

@@ -54,7 +54,8 @@ class RoundStats:
     aborted: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     num_examples: int = 0
-    clipped: int = 0
+    clipped: int = 0  # = measurements["clipped"], kept for readers of earlier rounds
+    measurements: dict[str, float | int] = field(default_factory=dict)  # the aggregator's
     durations: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
