@@ -36,13 +36,13 @@ def training():
     if not isinstance(body.get("enabled"), bool):
         raise BadRequest("expected {\"enabled\": true|false}", "invalid_message")
     s = server_state()
-    s.loop.set_training(body["enabled"])
-    return jsonify({"training": s.loop.status()["training"]})
+    s.machine.set_training(body["enabled"])
+    return jsonify({"training": s.machine.status()["training"]})
 
 
 @bp.get("/round-config")
 def get_round_config():
-    return jsonify(dataclasses.asdict(server_state().loop.cfg))
+    return jsonify(dataclasses.asdict(server_state().machine.cfg))
 
 
 @bp.patch("/round-config")

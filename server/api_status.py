@@ -26,7 +26,7 @@ bp = Blueprint("status", __name__)
 
 @bp.get("/v1/status")
 def status():
-    return jsonify(server_state().loop.status())
+    return jsonify(server_state().machine.status())
 
 
 @bp.get("/v1/rounds")
@@ -41,7 +41,7 @@ def rounds():
                                        "LIMIT ?", (before, limit))]
     out = []
     for rid in ids:  # open rounds come from memory (live counters), closed ones from rows
-        info = s.loop.round_info(rid) if rid in s.loop.open else \
+        info = s.machine.round_info(rid) if rid in s.machine.open else \
             round_json(row_dict(s.db.one("SELECT * FROM rounds WHERE id = ?", (rid,))))  # type: ignore[arg-type]
         out.append(info)
     return jsonify({"rounds": out})
@@ -49,7 +49,7 @@ def rounds():
 
 @bp.get("/v1/rounds/<int:round_id>")
 def round_detail(round_id: int):
-    return jsonify(server_state().loop.round_info(round_id))
+    return jsonify(server_state().machine.round_info(round_id))
 
 
 @bp.get("/v1/evaluations")
