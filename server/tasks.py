@@ -1,7 +1,17 @@
-"""Tasks: one device's assignment in one round, and the book of the open rounds' tasks."""
+"""Tasks: one device's assignment in one round, and the book of the open rounds' tasks.
+
+Every task carries its round's plan with a batch-order seed of its own
+(:attr:`fedkb.wire.Plan.seed`, which the phone's batching uses): the fleet logs it per
+client, and the TFF engine replays each client's batches from it exactly. The seeds come
+from the operating system (:mod:`secrets`), not from the server's seeded ``rng``: that one
+restarts its sequence when the server restarts (so tasks after a restart would repeat
+earlier seeds) and also jitters pace steering, which a draw per task would perturb. A
+run is reproduced from the seeds it logged, not from the server's seed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from dataclasses import dataclass
@@ -10,6 +20,13 @@ from typing import Any
 from fedkb.server.db import Database
 from fedkb.server.rounds import RoundState
 from fedkb.wire import Plan, Task
+
+SEED_BITS = 31  # a non-negative int32: every runtime's integer, and any RNG's seed
+
+
+def new_seed() -> int:
+    """A fresh batch-order seed for one task."""
+    return secrets.randbits(SEED_BITS)
 
 
 @dataclass
@@ -53,9 +70,11 @@ class TaskBook:
         self._outstanding: dict[str, str] = {}  # device id -> its task id
 
     def assign(self, rnd: RoundState, device_id: str, now: float) -> TaskRecord:
-        """A task of ``rnd`` for ``device_id``: the round's plan on the round's base model."""
+        """A task of ``rnd`` for ``device_id``: the round's plan on the round's base model,
+        with a seed of its own."""
+        plan = dataclasses.replace(rnd.plan, seed=new_seed())
         rec = TaskRecord(TaskRecord.new_id(), rnd.id, device_id, rnd.kind, rnd.base_version,
-                         rnd.plan, now)
+                         plan, now)
         self._db.insert("tasks", rec.row())
         self._tasks[rec.id] = rec
         self._outstanding[device_id] = rec.id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from server_support import deltas, harness
 
@@ -87,3 +89,15 @@ def test_round_json_carries_the_aggregators_measurements(tmp_path):
     assert (m["count"], m["total_weight"], m["clipped"]) == (2, 4.0, 1)
     assert m["update_norm_max"] == np.sqrt(n) * np.float32(1.0)
     assert abs(m["update_norm_mean"] - (np.sqrt(n) + np.sqrt(n) * 0.1) / 2) < 1e-6
+
+
+def test_every_task_gets_a_seed_of_its_own_and_keeps_it(tmp_path):
+    h = harness(tmp_path, report_goal=4, overselect=1.5)  # target 6
+    devs = [h.register() for _ in range(6)]
+    tasks = [d.task() for d in devs]
+    seeds = [t["plan"]["seed"] for t in tasks]
+    assert len(set(seeds)) == 6 and all(0 <= s < 2**31 for s in seeds)
+    assert {t["plan"]["lr"] for t in tasks} == {0.5}  # the rest is the round's plan
+    assert devs[0].task()["plan"]["seed"] == seeds[0]  # asked again: the same task, seed
+    row = h.state.db.one("SELECT plan FROM tasks WHERE id = ?", (tasks[1]["task_id"],))
+    assert json.loads(row["plan"])["seed"] == seeds[1]  # recorded as it was sent
