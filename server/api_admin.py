@@ -4,6 +4,8 @@
 ``POST /v1/admin/training``        ``{"enabled": true|false}``: start or stop training rounds
 ``GET /v1/admin/round-config``     the round config in force
 ``PATCH /v1/admin/round-config``   ``{"report_goal": 20, ...}``: change it for new rounds
+``GET /v1/admin/client-config``    what training tasks ask of phones (lr, epochs, max_steps)
+``PATCH /v1/admin/client-config``  ``{"lr": 0.1, ...}``: change it for new rounds
 ``POST /v1/admin/model``           ``{"path": "<artifact dir on the server>"}``: publish v0
 =================================  =========================================================
 """
@@ -49,6 +51,20 @@ def get_round_config():
 def patch_round_config():
     try:
         cfg = server_state().set_round_config(json_body(request))
+    except ConfigError as exc:
+        raise Unprocessable(str(exc), "bad_config") from exc
+    return jsonify(dataclasses.asdict(cfg))
+
+
+@bp.get("/client-config")
+def get_client_config():
+    return jsonify(dataclasses.asdict(server_state().machine.strategy.client))
+
+
+@bp.patch("/client-config")
+def patch_client_config():
+    try:
+        cfg = server_state().set_client_config(json_body(request))
     except ConfigError as exc:
         raise Unprocessable(str(exc), "bad_config") from exc
     return jsonify(dataclasses.asdict(cfg))

@@ -27,7 +27,13 @@ from flask import Flask, Request, current_app, g, request
 from fedkb.server.artifact import ArtifactError, ModelArtifact
 from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token
 from fedkb.server.checkpoints import CheckpointStore
-from fedkb.server.config import RoundConfig, ServerConfig, round_config_from_dict
+from fedkb.server.config import (
+    ClientConfig,
+    RoundConfig,
+    ServerConfig,
+    client_config_from_dict,
+    round_config_from_dict,
+)
 from fedkb.server.db import Database
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import Conflict, register_error_handlers
@@ -104,6 +110,14 @@ class ServerState:
         self.machine.set_config(cfg)
         return cfg
 
+    def set_client_config(self, changes: dict[str, Any]) -> ClientConfig:
+        """Change what new rounds ask of phones (persisted: it survives a restart)."""
+        cfg = client_config_from_dict(self.machine.strategy.client, changes)
+        overrides = {**self.db.get("client_overrides", {}), **changes}
+        self.db.put("client_overrides", overrides)
+        self.machine.set_client_config(cfg)
+        return cfg
+
     def start_ticker(self) -> None:
         """Advance deadlines every ``tick_s`` even when no request comes."""
         if self.config.tick_s <= 0 or self._ticker is not None:
@@ -140,7 +154,8 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock)
     metrics.devices.set_function(devices.count)
-    strategy = make_strategy(config.strategy, config.client)
+    client_cfg = client_config_from_dict(config.client, db.get("client_overrides", {}))
+    strategy = make_strategy(config.strategy, client_cfg)
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
                            random.Random(config.seed))
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),

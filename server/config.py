@@ -297,6 +297,16 @@ def round_config_from_dict(base: RoundConfig, d: dict[str, Any]) -> RoundConfig:
     return base.replace(**typed)
 
 
+def client_config_from_dict(base: ClientConfig, d: dict[str, Any]) -> ClientConfig:
+    """``base`` with the keys of ``d`` applied: ``lr`` a number, ``epochs`` and
+    ``max_steps`` whole numbers (booleans are neither)."""
+    for k, v in d.items():
+        whole = k in ("epochs", "max_steps")
+        if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
+            raise ConfigError(f"client.{k} must be a {'whole ' if whole else ''}number")
+    return base.replace(**d)
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
     """Read a JSON or TOML config file (optional) and apply command-line overrides."""
     raw: dict[str, Any] = {}

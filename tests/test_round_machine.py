@@ -101,3 +101,25 @@ def test_every_task_gets_a_seed_of_its_own_and_keeps_it(tmp_path):
     assert devs[0].task()["plan"]["seed"] == seeds[0]  # asked again: the same task, seed
     row = h.state.db.one("SELECT plan FROM tasks WHERE id = ?", (tasks[1]["task_id"],))
     assert json.loads(row["plan"])["seed"] == seeds[1]  # recorded as it was sent
+
+
+def test_admin_client_config_is_validated_persisted_and_applies_to_new_rounds(tmp_path):
+    h = harness(tmp_path, pipeline=False)
+    devs = [h.register() for _ in range(3)]
+    first = devs[0].task()  # round 1 is configured with lr 0.5
+    assert h.admin("GET", "/v1/admin/client-config").get_json() == {
+        "lr": 0.5, "epochs": 1, "max_steps": 50}
+    for bad in ({"lr": "fast"}, {"epochs": 1.5}, {"max_steps": True}, {"lr": -1},
+                {"batch_size": 8}):
+        r = h.admin("PATCH", "/v1/admin/client-config", json=bad)
+        assert r.status_code == 422 and r.get_json()["error"]["code"] == "bad_config", bad
+    r = h.admin("PATCH", "/v1/admin/client-config", json={"lr": 0.2, "epochs": 3})
+    assert r.get_json() == {"lr": 0.2, "epochs": 3, "max_steps": 50}
+    assert devs[1].task()["plan"]["lr"] == 0.5  # the open round keeps its plan
+    for d in devs[:2]:
+        d.upload(d.task(), deltas(1.0))
+    assert first["round_id"] == 1 and h.status()["rounds_committed"] == 1
+    plan = h.register().task()["plan"]  # round 2 opened after the change
+    assert (plan["lr"], plan["epochs"], plan["max_steps"]) == (0.2, 3, 50)
+    again = harness(tmp_path, pipeline=False)  # a restart on the same state dir keeps it
+    assert again.admin("GET", "/v1/admin/client-config").get_json()["lr"] == 0.2
