@@ -7,7 +7,8 @@ One concept per module:
 - :mod:`~fedkb.server.config` frozen ServerConfig / RoundConfig / ClientConfig /
   StrategyConfig.
 - :mod:`~fedkb.server.round_machine` the round state machine (Bonawitz et al. 2019), its
-  diagram and ``advance``; :mod:`~fedkb.server.phases` a round's phases as data;
+  diagram and ``advance``; :mod:`~fedkb.server.round_status` its read-only views;
+  :mod:`~fedkb.server.phases` a round's phases as data;
   :mod:`~fedkb.server.rounds` a round in memory; :mod:`~fedkb.server.tasks` tasks and
   their seeds; :mod:`~fedkb.server.selection` check-ins and seats;
   :mod:`~fedkb.server.reports` uploads and aborts; :mod:`~fedkb.server.global_model`

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from fedkb.server import round_status
 from fedkb.server.app import server_state
 from fedkb.server.artifact import ArtifactError
 from fedkb.server.auth import check_admin
@@ -39,7 +40,7 @@ def training():
         raise BadRequest("expected {\"enabled\": true|false}", "invalid_message")
     s = server_state()
     s.machine.set_training(body["enabled"])
-    return jsonify({"training": s.machine.status()["training"]})
+    return jsonify({"training": round_status.status(s.machine)["training"]})
 
 
 @bp.get("/round-config")

@@ -51,7 +51,7 @@ from fedkb.server.checkpoints import Checkpoint, CheckpointStore
 from fedkb.server.config import ClientConfig, RoundConfig
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
-from fedkb.server.errors import ApiError, NotFound
+from fedkb.server.errors import ApiError
 from fedkb.server.global_model import GlobalModel
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.phases import PhaseHandler, ReportingPhase, SelectionPhase, round_phases
@@ -66,7 +66,6 @@ from fedkb.server.rounds import (
     TRAIN,
     RoundState,
     RoundStats,
-    round_json,
 )
 from fedkb.server.selection import Selection
 from fedkb.server.strategy import Strategy
@@ -319,24 +318,9 @@ class RoundMachine:
             return CheckinResponse(task=wire_task(got, self.open[got.round_id], now))
 
     def wait_for_claim(self, device_id: str, timeout_s: float) -> bool:
-        """Hold a device selected ahead until its round is configured (or its seat is gone),
-        at most ``timeout_s`` wall seconds; True if it should check in again now.
-
-        The request handler calls this between two check-ins instead of answering
-        "selected_waiting": the device then claims its task the moment the model exists,
-        as over an open stream, rather than polling every ``claim_poll_s``.
-        """
-        end = time.monotonic() + timeout_s
-        with self.lock:
-            while True:
-                seat = self.selection.seat_of(device_id)
-                rnd = None if seat is None else self.open.get(seat)
-                if rnd is None or rnd.configured:
-                    return True
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self.changed.wait(left)
+        """Hold a device selected ahead until its round is configured (see
+        :meth:`Selection.wait_for_claim`); True if it should check in again now."""
+        return self.selection.wait_for_claim(device_id, timeout_s, self.open, self.changed)
 
     def report(self, device_id: str, task_id: str, body: bytes) -> UploadResult:
         """Validate an upload and fold it into its round (or refuse it, counted); commit the
@@ -385,46 +369,6 @@ class RoundMachine:
         """The device gives up its task (e.g. unplugged); counted by reason."""
         with self.lock:
             return self.reports.abort(device_id, task_id, reason, self.open, self.clock())
-
-    # --- reading -------------------------------------------------------------------------
-
-    def round_info(self, round_id: int) -> dict[str, Any]:
-        """The JSON of one round, open or closed."""
-        with self.lock:
-            self.advance()
-            rnd = self.open.get(round_id)
-            if rnd is not None:
-                return round_json(rnd.row())
-        row = row_dict(self.db.one("SELECT * FROM rounds WHERE id = ?", (round_id,)))
-        if row is None:
-            raise NotFound(f"no round {round_id}", "unknown_round")
-        return round_json(row)
-
-    def status(self) -> dict[str, Any]:
-        """The server's status (``GET /v1/status``)."""
-        with self.lock:
-            self.advance()
-            counts = {(r["kind"], r["state"]): r["n"] for r in self.db.query(
-                "SELECT kind, state, COUNT(*) n FROM rounds GROUP BY kind, state")}
-            trains = sorted((r for r in self.open.values() if r.kind == TRAIN),
-                            key=lambda r: r.id)
-            done = self.cfg.max_rounds is not None and \
-                counts.get((TRAIN, COMMITTED), 0) >= self.cfg.max_rounds
-            return {
-                "model_version": self.model.version if self.model else None,
-                "rounds_committed": counts.get((TRAIN, COMMITTED), 0),
-                "rounds_abandoned": counts.get((TRAIN, ABANDONED), 0),
-                "evaluation_rounds_committed": counts.get((EVALUATE, COMMITTED), 0),
-                "evaluation_rounds_abandoned": counts.get((EVALUATE, ABANDONED), 0),
-                "training": ("no_model" if self.model is None else "finished" if done
-                             else "running" if self.training_enabled else "stopped"),
-                "current_round": round_json(trains[-1].row()) if trains else None,
-                "open_rounds": [round_json(r.row()) for r in self.open.values()],
-                "devices": {p: self.devices.count(p) for p in POPULATION_OF.values()},
-                "damaged_versions": self.models.damaged_versions,
-                "strategy": self.strategy.name,
-                "time": self.clock(),
-            }
 
 
 def _write_round(conn: Any, rnd: RoundState) -> None:

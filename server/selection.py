@@ -14,6 +14,8 @@ config in force on every call; it never changes a round's phase (the machine doe
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 
@@ -82,9 +84,27 @@ class Selection:
                                        self.rng),
             reason=reason)
 
-    def seat_of(self, device_id: str) -> int | None:
-        """The round holding a seat for ``device_id`` (selected ahead of its model)."""
-        return self._seats.get(device_id)
+    def wait_for_claim(self, device_id: str, timeout_s: float, rounds: Rounds,
+                       changed: threading.Condition) -> bool:
+        """Hold a device selected ahead until its round is configured (or its seat is gone),
+        at most ``timeout_s`` wall seconds; True if it should check in again now.
+
+        The request handler calls this between two check-ins instead of answering
+        "selected_waiting": the device then claims its task the moment the model exists,
+        as over an open stream, rather than polling every ``claim_poll_s``. ``changed`` is
+        the round machine's condition (on its lock), notified when a round is configured
+        or closes.
+        """
+        end = time.monotonic() + timeout_s
+        with changed:
+            while True:
+                rnd = rounds.get(self._seats.get(device_id, -1))
+                if rnd is None or rnd.configured:
+                    return True
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                changed.wait(left)
 
     def drop_seats(self, rnd: RoundState) -> int:
         """Forget the seats of ``rnd`` not yet claimed; how many there were."""
