@@ -4,20 +4,21 @@ System Design", Sec. 2): selection, configuration, reporting; commit or abandon.
 A round of kind ``train`` (training devices) or ``evaluate`` (held-out devices) steps
 through its phases (:mod:`fedkb.server.phases`, data: name, deadline, minimum count)::
 
-        open (a model exists, training enabled; pipelined: while the round
-          |   before it trains, configured with that round's model when it closes)
-          v
-    +-> selecting ---- target selected (every seat claimed or the claim window over)
-    |     |            or selection window over:
-    |     |              fewer than min_reports tasks -----------> abandoned
-    |     v                                                  (too_few_devices)
-    |   training ----- reporting deadline, or every selected device answered:
-    |     |              >= min_reports reports -----------------> committed
-    |     |              fewer -----------------------------------> abandoned (deadline)
-    |     |
-    +-- selecting | training -- report_goal reports (GOAL_REACHED) -> committed
-        selecting | training -- server restart ---------------------> abandoned
-        committing: no weight, or the commit fails ----------------> abandoned
+       open    a model exists and training is enabled (pipelined: while the round
+        |      before it trains; configured with that round's model once it closes)
+        v
+    selecting --- target selected (every seat claimed, or the claim window over)
+        |         or the selection window over:
+        |           fewer than min_reports tasks ----------> abandoned (too_few_devices)
+        v
+    training ---- reporting deadline, or every selected device answered:
+        |           fewer than min_reports reports --------> abandoned (deadline)
+        v
+    committed <-- also at once on report_goal reports (Outcome.GOAL_REACHED), from
+                  selecting or training
+
+    selecting | training -- server restart ------------------> abandoned (server_restart)
+    committing -- no weight in the aggregate, commit failed --> abandoned (no_weight, ...)
 
 Selection over-selects (``target = ceil(goal * overselect)``); the round commits as soon
 as ``goal`` reports are in, and the stragglers' reports are refused as late and counted.
