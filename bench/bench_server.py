@@ -4,7 +4,7 @@
     uv run python bench/bench_server.py checkin [--devices 2000] [--clients 32] [--seconds 10]
     uv run python bench/bench_server.py all [--json]
 
-``fold`` drives the real upload path of :class:`fedkb.server.loop.RoundLoop` (replay
+``fold`` drives the real upload path of :class:`fedkb.server.round_machine.RoundMachine` (replay
 fingerprint, ownership, decode, shape/dtype/finite validation, fold into the streaming
 weighted sum) in one thread, without HTTP, for weights shaped like the ``small`` and
 ``gboard`` presets; it samples the process RSS as updates accumulate to show that server
@@ -57,7 +57,7 @@ def fake_artifact(path: Path, preset: str) -> Path:
 
 
 def bench_fold(preset: str, updates: int) -> dict[str, Any]:
-    """Updates/s through RoundLoop.report for one preset, and RSS as updates accumulate."""
+    """Updates/s through RoundMachine.report for one preset, and RSS as updates accumulate."""
     from fedkb.server.app import create_app
     from fedkb.server.config import RoundConfig, ServerConfig
     from fedkb.wire import Conditions, UploadMetadata, encode_upload
@@ -68,7 +68,7 @@ def bench_fold(preset: str, updates: int) -> dict[str, Any]:
                            report_goal=updates + 1, overselect=1.0, eval_every=0,
                            selection_window_s=1e9, reporting_deadline_s=1e9))
     state = create_app(cfg).extensions["fedkb"]
-    loop, specs = state.loop, state.loop.artifact.specs
+    machine, specs = state.machine, state.machine.artifact.specs
     n_params = sum(int(np.prod(s.shape)) for s in specs)
     cond = Conditions(True, True, True, 1.0)
     rng = np.random.default_rng(0)
@@ -77,11 +77,11 @@ def bench_fold(preset: str, updates: int) -> dict[str, Any]:
     rss0 = rss_mb()
     for i in range(updates):
         device = state.devices.register("train")
-        task = loop.checkin(device, cond).task
+        task = machine.checkin(device, cond).task
         base[-1][0] = i  # each update differs
         body = encode_upload(UploadMetadata(task.task_id, task.round_id, 10, 1.0), base)
         t0 = time.perf_counter()
-        loop.report(device, task.task_id, body)
+        machine.report(device, task.task_id, body)
         times.append(time.perf_counter() - t0)
         del body
         if i in (9, updates // 2, updates - 1):

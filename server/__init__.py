@@ -4,10 +4,15 @@ One concept per module:
 
 - :mod:`~fedkb.server.app` ``create_app(config)``, the shared :class:`ServerState`;
   :mod:`~fedkb.server.cli` ``fedkb server`` on waitress.
-- :mod:`~fedkb.server.config` frozen ServerConfig / RoundConfig / StrategyConfig.
-- :mod:`~fedkb.server.rounds` the round states (Bonawitz et al. 2019);
-  :mod:`~fedkb.server.loop` the loop that drives them; :mod:`~fedkb.server.pacing`
-  eligibility and pace steering.
+- :mod:`~fedkb.server.config` frozen ServerConfig / RoundConfig / ClientConfig /
+  StrategyConfig.
+- :mod:`~fedkb.server.round_machine` the round state machine (Bonawitz et al. 2019), its
+  diagram and ``advance``; :mod:`~fedkb.server.round_status` its read-only views;
+  :mod:`~fedkb.server.phases` a round's phases as data;
+  :mod:`~fedkb.server.rounds` a round in memory; :mod:`~fedkb.server.tasks` tasks and
+  their seeds; :mod:`~fedkb.server.selection` check-ins and seats;
+  :mod:`~fedkb.server.reports` uploads and aborts; :mod:`~fedkb.server.global_model`
+  the served versions; :mod:`~fedkb.server.pacing` eligibility and pace steering.
 - :mod:`~fedkb.server.strategy` FedAvg / FedAvgM / FedAdam behind one interface;
   :mod:`~fedkb.server.aggregate` streaming weighted mean, clipping, validation.
 - :mod:`~fedkb.server.checkpoints` (safetensors), :mod:`~fedkb.server.db`,

@@ -2,10 +2,11 @@
 
 Modelled on TensorFlow Federated's aggregator factories (``tff.aggregators``): a mean is a
 weighted sum divided by the total weight; clipping wraps a mean; each piece is tested on
-its own. Updates are folded one at a time as they arrive, so the server holds one
-model-sized accumulator per open round, never the list of participants' updates
-(McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
-Decentralized Data", for the weighted mean; Bonawitz et al. 2019 for streaming).
+its own and reports what it measured (:class:`AggregateResult`). Updates are folded one
+at a time as they arrive, so the server holds one model-sized accumulator per open round,
+never the list of participants' updates (McMahan et al. 2017, "Communication-Efficient
+Learning of Deep Networks from Decentralized Data", for the weighted mean; Bonawitz et
+al. 2019 for streaming).
 
 The precondition of every fold, an update that fits the model's weight specs, is checked
 before: :func:`fedkb.weights.check_weights` (called by :mod:`fedkb.server.uploads`).
@@ -13,8 +14,10 @@ before: :func:`fedkb.weights.check_weights` (called by :mod:`fedkb.server.upload
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -64,13 +67,29 @@ def weighted_mean_of_scalars(pairs: Sequence[tuple[float, float]]) -> float | No
 
 # --- streaming aggregators (compose like TFF factories) --------------------------------
 
+Measurements = dict[str, float | int]
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """What an aggregator produced, and what it measured doing so.
+
+    Like the output of TFF's ``MeasuredProcess.next`` (value and measurements): every stage
+    reports its own measurements (the mean: ``count``, ``total_weight``; clipping:
+    ``clipped``, ``update_norm_mean``, ``update_norm_max``) and a wrapper merges them with
+    those of the stage it wraps. ``value`` is None when nothing with weight came.
+    """
+
+    value: Arrays | None
+    measurements: Measurements = field(default_factory=dict)
+
 
 class Aggregator(Protocol):
-    """Accepts updates one at a time; ``result`` is the aggregate (None if nothing came)."""
+    """Accepts updates one at a time; ``result`` is the aggregate and its measurements."""
 
     def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None: ...
 
-    def result(self) -> Arrays | None: ...
+    def result(self) -> AggregateResult: ...
 
     @property
     def count(self) -> int: ...
@@ -97,10 +116,11 @@ class WeightedMean:
         self._weight += weight
         self._count += 1
 
-    def result(self) -> Arrays | None:
+    def result(self) -> AggregateResult:
+        measured: Measurements = {"count": self._count, "total_weight": self._weight}
         if self._sum is None or self._weight <= 0:
-            return None
-        return scale(self._sum, 1.0 / self._weight)
+            return AggregateResult(None, measured)
+        return AggregateResult(scale(self._sum, 1.0 / self._weight), measured)
 
     @property
     def count(self) -> int:
@@ -111,21 +131,23 @@ class WeightedMean:
         return self._weight
 
 
-class Clipped:
-    """Clip each update to ``max_norm`` (global L2) before the inner aggregator sees it."""
+class _Wrapper(abc.ABC):
+    """A stage in front of an inner aggregator: it passes on (a transform of) each update
+    and adds its own measurements to the inner result's."""
 
-    def __init__(self, inner: Aggregator, max_norm: float) -> None:
+    def __init__(self, inner: Aggregator) -> None:
         self.inner = inner
-        self.max_norm = max_norm
-        self.clipped = 0
 
-    def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
-        out, norm = clip_by_global_norm(arrays, self.max_norm)
-        self.clipped += norm > self.max_norm
-        self.inner.accumulate(out, weight)
+    @abc.abstractmethod
+    def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None: ...
 
-    def result(self) -> Arrays | None:
-        return self.inner.result()
+    @abc.abstractmethod
+    def measurements(self) -> Measurements:
+        """This stage's own measurements so far."""
+
+    def result(self) -> AggregateResult:
+        inner = self.inner.result()
+        return AggregateResult(inner.value, {**inner.measurements, **self.measurements()})
 
     @property
     def count(self) -> int:
@@ -136,10 +158,66 @@ class Clipped:
         return self.inner.total_weight
 
 
+class _Norms:
+    """Running mean and max of the updates' global L2 norms."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.max = 0, 0.0, 0.0
+
+    def add(self, norm: float) -> None:
+        self.n, self.total, self.max = self.n + 1, self.total + norm, max(self.max, norm)
+
+    def measurements(self) -> Measurements:
+        return {"update_norm_mean": self.total / self.n if self.n else 0.0,
+                "update_norm_max": self.max}
+
+
+class UpdateNorms(_Wrapper):
+    """Measure each update's global L2 norm (before any clipping); pass it on unchanged.
+
+    The norms are what a clip norm is chosen from (Andrew et al. 2021, "Differentially
+    Private Learning with Adaptive Clipping", clip at a quantile of them).
+    """
+
+    def __init__(self, inner: Aggregator) -> None:
+        super().__init__(inner)
+        self._norms = _Norms()
+
+    def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
+        self._norms.add(global_norm(arrays))
+        self.inner.accumulate(arrays, weight)
+
+    def measurements(self) -> Measurements:
+        return self._norms.measurements()
+
+
+class Clipped(_Wrapper):
+    """Clip each update to ``max_norm`` (global L2) before the inner aggregator sees it.
+
+    Measures how many updates it clipped and the norms they had before clipping.
+    """
+
+    def __init__(self, inner: Aggregator, max_norm: float) -> None:
+        super().__init__(inner)
+        self.max_norm = max_norm
+        self._clipped = 0
+        self._norms = _Norms()
+
+    def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
+        out, norm = clip_by_global_norm(arrays, self.max_norm)
+        self._clipped += norm > self.max_norm
+        self._norms.add(norm)
+        self.inner.accumulate(out, weight)
+
+    def measurements(self) -> Measurements:
+        return {"clipped": self._clipped, **self._norms.measurements()}
+
+
 def mean_factory(specs: Sequence[WeightSpec], clip_norm: float | None = None) -> Aggregator:
-    """A weighted mean, wrapped in clipping when ``clip_norm`` is set."""
+    """A weighted mean, wrapped in clipping when ``clip_norm`` is set (else in a stage that
+    only measures the norms, so every round reports them)."""
     agg: Aggregator = WeightedMean(specs)
-    return Clipped(agg, clip_norm) if clip_norm is not None else agg
+    return Clipped(agg, clip_norm) if clip_norm is not None else UpdateNorms(agg)
 
 
 class ScalarMeans:

@@ -4,6 +4,8 @@
 ``POST /v1/admin/training``        ``{"enabled": true|false}``: start or stop training rounds
 ``GET /v1/admin/round-config``     the round config in force
 ``PATCH /v1/admin/round-config``   ``{"report_goal": 20, ...}``: change it for new rounds
+``GET /v1/admin/client-config``    what training tasks ask of phones (lr, epochs, max_steps)
+``PATCH /v1/admin/client-config``  ``{"lr": 0.1, ...}``: change it for new rounds
 ``POST /v1/admin/model``           ``{"path": "<artifact dir on the server>"}``: publish v0
 =================================  =========================================================
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from flask import Blueprint, jsonify, request
 
 from fedkb.artifact import ArtifactError
+from fedkb.server import round_status
 from fedkb.server.app import server_state
 from fedkb.server.auth import check_admin
 from fedkb.server.config import ConfigError
@@ -36,19 +39,33 @@ def training():
     if not isinstance(body.get("enabled"), bool):
         raise BadRequest("expected {\"enabled\": true|false}", "invalid_message")
     s = server_state()
-    s.loop.set_training(body["enabled"])
-    return jsonify({"training": s.loop.status()["training"]})
+    s.machine.set_training(body["enabled"])
+    return jsonify({"training": round_status.status(s.machine)["training"]})
 
 
 @bp.get("/round-config")
 def get_round_config():
-    return jsonify(dataclasses.asdict(server_state().loop.cfg))
+    return jsonify(dataclasses.asdict(server_state().machine.cfg))
 
 
 @bp.patch("/round-config")
 def patch_round_config():
     try:
         cfg = server_state().set_round_config(json_body(request))
+    except ConfigError as exc:
+        raise Unprocessable(str(exc), "bad_config") from exc
+    return jsonify(dataclasses.asdict(cfg))
+
+
+@bp.get("/client-config")
+def get_client_config():
+    return jsonify(dataclasses.asdict(server_state().machine.strategy.client))
+
+
+@bp.patch("/client-config")
+def patch_client_config():
+    try:
+        cfg = server_state().set_client_config(json_body(request))
     except ConfigError as exc:
         raise Unprocessable(str(exc), "bad_config") from exc
     return jsonify(dataclasses.asdict(cfg))

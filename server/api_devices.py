@@ -41,13 +41,13 @@ def checkin():
     s = server_state()
     device_id = s.authenticate(request)
     msg = parse(CheckinRequest, json_body(request))
-    resp = s.loop.checkin(device_id, msg.conditions)
+    resp = s.machine.checkin(device_id, msg.conditions)
     # Selected ahead of its round's model and willing to wait: hold the request (one of
     # the WSGI threads) until the model exists, if a thread can be spared for it.
     if msg.wait_s > 0 and resp.reason == "selected_waiting" and s.holds.acquire(False):
         try:
-            if s.loop.wait_for_claim(device_id, msg.wait_s):
-                resp = s.loop.checkin(device_id, msg.conditions)
+            if s.machine.wait_for_claim(device_id, msg.wait_s):
+                resp = s.machine.checkin(device_id, msg.conditions)
         finally:
             s.holds.release()
     return jsonify(resp.to_json())
@@ -58,19 +58,19 @@ def upload(task_id: str):
     s = server_state()
     device_id = s.authenticate(request)
     if request.mimetype != UPLOAD_CONTENT_TYPE:
-        s.loop.reject_for_task(task_id, "unsupported_media_type")
+        s.machine.reject_for_task(task_id, "unsupported_media_type")
         raise UnsupportedMediaType(f"uploads are {UPLOAD_CONTENT_TYPE}, "
                                    f"not {request.mimetype or 'none'!r}")
     limit = s.max_upload_bytes
     if (request.content_length or 0) > limit:
-        s.loop.reject_for_task(task_id, "payload_too_large")
+        s.machine.reject_for_task(task_id, "payload_too_large")
         raise PayloadTooLarge(f"upload of {request.content_length} bytes is over the "
                               f"{limit}-byte limit")
     body = request.stream.read(limit + 1)
     if len(body) > limit:
-        s.loop.reject_for_task(task_id, "payload_too_large")
+        s.machine.reject_for_task(task_id, "payload_too_large")
         raise PayloadTooLarge(f"upload is over the {limit}-byte limit")
-    return jsonify(s.loop.report(device_id, task_id, body).to_json())
+    return jsonify(s.machine.report(device_id, task_id, body).to_json())
 
 
 @bp.post("/tasks/<task_id>/abort")
@@ -78,4 +78,4 @@ def abort(task_id: str):
     s = server_state()
     device_id = s.authenticate(request)
     msg = parse(AbortRequest, json_body(request))
-    return jsonify(s.loop.abort(device_id, task_id, msg.reason).to_json())
+    return jsonify(s.machine.abort(device_id, task_id, msg.reason).to_json())

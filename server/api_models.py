@@ -31,16 +31,16 @@ def _immutable(data: bytes, etag: str, mimetype: str) -> Response:
 
 def _artifact():
     s = server_state()
-    if s.loop.artifact is None:
+    if s.machine.artifact is None:
         raise NotFound("no model has been published", "no_model")
-    return s.loop.artifact
+    return s.machine.artifact
 
 
 @bp.get("")
 def versions():
     s = server_state()
     rows = s.db.query("SELECT version FROM models WHERE damaged = 0 ORDER BY version")
-    latest = s.loop.model.version if s.loop.model else None
+    latest = s.machine.model.version if s.machine.model else None
     resp = jsonify({"latest": latest, "versions": [r["version"] for r in rows]})
     resp.headers["Cache-Control"] = "no-cache"
     return resp
@@ -49,7 +49,7 @@ def versions():
 @bp.get("/<int:version>")
 def manifest(version: int):
     art = _artifact()
-    ckpt = server_state().loop.weights(version)
+    ckpt = server_state().machine.weights(version)
     base = f"/v1/models/{version}"
     body = {
         "version": version,
@@ -66,14 +66,14 @@ def manifest(version: int):
 
 @bp.get("/<int:version>/weights")
 def weights(version: int):
-    ckpt = server_state().loop.weights(version)
+    ckpt = server_state().machine.weights(version)
     return _immutable(ckpt.weights_bytes, ckpt.sha256, "application/octet-stream")
 
 
 @bp.get("/<int:version>/files/<name>")
 def artifact_file(version: int, name: str):
     art = _artifact()
-    server_state().loop.weights(version)  # the version must exist
+    server_state().machine.weights(version)  # the version must exist
     f = art.files.get(name)
     if f is None:
         raise NotFound(f"the artifact has no file {name!r}")

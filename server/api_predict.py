@@ -12,7 +12,7 @@ be served. How text is read and suggestions ranked: :mod:`fedkb.server.suggest`;
 versions switch without blocking: :mod:`fedkb.server.predictor`.
 
 Registering the blueprint attaches a :class:`~fedkb.server.predictor.LivePredictor` to
-the app (``app.extensions["fedkb.predict"]``), built on the app's round loop.
+the app (``app.extensions["fedkb.predict"]``), built on the app's round machine.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ EXTENSION = "fedkb.predict"
 @bp.record_once
 def _attach(setup: BlueprintSetupState) -> None:
     state = setup.app.extensions["fedkb"]
-    setup.app.extensions[EXTENSION] = LivePredictor(state.loop, state.config.predict)
+    setup.app.extensions[EXTENSION] = LivePredictor(state.machine, state.config.predict)
 
 
 def predictor() -> LivePredictor:

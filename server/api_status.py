@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from fedkb.server import round_status
 from fedkb.server.app import server_state
 from fedkb.server.db import row_dict
 from fedkb.server.errors import BadRequest
@@ -26,7 +27,7 @@ bp = Blueprint("status", __name__)
 
 @bp.get("/v1/status")
 def status():
-    return jsonify(server_state().loop.status())
+    return jsonify(round_status.status(server_state().machine))
 
 
 @bp.get("/v1/rounds")
@@ -41,7 +42,7 @@ def rounds():
                                        "LIMIT ?", (before, limit))]
     out = []
     for rid in ids:  # open rounds come from memory (live counters), closed ones from rows
-        info = s.loop.round_info(rid) if rid in s.loop.open else \
+        info = round_status.round_info(s.machine, rid) if rid in s.machine.open else \
             round_json(row_dict(s.db.one("SELECT * FROM rounds WHERE id = ?", (rid,))))  # type: ignore[arg-type]
         out.append(info)
     return jsonify({"rounds": out})
@@ -49,7 +50,7 @@ def rounds():
 
 @bp.get("/v1/rounds/<int:round_id>")
 def round_detail(round_id: int):
-    return jsonify(server_state().loop.round_info(round_id))
+    return jsonify(round_status.round_info(server_state().machine, round_id))
 
 
 @bp.get("/v1/evaluations")

@@ -28,12 +28,18 @@ from flask import Flask, Request, current_app, g, request
 from fedkb.artifact import METADATA_FILE, Artifact, ArtifactError
 from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token
 from fedkb.server.checkpoints import CheckpointStore
-from fedkb.server.config import RoundConfig, ServerConfig, round_config_from_dict
+from fedkb.server.config import (
+    ClientConfig,
+    RoundConfig,
+    ServerConfig,
+    client_config_from_dict,
+    round_config_from_dict,
+)
 from fedkb.server.db import Database
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import Conflict, register_error_handlers
-from fedkb.server.loop import RoundLoop
 from fedkb.server.metrics import ServerMetrics
+from fedkb.server.round_machine import RoundMachine
 from fedkb.server.strategy import make_strategy
 
 log = logging.getLogger(__name__)
@@ -47,13 +53,13 @@ FREE_THREADS = 4  # WSGI threads never used to hold a check-in open
 
 @dataclass
 class ServerState:
-    """What the request handlers share: database, registries, the round loop."""
+    """What the request handlers share: database, registries, the round machine."""
 
     config: ServerConfig
     db: Database
     devices: DeviceRegistry
     tokens: DeviceTokens
-    loop: RoundLoop
+    machine: RoundMachine
     metrics: ServerMetrics
     admin_token: str
     clock: Callable[[], float]
@@ -74,7 +80,7 @@ class ServerState:
     def max_upload_bytes(self) -> int:
         if self.config.max_upload_bytes is not None:
             return self.config.max_upload_bytes
-        art = self.loop.artifact
+        art = self.machine.artifact
         return (art.update_bytes if art else 0) + UPLOAD_SLACK
 
     def authenticate(self, req: Request) -> str:
@@ -86,23 +92,31 @@ class ServerState:
     def publish(self, source: Path) -> int:
         """Publish an exported artifact as version 0 (refused once a model exists)."""
         art = Artifact.load(source)
-        with self.loop.lock:
-            if self.loop.artifact is not None:
+        with self.machine.lock:
+            if self.machine.artifact is not None:
                 raise Conflict("a model is already published on this server", "model_exists")
             copied = art.save(self.state_dir / ARTIFACT_DIR)
             self._attach(copied)
-            assert self.loop.model is not None
-            return self.loop.model.version
+            assert self.machine.model is not None
+            return self.machine.model.version
 
     def _attach(self, art: Artifact) -> None:
         store = CheckpointStore(self.state_dir / CHECKPOINT_DIR, self.db, art.specs)
-        self.loop.attach(art, store)
+        self.machine.attach(art, store)
 
     def set_round_config(self, changes: dict[str, Any]) -> RoundConfig:
-        cfg = round_config_from_dict(self.loop.cfg, changes)
+        cfg = round_config_from_dict(self.machine.cfg, changes)
         overrides = {**self.db.get("round_overrides", {}), **changes}
         self.db.put("round_overrides", overrides)
-        self.loop.set_config(cfg)
+        self.machine.set_config(cfg)
+        return cfg
+
+    def set_client_config(self, changes: dict[str, Any]) -> ClientConfig:
+        """Change what new rounds ask of phones (persisted: it survives a restart)."""
+        cfg = client_config_from_dict(self.machine.strategy.client, changes)
+        overrides = {**self.db.get("client_overrides", {}), **changes}
+        self.db.put("client_overrides", overrides)
+        self.machine.set_client_config(cfg)
         return cfg
 
     def start_ticker(self) -> None:
@@ -113,7 +127,7 @@ class ServerState:
         def run() -> None:
             while not self._stop.wait(self.config.tick_s):
                 try:
-                    self.loop.tick()
+                    self.machine.tick()
                 except Exception:  # keep ticking; the error is logged
                     log.exception("tick failed")
 
@@ -141,11 +155,12 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock)
     metrics.devices.set_function(devices.count)
-    strategy = make_strategy(config.strategy, config.client)
-    loop = RoundLoop(round_cfg, db, devices, None, strategy, metrics, clock,
-                     random.Random(config.seed))
+    client_cfg = client_config_from_dict(config.client, db.get("client_overrides", {}))
+    strategy = make_strategy(config.strategy, client_cfg)
+    machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
+                           random.Random(config.seed))
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
-                        loop, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
+                        machine, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR
     if (served / METADATA_FILE).is_file():
         art = Artifact.load(served)

@@ -152,8 +152,9 @@ class StrategyConfig:
     """The server optimizer (Reddi et al. 2021, "Adaptive Federated Optimization").
 
     Attributes:
-        name: ``fedavg`` (server SGD), ``fedavgm`` (server momentum; ``nesterov`` as in
-            Hard et al. 2018) or ``fedadam``.
+        name: a key of :data:`fedkb.server.strategy.STRATEGIES`: ``fedavg`` (server
+            SGD), ``fedavgm`` (server momentum; ``nesterov`` as in Hard et al. 2018) or
+            ``fedadam``.
         server_lr: server learning rate (1.0 with ``fedavg`` is plain FedAvg).
         momentum, nesterov: for ``fedavgm``.
         beta1, beta2, tau: for ``fedadam`` (``tau`` is the adaptivity epsilon).
@@ -175,7 +176,8 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         if self.decay_rounds < 0:
             raise ConfigError("strategy.decay_rounds must be >= 0")
-        from fedkb.server.strategy import STRATEGIES  # the registry (it imports this module)
+        # the registry lives with the strategies, which import this module: read it lazily
+        from fedkb.server.strategy import STRATEGIES
 
         if self.name not in STRATEGIES:
             raise ConfigError(f"strategy.name must be one of {', '.join(STRATEGIES)}, "
@@ -293,6 +295,16 @@ def round_config_from_dict(base: RoundConfig, d: dict[str, Any]) -> RoundConfig:
             raise ConfigError(f"round.{k} must be a number or boolean")
         typed[k] = v
     return base.replace(**typed)
+
+
+def client_config_from_dict(base: ClientConfig, d: dict[str, Any]) -> ClientConfig:
+    """``base`` with the keys of ``d`` applied: ``lr`` a number, ``epochs`` and
+    ``max_steps`` whole numbers (booleans are neither)."""
+    for k, v in d.items():
+        whole = k in ("epochs", "max_steps")
+        if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
+            raise ConfigError(f"client.{k} must be a {'whole ' if whole else ''}number")
+    return base.replace(**d)
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:

@@ -6,7 +6,7 @@ borrows one), every interpreter loaded with that version's weights, and a
 :class:`~fedkb.server.suggest.Suggester` over the artifact's vocabulary.
 
 :class:`LivePredictor` serves the server's *latest committed* version. Each request
-compares the version it serves with ``loop.model.version`` (one attribute read, no
+compares the version it serves with ``machine.model.version`` (one attribute read, no
 lock); when a newer version has been committed, one background thread builds a fresh
 engine for it (new interpreters, weights set, off the request path) and then swaps the
 reference. Requests keep using the engine they started with, so a switch neither fails
@@ -132,16 +132,17 @@ class Engine:
 
 
 class LivePredictor:
-    """Predictions from the round loop's latest committed model, switched in the background.
+    """Predictions from the round machine's latest committed model, switched in the
+    background.
 
-    ``loop`` is the server's :class:`~fedkb.server.loop.RoundLoop` (``artifact``, the
-    published :class:`~fedkb.artifact.Artifact`, ``model.version`` and ``weights(version)``
-    are all it uses).
+    ``machine`` is the server's :class:`~fedkb.server.round_machine.RoundMachine`
+    (``artifact``, the published :class:`~fedkb.artifact.Artifact`, ``model.version`` and
+    ``weights(version)`` are all it uses).
     """
 
-    def __init__(self, loop: Any, cfg: PredictConfig | None = None,
+    def __init__(self, machine: Any, cfg: PredictConfig | None = None,
                  on_switch: Callable[[int | None], None] | None = None) -> None:
-        self.loop, self.cfg = loop, cfg or PredictConfig()
+        self.machine, self.cfg = machine, cfg or PredictConfig()
         self.on_switch = on_switch
         self._engine: Engine | None = None
         self._vocab: list[str] | None = None
@@ -152,13 +153,13 @@ class LivePredictor:
         self.switches = 0
 
     def _wanted(self) -> int:
-        model = self.loop.model
-        if self.loop.artifact is None or model is None:
+        model = self.machine.model
+        if self.machine.artifact is None or model is None:
             raise ModelUnavailable("no model has been published")
         return int(model.version)
 
     def _build(self, version: int) -> Engine:
-        art: Artifact = self.loop.artifact
+        art: Artifact = self.machine.artifact
         if self._vocab is None:
             try:
                 self._vocab = art.vocab()
@@ -166,7 +167,7 @@ class LivePredictor:
                 raise ModelUnavailable(f"the published artifact cannot serve predictions: "
                                        f"no vocabulary ({exc})") from exc
         t0 = time.perf_counter()
-        engine = Engine.build(art, self._vocab, self.loop.weights(version).weights, version,
+        engine = Engine.build(art, self._vocab, self.machine.weights(version).weights, version,
                               self.cfg)
         log.info("prediction engine for model version %d ready in %.0f ms", version,
                  1e3 * (time.perf_counter() - t0))

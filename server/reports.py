@@ -1,97 +1,60 @@
-"""Reporting: uploads and aborts of selected devices (a part of :class:`RoundLoop`).
+"""Reporting: uploads and aborts of selected devices (Bonawitz et al. 2019, Sec. 2.2).
 
 An upload is checked against its task (owner, state, an identical retry gets the earlier
-answer), decoded and validated outside the loop's lock, then folded into its round's
-streaming aggregator under it; the round commits as soon as it has its goal. A report
-for a round that has closed is refused and counted (late, or round abandoned) in that
-round's stats, as is every other refusal: failures are data.
+answer), decoded and validated (:meth:`Reporting.decode`, which the round machine runs
+outside its lock), then folded into its round's streaming aggregator
+(:meth:`Reporting.fold`, under the lock). The fold returns a :class:`Report`: whether
+the round still wants reports (:attr:`Outcome.FOLDED`) or this one completed its goal
+(:attr:`Outcome.GOAL_REACHED`); the machine acts on it, and commits. A report for a
+round that has closed is refused and counted (late, or round abandoned) in that round's
+stats, as is every other refusal: failures are data.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from fedkb.artifact import Artifact as ModelArtifact
 from fedkb.server.db import Database, row_dict
-from fedkb.server.errors import ApiError, Conflict, Forbidden, NotFound
+from fedkb.server.errors import Conflict, Forbidden, NotFound
 from fedkb.server.metrics import ServerMetrics
-from fedkb.server.rounds import ABANDONED, COMMITTED, TRAIN, RoundState, RoundStats, TaskRecord
-from fedkb.server.uploads import parse_upload, upload_fingerprint
+from fedkb.server.rounds import ABANDONED, COMMITTED, RoundState, RoundStats
+from fedkb.server.tasks import TaskBook, TaskRecord
+from fedkb.server.uploads import parse_upload
+from fedkb.weights import WeightSpec
 from fedkb.wire import AbortResult, UploadMetadata, UploadResult
+
+Rounds = Mapping[int, RoundState]
+
+
+class Outcome(enum.Enum):
+    """What folding one report did to its round."""
+
+    FOLDED = "folded"  # counted; the round wants more
+    GOAL_REACHED = "goal_reached"  # this report completed the round's goal
+
+
+@dataclass(frozen=True)
+class Report:
+    """The fold of one upload: its outcome for the round, and the device's answer."""
+
+    outcome: Outcome
+    answer: UploadResult
 
 
 class Reporting:
-    """Mixed into :class:`~fedkb.server.loop.RoundLoop`, whose state it uses."""
+    """Checks, folds and counts the answers of selected devices (never commits)."""
 
-    lock: threading.RLock
-    db: Database
-    metrics: ServerMetrics
-    clock: Callable[[], float]
-    artifact: ModelArtifact | None
-    open: dict[int, RoundState]
-    _tasks: dict[str, TaskRecord]
-    _busy: dict[str, str]
-    _trained_from: dict[str, int]
-    _tick: Callable[..., None]
-    _commit: Callable[[RoundState, float], None]
+    def __init__(self, db: Database, metrics: ServerMetrics, tasks: TaskBook) -> None:
+        self.db, self.metrics, self.tasks = db, metrics, tasks
 
-    def report(self, device_id: str, task_id: str, body: bytes) -> UploadResult:
-        """Validate an upload and fold it into its round (or refuse it, counted)."""
-        digest = upload_fingerprint(body)
-        with self.lock:
-            self._tick()
-            task = self._owned_task(device_id, task_id)
-            prior = self._replayed(task, digest)
-            if prior is not None:
-                return prior
-            self._round_for_report(task)
-        t0 = time.perf_counter()
-        try:
-            meta, arrays = self._decode(task, body)
-        except ApiError as exc:
-            with self.lock:
-                self._reject(task.round_id, exc.code)
-            raise
-        with self.lock:
-            self._tick()
-            prior = self._replayed(task, digest)
-            if prior is not None:
-                return prior
-            rnd = self._round_for_report(task)
-            now = self.clock()
-            if rnd.aggregator is not None:
-                rnd.aggregator.accumulate(arrays, float(meta.num_examples))
-                rnd.stats.clipped = int(getattr(rnd.aggregator, "clipped", 0))
-            scalars = {**meta.metrics, **{f"timing_{k}": v for k, v in meta.timings.items()}}
-            if meta.loss is not None:
-                scalars["loss"] = meta.loss
-            rnd.scalars.accumulate(scalars, float(max(meta.num_examples, 1)))
-            result = UploadResult(task.id, task.round_id, "accepted", now)
-            task.state, task.upload_sha256, task.response = "reported", digest, result.to_json()
-            self.db.update("tasks", "id", task.id, {
-                "state": "reported", "finished_at": now, "upload_sha256": digest,
-                "response": json.dumps(task.response), "num_examples": meta.num_examples})
-            self._busy.pop(device_id, None)
-            if rnd.kind == TRAIN:
-                self._trained_from[device_id] = task.model_version
-            rnd.stats.reported += 1
-            rnd.stats.num_examples += meta.num_examples
-            self.metrics.reports.labels(rnd.kind).inc()
-            self.metrics.fold.observe(time.perf_counter() - t0)
-            if rnd.stats.reported >= rnd.goal:
-                self._commit(rnd, now)
-            else:
-                self.db.update("rounds", "id", rnd.id, {"stats": json.dumps(rnd.stats.to_json())})
-            self._tick(now)  # after a commit: configure or open the next round now
-            return result
-
-    def _owned_task(self, device_id: str, task_id: str) -> TaskRecord:
-        task = self._tasks.get(task_id)
+    def owned_task(self, device_id: str, task_id: str, rounds: Rounds) -> TaskRecord:
+        """The task ``task_id`` if it is ``device_id``'s (404 / 403 otherwise, counted)."""
+        task = self.tasks.get(task_id)
         if task is None:
             row = row_dict(self.db.one("SELECT * FROM tasks WHERE id = ?", (task_id,)))
             if row is None:
@@ -99,26 +62,26 @@ class Reporting:
                 raise NotFound(f"no task {task_id}", "unknown_task")
             task = TaskRecord.from_row(row)
         if task.device_id != device_id:
-            self._reject(task.round_id, "wrong_device")
+            self.reject(task.round_id, "wrong_device", rounds)
             raise Forbidden(f"task {task_id} belongs to another device", "wrong_device")
         return task
 
-    def _replayed(self, task: TaskRecord, digest: str) -> UploadResult | None:
+    def replayed(self, task: TaskRecord, digest: str, rounds: Rounds) -> UploadResult | None:
         """The earlier answer for an identical retry; :class:`Conflict` for anything else."""
         if task.state == "reported":
             if task.upload_sha256 == digest and task.response is not None:
                 return UploadResult.from_json(task.response)
-            self._reject(task.round_id, "already_submitted")
+            self.reject(task.round_id, "already_submitted", rounds)
             raise Conflict(f"task {task.id} already has a different upload",
                            "already_submitted")
         if task.state == "aborted":
-            self._reject(task.round_id, "task_aborted")
+            self.reject(task.round_id, "task_aborted", rounds)
             raise Conflict(f"task {task.id} was aborted", "task_aborted")
         return None
 
-    def _round_for_report(self, task: TaskRecord) -> RoundState:
+    def open_round(self, task: TaskRecord, rounds: Rounds) -> RoundState:
         """The task's round if it still takes reports; else count the report and refuse it."""
-        rnd = self.open.get(task.round_id)
+        rnd = rounds.get(task.round_id)
         if rnd is not None:
             return rnd
         row = row_dict(self.db.one("SELECT state, reason FROM rounds WHERE id = ?",
@@ -137,26 +100,69 @@ class Reporting:
         raise Conflict(f"round {task.round_id} was abandoned ({row['reason']})",
                        "round_abandoned")
 
-    def _decode(self, task: TaskRecord, body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
-        assert self.artifact is not None
-        return parse_upload(body, task.id, task.round_id, task.kind, self.artifact.specs,
+    def decode(self, task: TaskRecord, body: bytes, specs: Sequence[WeightSpec],
+               ) -> tuple[UploadMetadata, list[np.ndarray]]:
+        """Parse and validate an upload (the expensive part: run it outside the lock)."""
+        return parse_upload(body, task.id, task.round_id, task.kind, specs,
                             lambda rid: self.db.one("SELECT 1 FROM rounds WHERE id = ?",
                                                     (rid,)) is not None)
 
-    def reject_for_task(self, task_id: str, reason: str) -> None:
-        """Count a refused upload (e.g. wrong content type) against its task's round."""
-        with self.lock:
-            task = self._tasks.get(task_id)
-            row = None if task else self.db.one("SELECT round_id FROM tasks WHERE id = ?",
-                                                (task_id,))
-            if task is None and row is None:
-                self.metrics.rejections.labels(reason).inc()
-                return
-            self._reject(task.round_id if task else int(row["round_id"]), reason)  # type: ignore[index]
+    def fold(self, task: TaskRecord, rnd: RoundState, meta: UploadMetadata,
+             arrays: list[np.ndarray], digest: str, now: float) -> Report:
+        """Fold a decoded upload into its open round (O(model)) and record the task."""
+        if rnd.aggregator is not None:
+            rnd.aggregator.accumulate(arrays, float(meta.num_examples))
+        scalars = {**meta.metrics, **{f"timing_{k}": v for k, v in meta.timings.items()}}
+        if meta.loss is not None:
+            scalars["loss"] = meta.loss
+        rnd.scalars.accumulate(scalars, float(max(meta.num_examples, 1)))
+        answer = UploadResult(task.id, task.round_id, "accepted", now)
+        task.state, task.upload_sha256, task.response = "reported", digest, answer.to_json()
+        self.db.update("tasks", "id", task.id, {
+            "state": "reported", "finished_at": now, "upload_sha256": digest,
+            "response": json.dumps(task.response), "num_examples": meta.num_examples})
+        self.tasks.answered(task)
+        rnd.stats.reported += 1
+        rnd.stats.num_examples += meta.num_examples
+        self.metrics.reports.labels(rnd.kind).inc()
+        done = rnd.stats.reported >= rnd.goal
+        return Report(Outcome.GOAL_REACHED if done else Outcome.FOLDED, answer)
 
-    def _reject(self, round_id: int, reason: str) -> None:
+    def abort(self, device_id: str, task_id: str, reason: str, rounds: Rounds,
+              now: float) -> AbortResult:
+        """The device gives up its task (e.g. unplugged); counted by reason."""
+        task = self.owned_task(device_id, task_id, rounds)
+        if task.state == "aborted":
+            return AbortResult(task.id, "aborted")
+        if task.state != "assigned":
+            raise Conflict(f"task {task.id} is already {task.state}", "task_finished")
+        task.state = "aborted"
+        self.db.update("tasks", "id", task.id, {"state": "aborted", "reason": reason,
+                                                 "finished_at": now})
+        self.metrics.aborts.labels(reason).inc()
+        self.tasks.answered(task)
+        rnd = rounds.get(task.round_id)
+        if rnd is not None:
+            rnd.stats.count("aborted", reason)
+            save_stats(self.db, rnd)
+        else:
+            self._amend_closed(task.round_id, lambda s: s.count("aborted", reason))
+        return AbortResult(task.id, "aborted")
+
+    def reject_for_task(self, task_id: str, reason: str, rounds: Rounds) -> None:
+        """Count a refused upload (e.g. wrong content type) against its task's round."""
+        task = self.tasks.get(task_id)
+        row = None if task else self.db.one("SELECT round_id FROM tasks WHERE id = ?",
+                                            (task_id,))
+        if task is None and row is None:
+            self.metrics.rejections.labels(reason).inc()
+            return
+        self.reject(task.round_id if task else int(row["round_id"]), reason, rounds)  # type: ignore[index]
+
+    def reject(self, round_id: int, reason: str, rounds: Rounds) -> None:
+        """Count a refusal against round ``round_id``, open or closed."""
         self.metrics.rejections.labels(reason).inc()
-        rnd = self.open.get(round_id)
+        rnd = rounds.get(round_id)
         if rnd is not None:
             rnd.stats.count("rejected", reason)
         else:
@@ -170,24 +176,7 @@ class Reporting:
             change(stats)
             self.db.update("rounds", "id", round_id, {"stats": json.dumps(stats.to_json())})
 
-    def abort(self, device_id: str, task_id: str, reason: str) -> AbortResult:
-        """The device gives up its task (e.g. unplugged); counted by reason."""
-        with self.lock:
-            task = self._owned_task(device_id, task_id)
-            if task.state == "aborted":
-                return AbortResult(task.id, "aborted")
-            if task.state != "assigned":
-                raise Conflict(f"task {task.id} is already {task.state}", "task_finished")
-            task.state = "aborted"
-            self.db.update("tasks", "id", task.id, {"state": "aborted", "reason": reason,
-                                                     "finished_at": self.clock()})
-            self.metrics.aborts.labels(reason).inc()
-            if self._busy.get(device_id) == task.id:
-                self._busy.pop(device_id)
-            rnd = self.open.get(task.round_id)
-            if rnd is not None:
-                rnd.stats.count("aborted", reason)
-                self.db.update("rounds", "id", rnd.id, {"stats": json.dumps(rnd.stats.to_json())})
-            else:
-                self._amend_closed(task.round_id, lambda s: s.count("aborted", reason))
-            return AbortResult(task.id, "aborted")
+
+def save_stats(db: Database, rnd: RoundState) -> None:
+    """Write an open round's counters to its row."""
+    db.update("rounds", "id", rnd.id, {"stats": json.dumps(rnd.stats.to_json())})

@@ -1,44 +1,26 @@
-"""The round protocol of Bonawitz et al. 2019 ("Towards Federated Learning at Scale: System
-Design", Sec. 2): selection, configuration, reporting; commit or abandon.
+"""The in-memory record of a round and what it counts (Bonawitz et al. 2019, "Towards
+Federated Learning at Scale: System Design", Sec. 2).
 
 A round of kind ``train`` (devices of the training population) or ``evaluate`` (held-out
-devices) goes through::
-
-    selecting --(target selected, or selection window over)--> training
-        selecting --(fewer than min_reports selected)--> abandoned
-    selecting | training --(report_goal reports)--> committed
-    training --(reporting deadline: >= min_reports)--> committed
-    training --(reporting deadline: fewer)--> abandoned
-    selecting | training --(server restart)--> abandoned
-
-Selection over-selects (``target = ceil(goal * overselect)``); the round commits as soon
-as ``goal`` reports are in, and the stragglers' reports are refused as late and counted.
-With ``pipeline`` (the paper's Sec. 2.3 "Pipelining") the next training round starts
-selecting as soon as the previous one stops selecting, so selection overlaps training.
-Until the previous round closes, the new round is not *configured*: its model does not
-exist yet, so its selected devices are told to come back soon ("selected_waiting"); once
-the previous round commits (or is abandoned) the new round's base version is fixed, and
-each selected device gets its task on its next check-in. Every task of a round trains the
-same base version: nothing is stale. A selected device that has not come for its task
-when selection closes counts as aborted ("no_show").
-
-Every state change is written to SQLite; :class:`RoundState` is the in-memory view of
-one open round (its streaming aggregator, counters, devices). The clock is injected, and
-deadlines are checked on every request and by a ticker, so tests move time instantly.
+devices) steps through its :class:`~fedkb.server.phases.Phase` entries; the state diagram
+and every transition are in :mod:`fedkb.server.round_machine`. Every state change is
+written to SQLite; :class:`RoundState` is the in-memory view of one open round (its
+phases, streaming aggregator, counters, devices) and :class:`RoundStats` what it counted:
+failures are data.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedkb.server.aggregate import Aggregator, ScalarMeans
+from fedkb.server.phases import SELECTING, TRAINING, Phase
 from fedkb.wire import Plan
 
 TRAIN, EVALUATE = "train", "evaluate"
-SELECTING, TRAINING, COMMITTED, ABANDONED = "selecting", "training", "committed", "abandoned"
+COMMITTED, ABANDONED = "committed", "abandoned"
 OPEN_STATES = (SELECTING, TRAINING)
 POPULATION_OF = {TRAIN: "train", EVALUATE: "heldout"}
 KIND_OF = {"train": TRAIN, "heldout": EVALUATE}
@@ -54,7 +36,8 @@ class RoundStats:
     aborted: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     num_examples: int = 0
-    clipped: int = 0
+    clipped: int = 0  # = measurements["clipped"], kept for readers of earlier rounds
+    measurements: dict[str, float | int] = field(default_factory=dict)  # the aggregator's
     durations: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -71,55 +54,29 @@ class RoundStats:
 
 
 @dataclass
-class TaskRecord:
-    """One device's assignment in one round. States: assigned, reported, aborted, late."""
-
-    id: str
-    round_id: int
-    device_id: str
-    kind: str
-    model_version: int
-    plan: Plan
-    assigned_at: float
-    state: str = "assigned"
-    upload_sha256: str | None = None
-    response: dict[str, Any] | None = None
-
-    @staticmethod
-    def new_id() -> str:
-        return "t-" + secrets.token_hex(12)
-
-    def row(self) -> dict[str, Any]:
-        return {"id": self.id, "round_id": self.round_id, "device_id": self.device_id,
-                "kind": self.kind, "model_version": self.model_version,
-                "plan": json.dumps(self.plan.to_json()), "state": self.state,
-                "assigned_at": self.assigned_at}
-
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> TaskRecord:
-        return cls(r["id"], r["round_id"], r["device_id"], r["kind"], r["model_version"],
-                   Plan.from_json(r["plan"]), r["assigned_at"], r["state"],
-                   r["upload_sha256"], r["response"])
-
-
-@dataclass
 class RoundState:
-    """An open round, in memory."""
+    """An open round, in memory: where it is in its phases, and what it has counted.
+
+    ``phase_deadline`` is the current phase's; ``deadline`` is the round's last one (the
+    reporting deadline), known once its last phase has begun.
+    """
 
     id: int
     kind: str
     base_version: int
     goal: int
     target: int
-    min_reports: int
     opened_at: float
-    selection_deadline: float
     plan: Plan
     aggregator: Aggregator | None
+    phases: tuple[Phase, ...]
     configured: bool = True  # False: selecting ahead of the round before it (pipelining)
     claim_by: float = 0.0  # the latest time a device selected ahead was asked back for
     claim_deadline: float = 0.0  # when devices selected ahead must have come for their task
     state: str = SELECTING
+    phase_index: int = 0
+    phase_started_at: float = 0.0
+    phase_deadline: float = 0.0
     selection_closed_at: float | None = None
     deadline: float | None = None
     closed_at: float | None = None
@@ -130,31 +87,51 @@ class RoundState:
     devices: set[str] = field(default_factory=set)
     task_ids: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.enter(0, self.opened_at)
+
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES
 
+    @property
+    def phase(self) -> Phase:
+        """The phase the round is in (the last one it reached, once closed)."""
+        return self.phases[self.phase_index]
+
+    @property
+    def min_reports(self) -> int:
+        """Reports needed to commit at the deadline (the last phase's minimum)."""
+        return self.phases[-1].min_count
+
     def wants_devices(self) -> bool:
         return self.state == SELECTING and self.stats.selected < self.target
 
-    def time_left(self, now: float, reporting_deadline_s: float) -> float:
-        """Seconds a device selected now has to report (an upper bound while selecting)."""
-        if self.deadline is not None:
-            return max(0.0, self.deadline - now)
-        return max(0.0, self.selection_deadline - now) + reporting_deadline_s
+    def enter(self, index: int, now: float) -> None:
+        """Begin phase ``index``: its deadline runs from ``now``."""
+        self.phase_index, phase = index, self.phases[index]
+        self.state, self.phase_started_at = phase.state, now
+        self.phase_deadline = now + phase.deadline_s
+        if index == len(self.phases) - 1:
+            self.deadline = self.phase_deadline
 
-    def close_selection(self, now: float, reporting_deadline_s: float) -> None:
-        self.state = TRAINING
-        self.selection_closed_at = now
-        self.deadline = now + reporting_deadline_s
-        self.stats.durations["selection_s"] = round(now - self.opened_at, 6)
+    def end_phase(self, now: float) -> None:
+        """Record how long the current phase took (it ends at ``now``)."""
+        self.stats.durations[f"{self.phase.name}_s"] = round(now - self.phase_started_at, 6)
+
+    def time_left(self, now: float) -> float:
+        """Seconds a device given a task now has to report: what is left of this phase and
+        the whole of the ones after it (an upper bound before the last phase)."""
+        later = sum(p.deadline_s for p in self.phases[self.phase_index + 1:])
+        return max(0.0, self.phase_deadline - now) + later
 
     def close(self, state: str, now: float, reason: str | None = None) -> None:
+        """Committed or abandoned at ``now``: phases never reached took no time."""
+        if f"{self.phase.name}_s" not in self.stats.durations:
+            self.end_phase(now)
+        for p in self.phases[self.phase_index + 1:]:
+            self.stats.durations[f"{p.name}_s"] = 0.0
         self.state, self.closed_at, self.reason = state, now, reason
-        start = self.selection_closed_at if self.selection_closed_at is not None else now
-        if self.selection_closed_at is None:
-            self.stats.durations["selection_s"] = round(now - self.opened_at, 6)
-        self.stats.durations["reporting_s"] = round(now - start, 6)
 
     def row(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state,

@@ -1,13 +1,16 @@
 """Strategies: how a round is configured and how its mean update becomes the next model.
 
-The round loop (:mod:`fedkb.server.rounds`) calls only the two methods of
-:class:`Strategy`, like Flower's ``Strategy`` (``configure_fit`` / ``aggregate_fit``):
+The round machine (:mod:`fedkb.server.round_machine`) knows an algorithm only through the
+abstract :class:`Strategy`, like Flower's ``Strategy`` (``configure_fit`` /
+``aggregate_fit``):
 
-- ``configure(kind, batch_size)`` -> the :class:`~fedkb.wire.Plan` sent to
-  devices;
+- ``configure(kind, batch_size)`` -> the :class:`~fedkb.wire.Plan` sent to devices (from
+  the strategy's :class:`~fedkb.server.config.ClientConfig`);
 - ``aggregator(specs)`` -> a fresh streaming aggregator for one round's updates;
-- ``aggregate(weights, mean_delta, version)`` -> the new global weights (``version``: the
-  model version they become, for a learning-rate schedule).
+- ``aggregate(weights, result, version)`` -> the new global weights from the round's
+  :class:`~fedkb.server.aggregate.AggregateResult` (its mean delta and measurements;
+  ``version``: the model version they become, for a learning-rate schedule);
+- ``state()`` / ``load_state()`` -> optimizer state, checkpointed with each model.
 
 The server optimizers treat the weighted mean of the device deltas, Δ, as a
 pseudo-gradient (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2):
@@ -28,15 +31,15 @@ Optimizer state (momentum, moments) is saved with each checkpoint (``state`` /
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
-from fedkb.server.aggregate import Aggregator, Arrays, mean_factory
+from fedkb.server.aggregate import AggregateResult, Aggregator, Arrays, mean_factory
 from fedkb.server.config import ClientConfig, StrategyConfig
-from fedkb.weights import WeightSpec as Spec
+from fedkb.weights import WeightSpec
 from fedkb.wire import Plan
 
 # --- pure optimizer steps --------------------------------------------------------------
@@ -77,45 +80,66 @@ def scheduled_lr(base: float, decay_rounds: int, version: int) -> float:
 # --- the interface ---------------------------------------------------------------------
 
 
-class Strategy(Protocol):
+class Strategy(abc.ABC):
+    """What the round machine asks of an algorithm, and all it knows of it.
+
+    Built from a :class:`StrategyConfig` (the server optimizer) and a :class:`ClientConfig`
+    (what each task asks of a phone; an admin may replace it, :meth:`set_client`).
+    A subclass that leaves any abstract method out cannot be instantiated.
+    """
+
     name: str
-
-    def configure(self, kind: str, batch_size: int) -> Plan: ...
-
-    def aggregator(self, specs: Sequence[Spec]) -> Aggregator: ...
-
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
-                  version: int = 1) -> Arrays: ...
-
-    def state(self) -> Arrays: ...
-
-    def load_state(self, arrays: Sequence[np.ndarray]) -> None: ...
-
-
-class FedAvg:
-    """Server SGD on the mean delta: plain FedAvg with ``server_lr`` 1."""
-
-    name = "fedavg"
 
     def __init__(self, cfg: StrategyConfig, client: ClientConfig | None = None) -> None:
         self.cfg = cfg
         self.client = client or ClientConfig()
+
+    def set_client(self, client: ClientConfig) -> None:
+        """Rounds configured from now on ask phones for ``client``."""
+        self.client = client
+
+    @abc.abstractmethod
+    def configure(self, kind: str, batch_size: int) -> Plan:
+        """The plan of a round of ``kind`` (each task gets it with its own batch seed)."""
+
+    @abc.abstractmethod
+    def aggregator(self, specs: Sequence[WeightSpec]) -> Aggregator:
+        """A fresh streaming aggregator for one training round's updates."""
+
+    @abc.abstractmethod
+    def aggregate(self, weights: Sequence[np.ndarray], result: AggregateResult,
+                  version: int = 1) -> Arrays:
+        """The new global weights (model ``version``) from the round's aggregate."""
+
+    @abc.abstractmethod
+    def state(self) -> Arrays:
+        """Optimizer state to checkpoint with the model."""
+
+    @abc.abstractmethod
+    def load_state(self, arrays: Sequence[np.ndarray]) -> None:
+        """Continue from a checkpoint's optimizer state."""
+
+
+class FedAvg(Strategy):
+    """Server SGD on the mean delta: plain FedAvg with ``server_lr`` 1."""
+
+    name = "fedavg"
 
     def configure(self, kind: str, batch_size: int) -> Plan:
         c = self.client
         return Plan(kind=kind, lr=c.lr, batch_size=batch_size,  # type: ignore[arg-type]
                     epochs=c.epochs, max_steps=c.max_steps)
 
-    def aggregator(self, specs: Sequence[Spec]) -> Aggregator:
+    def aggregator(self, specs: Sequence[WeightSpec]) -> Aggregator:
         return mean_factory(specs, self.cfg.clip_norm)
 
     def lr(self, version: int) -> float:
         """The server learning rate of the step that makes ``version``."""
         return scheduled_lr(self.cfg.server_lr, self.cfg.decay_rounds, version)
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+    def aggregate(self, weights: Sequence[np.ndarray], result: AggregateResult,
                   version: int = 1) -> Arrays:
-        return sgd_step(weights, mean_delta, self.lr(version))
+        return sgd_step(weights, _mean_delta(result), self.lr(version))
 
     def state(self) -> Arrays:
         return []
@@ -125,6 +149,12 @@ class FedAvg:
             raise ValueError("fedavg keeps no optimizer state")
 
 
+def _mean_delta(result: AggregateResult) -> Arrays:
+    if result.value is None:
+        raise ValueError("no update to apply: the aggregate has no weight")
+    return result.value
+
+
 class FedAvgM(FedAvg):
     name = "fedavgm"
 
@@ -132,8 +162,9 @@ class FedAvgM(FedAvg):
         super().__init__(cfg, client)
         self._v: Arrays = []
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+    def aggregate(self, weights: Sequence[np.ndarray], result: AggregateResult,
                   version: int = 1) -> Arrays:
+        mean_delta = _mean_delta(result)
         v = self._v or [np.zeros_like(d, dtype=np.float32) for d in mean_delta]
         new, self._v = momentum_step(weights, mean_delta, v, self.lr(version),
                                      self.cfg.momentum, self.cfg.nesterov)
@@ -154,8 +185,9 @@ class FedAdam(FedAvg):
         self._m: Arrays = []
         self._v: Arrays = []
 
-    def aggregate(self, weights: Sequence[np.ndarray], mean_delta: Sequence[np.ndarray],
+    def aggregate(self, weights: Sequence[np.ndarray], result: AggregateResult,
                   version: int = 1) -> Arrays:
+        mean_delta = _mean_delta(result)
         zeros = [np.zeros_like(d, dtype=np.float32) for d in mean_delta]
         c = self.cfg
         new, self._m, self._v = adam_step(weights, mean_delta, self._m or zeros,
@@ -174,7 +206,9 @@ class FedAdam(FedAvg):
         self._v = [np.asarray(a, np.float32) for a in arrays[half:]]
 
 
-STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam}
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (FedAvg, FedAvgM, FedAdam)}
+"""The one registry of strategy names (``StrategyConfig.name`` is checked against it)."""
 
 
 def make_strategy(cfg: StrategyConfig, client: ClientConfig | None = None) -> Strategy:

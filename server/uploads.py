@@ -1,7 +1,7 @@
 """Reading one upload: framing, metadata, arrays, and whether they fit the model.
 
 Pure functions of the request body and the task (no locks, no database writes), so the
-round loop runs them outside its lock. Each refusal is a named :class:`ApiError` whose
+round machine runs them outside its lock. Each refusal is a named :class:`ApiError` whose
 ``code`` is also the reason the round counts it under.
 
 An upload is on the wire, not at rest: it keeps its framing (``FKBU`` + JSON metadata +

@@ -87,7 +87,7 @@ class Harness:
         return self.client.get("/v1/status").get_json()
 
     def global_weights(self) -> list[np.ndarray]:
-        return [w.copy() for w in self.state.loop.model.weights]
+        return [w.copy() for w in self.state.machine.model.weights]
 
     def admin(self, method: str, path: str, **kw: Any) -> Any:
         return self.client.open(path, method=method,

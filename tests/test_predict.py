@@ -104,7 +104,7 @@ def _expected(trainer: Trainer, sug: Suggester, text: str, k: int) -> list[dict]
 
 def test_predict_matches_litert_infer_of_the_served_version(h, tiny_artifact):
     trainer = Trainer(tiny_artifact)
-    trainer.set_weights(h.state.loop.model.weights)
+    trainer.set_weights(h.state.machine.model.weights)
     sug = Suggester(trainer.artifact.vocab())
     for text in ["", "the cat ", "The dog sat on the m", "where is the "]:
         body = _predict(h, text, 5)
@@ -160,7 +160,7 @@ def _commit_round(h: Harness, value: float) -> None:
     devs = [h.register() for _ in range(2)]
     tasks = [d.task() for d in devs]
     for d, t in zip(devs, tasks, strict=True):
-        delta = [np.full_like(w, value) for w in h.state.loop.model.weights]
+        delta = [np.full_like(w, value) for w in h.state.machine.model.weights]
         assert d.upload(t, delta).status_code == 200
 
 
@@ -168,14 +168,14 @@ def test_switches_to_a_new_version_without_failing_requests(h, tiny_artifact):
     live = h.app.extensions["fedkb.predict"]
     before = _predict(h, "the cat ", 5)
     _commit_round(h, 0.05)
-    assert h.state.loop.model.version == 1
+    assert h.state.machine.model.version == 1
     # The request that notices the new version is answered by the old one (no waiting) ...
     assert _predict(h, "the cat ", 5)["model_version"] in (0, 1)
     assert live.wait_idle(30)
     after = _predict(h, "the cat ", 5)  # ... and the switch happened off the request path
     assert after["model_version"] == 1 and live.switches == 1
     trainer = Trainer(tiny_artifact)
-    trainer.set_weights(h.state.loop.weights(1).weights)
+    trainer.set_weights(h.state.machine.weights(1).weights)
     assert after["suggestions"] == _expected(trainer, Suggester(trainer.artifact.vocab()),
                                              "the cat ", 5)
     assert after["suggestions"] != before["suggestions"]

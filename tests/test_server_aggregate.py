@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedkb.server.aggregate import (
+    AggregateResult,
     Clipped,
     ScalarMeans,
     WeightedMean,
@@ -21,9 +22,11 @@ from fedkb.server.config import (
     load_config,
 )
 from fedkb.server.strategy import (
+    STRATEGIES,
     FedAdam,
     FedAvg,
     FedAvgM,
+    Strategy,
     adam_step,
     make_strategy,
     scheduled_lr,
@@ -42,7 +45,7 @@ def test_weighted_mean_is_sum_of_weighted_updates_over_total_weight():
     agg = WeightedMean(SPECS)
     agg.accumulate(arr([1, 2], [3, 4]), 1)
     agg.accumulate(arr([5, 6], [7, 8]), 3)
-    out = agg.result()
+    out = agg.result().value
     assert agg.count == 2 and agg.total_weight == 4
     np.testing.assert_array_equal(out[0], [4, 5])  # (1 + 15) / 4, (2 + 18) / 4
     np.testing.assert_array_equal(out[1], [[6, 7]])
@@ -51,7 +54,7 @@ def test_weighted_mean_is_sum_of_weighted_updates_over_total_weight():
 
 def test_weighted_mean_of_nothing_is_none_and_memory_is_one_model():
     agg = WeightedMean(SPECS)
-    assert agg.result() is None
+    assert agg.result().value is None
     for _ in range(50):
         agg.accumulate(arr([1, 1], [1, 1]), 2)
     assert len(agg._sum) == len(SPECS)  # one accumulator, whatever the number of updates
@@ -73,8 +76,43 @@ def test_clipped_mean_composes_clip_then_mean():
     assert isinstance(agg, Clipped)
     agg.accumulate(arr([3, 0], [0, 4]), 1)  # clipped to norm 1
     agg.accumulate(arr([0.5, 0], [0, 0]), 1)  # untouched
-    np.testing.assert_allclose(agg.result()[0], [0.55, 0], rtol=1e-6)
-    assert agg.clipped == 1
+    res = agg.result()
+    np.testing.assert_allclose(res.value[0], [0.55, 0], rtol=1e-6)
+    assert res.measurements["clipped"] == 1
+
+
+def test_every_stage_reports_its_measurements_and_wrappers_merge_them():
+    agg = mean_factory(SPECS, clip_norm=2.0)
+    agg.accumulate(arr([3, 0], [0, 4]), 1)  # norm 5: clipped
+    agg.accumulate(arr([0, 0], [0, 1]), 2)  # norm 1: untouched
+    agg.accumulate(arr([0, 2], [0, 0]), 1)  # norm 2 exactly: not clipped
+    res = agg.result()
+    assert res.measurements == {"count": 3, "total_weight": 4.0, "clipped": 1,
+                                "update_norm_mean": 8 / 3, "update_norm_max": 5.0}
+    plain = mean_factory(SPECS)  # no clipping: the norms are still measured
+    plain.accumulate(arr([3, 0], [0, 4]), 1)
+    assert plain.result().measurements == {"count": 1, "total_weight": 1.0,
+                                           "update_norm_mean": 5.0, "update_norm_max": 5.0}
+    empty = WeightedMean(SPECS).result()
+    assert empty.value is None and empty.measurements == {"count": 0, "total_weight": 0.0}
+
+
+def test_the_strategy_interface_refuses_an_incomplete_subclass():
+    class NoStep(Strategy):  # configure and aggregator, but no aggregate / state
+        name = "nostep"
+
+        def configure(self, kind, batch_size):
+            return FedAvg(self.cfg).configure(kind, batch_size)
+
+        def aggregator(self, specs):
+            return WeightedMean(specs)
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoStep(StrategyConfig())
+    assert issubclass(FedAdam, Strategy) and set(STRATEGIES) == {"fedavg", "fedavgm",
+                                                                 "fedadam"}
+    with pytest.raises(ConfigError, match="fedavg, fedavgm, fedadam"):
+        StrategyConfig(name="nostep")  # the config knows the registry's names only
 
 
 def test_scalar_means_are_weighted():
@@ -101,7 +139,7 @@ def test_an_update_that_does_not_fit_gets_its_api_code(update, reason):
 def test_fedavg_adds_server_lr_times_mean_delta():
     x = arr([1, 1], [1, 1])
     s = FedAvg(StrategyConfig(server_lr=0.5))
-    new = s.aggregate(x, arr([2, 4], [6, 8]))
+    new = s.aggregate(x, AggregateResult(arr([2, 4], [6, 8])))
     np.testing.assert_array_equal(new[0], [2, 3])
     np.testing.assert_array_equal(new[1], [[4, 5]])
     assert s.state() == []
@@ -113,7 +151,7 @@ def test_server_lr_decays_by_cosine_to_a_tenth_and_stays():
     assert scheduled_lr(0.7, 0, 150) == 0.7  # no schedule
     s = FedAvg(StrategyConfig(server_lr=1.0, decay_rounds=5))
     x, d = [np.zeros(1, np.float32)], [np.ones(1, np.float32)]
-    assert s.aggregate(x, d, version=3)[0][0] == pytest.approx(0.55)
+    assert s.aggregate(x, AggregateResult(d), version=3)[0][0] == pytest.approx(0.55)
     with pytest.raises(ConfigError):
         StrategyConfig(decay_rounds=-1)
 
@@ -121,22 +159,23 @@ def test_server_lr_decays_by_cosine_to_a_tenth_and_stays():
 def test_fedavgm_nesterov_and_heavy_ball_exactly():
     x, d = [np.zeros(1, np.float32)], [np.ones(1, np.float32)]
     nest = FedAvgM(StrategyConfig(name="fedavgm", momentum=0.5, nesterov=True))
-    x1 = nest.aggregate(x, d)  # v=1, step = 0.5*1 + 1 = 1.5
-    x2 = nest.aggregate(x1, d)  # v=1.5, step = 0.75 + 1 = 1.75
+    x1 = nest.aggregate(x, AggregateResult(d))  # v=1, step = 0.5*1 + 1 = 1.5
+    x2 = nest.aggregate(x1, AggregateResult(d))  # v=1.5, step = 0.75 + 1 = 1.75
     assert x1[0][0] == 1.5 and x2[0][0] == 3.25
     heavy = FedAvgM(StrategyConfig(name="fedavgm", momentum=0.5, nesterov=False))
-    y2 = heavy.aggregate(heavy.aggregate(x, d), d)  # steps 1, 1.5
+    y2 = heavy.aggregate(heavy.aggregate(x, AggregateResult(d)), AggregateResult(d))  # steps 1, 1.5
     assert y2[0][0] == 2.5
     restored = FedAvgM(StrategyConfig(name="fedavgm", momentum=0.5))
     restored.load_state(nest.state())
-    assert restored.aggregate(x2, d)[0][0] == nest.aggregate(x2, d)[0][0]
+    mean = AggregateResult(d)
+    assert restored.aggregate(x2, mean)[0][0] == nest.aggregate(x2, mean)[0][0]
 
 
 def test_fedadam_follows_reddi_et_al():
     x, d = [np.zeros(2, np.float32)], [np.array([0.1, -0.2], np.float32)]
     cfg = StrategyConfig(name="fedadam", server_lr=0.01, beta1=0.9, beta2=0.99, tau=1e-3)
     s = FedAdam(cfg)
-    new = s.aggregate(x, d)
+    new = s.aggregate(x, AggregateResult(d))
     m = 0.1 * d[0]
     v = 0.01 * d[0] ** 2
     np.testing.assert_allclose(new[0], 0.01 * m / (np.sqrt(v) + 1e-3), rtol=1e-6)

@@ -25,7 +25,7 @@ def error(resp, status: int, code: str) -> None:
 
 def unchanged(h, version: int = 0) -> None:
     assert h.status()["model_version"] == version
-    w0 = h.state.loop.weights(0).weights
+    w0 = h.state.machine.weights(0).weights
     if version == 0:
         assert all(np.array_equal(a, b) for a, b in zip(w0, h.global_weights(), strict=True))
 

@@ -236,6 +236,8 @@ def test_admin_stops_starts_and_reconfigures(tmp_path):
     assert r.status_code == 200 and r.get_json()["report_goal"] == 5
     bad = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": "many"})
     assert bad.status_code == 422
+    r = h.admin("PATCH", "/v1/admin/client-config", json={"lr": 0.1})
+    assert r.status_code == 200 and r.get_json()["lr"] == 0.1
     h.admin("POST", "/v1/admin/training", json={"enabled": True})
     t = h.register().task()
     assert t["plan"]["lr"] == 0.1

@@ -1,0 +1,378 @@
+"""The round state machine of Bonawitz et al. 2019 ("Towards Federated Learning at Scale:
+System Design", Sec. 2): selection, configuration, reporting; commit or abandon.
+
+A round of kind ``train`` (training devices) or ``evaluate`` (held-out devices) steps
+through its phases (:mod:`fedkb.server.phases`, data: name, deadline, minimum count)::
+
+       open    a model exists and training is enabled (pipelined: while the round
+        |      before it trains; configured with that round's model once it closes)
+        v
+    selecting --- target selected (every seat claimed, or the claim window over)
+        |         or the selection window over:
+        |           fewer than min_reports tasks ----------> abandoned (too_few_devices)
+        v
+    training ---- reporting deadline, or every selected device answered:
+        |           fewer than min_reports reports --------> abandoned (deadline)
+        v
+    committed <-- also at once on report_goal reports (Outcome.GOAL_REACHED), from
+                  selecting or training
+
+    selecting | training -- server restart ------------------> abandoned (server_restart)
+    committing -- no weight in the aggregate, commit failed --> abandoned (no_weight, ...)
+
+Selection over-selects (``target = ceil(goal * overselect)``); the round commits as soon
+as ``goal`` reports are in, and the stragglers' reports are refused as late and counted.
+With ``pipeline`` (the paper's Sec. 2.3) the next training round selects while the one
+before it trains; until that one closes the new round is not *configured* (its model does
+not exist), so its devices are told to come back ("selected_waiting") and claim their
+tasks once it is. Every task of a round trains the same base version: nothing is stale.
+
+:class:`RoundMachine` owns the rounds and applies every transition; it knows the
+algorithm only through :class:`~fedkb.server.strategy.Strategy`. Time-driven transitions
+all happen in :meth:`RoundMachine.advance` (called on every request and by a ticker, with
+an injected clock, so tests move time instantly). Check-ins go to its
+:class:`~fedkb.server.selection.Selection`, uploads to its
+:class:`~fedkb.server.reports.Reporting`, which answer with data the machine acts on. One
+lock guards all state (waitress serves requests from several threads); an upload's
+decode and validation run outside it, and only the O(model) fold inside.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedkb.artifact import Artifact
+from fedkb.server.checkpoints import Checkpoint, CheckpointStore
+from fedkb.server.config import ClientConfig, RoundConfig
+from fedkb.server.db import Database, row_dict
+from fedkb.server.devices import DeviceRegistry
+from fedkb.server.errors import ApiError
+from fedkb.server.global_model import GlobalModel
+from fedkb.server.metrics import ServerMetrics
+from fedkb.server.phases import PhaseHandler, ReportingPhase, SelectionPhase, round_phases
+from fedkb.server.reports import Outcome, Reporting, save_stats
+from fedkb.server.rounds import (
+    ABANDONED,
+    COMMITTED,
+    EVALUATE,
+    OPEN_STATES,
+    POPULATION_OF,
+    SELECTING,
+    TRAIN,
+    RoundState,
+    RoundStats,
+)
+from fedkb.server.selection import Selection
+from fedkb.server.strategy import Strategy
+from fedkb.server.tasks import TaskBook, wire_task
+from fedkb.server.uploads import upload_fingerprint
+from fedkb.wire import AbortResult, CheckinResponse, Conditions, UploadResult
+
+log = logging.getLogger(__name__)
+
+
+class RoundMachine:
+    """The open rounds, the global model, and every transition between rounds' phases."""
+
+    def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
+                 strategy: Strategy, metrics: ServerMetrics, clock: Callable[[], float],
+                 rng: random.Random) -> None:
+        self.cfg, self.db, self.devices, self.strategy = cfg, db, devices, strategy
+        self.metrics, self.clock = metrics, clock
+        self.lock = threading.RLock()
+        # notified when a round is configured or closes: held check-ins (wait_for_claim)
+        self.changed = threading.Condition(self.lock)
+        self.models = GlobalModel(db, metrics, self.lock)
+        self.tasks = TaskBook(db)
+        self.selection = Selection(db, devices, metrics, rng, self.tasks)
+        self.reports = Reporting(db, metrics, self.tasks)
+        self.handlers: dict[str, PhaseHandler] = {
+            "selection": SelectionPhase(self.selection, metrics), "reporting": ReportingPhase()}
+        self.open: dict[int, RoundState] = {}
+        self.training_enabled: bool = bool(db.get("training_enabled", True))
+        self._eval_queue: list[int] = list(db.get("eval_queue", []))
+        self._next_round = 1 + int(db.one("SELECT COALESCE(MAX(id), 0) m FROM rounds")["m"])
+
+    @property
+    def artifact(self) -> Artifact | None:
+        return self.models.artifact
+
+    @property
+    def model(self) -> Checkpoint | None:
+        """The checkpoint in force (None before a model is published)."""
+        return self.models.current
+
+    def weights(self, version: int) -> Checkpoint:
+        return self.models.weights(version)
+
+    # --- start and admin -------------------------------------------------------------------
+
+    def attach(self, artifact: Artifact, store: CheckpointStore) -> None:
+        """Serve ``artifact``; load the newest intact checkpoint, abandon rounds left open."""
+        with self.lock:
+            now = self.clock()
+            for r in self.db.query("SELECT * FROM rounds WHERE state IN (?, ?)", OPEN_STATES):
+                stats = RoundStats.from_json(row_dict(r)["stats"])
+                self.db.update("rounds", "id", r["id"], {
+                    "state": ABANDONED, "reason": "server_restart", "closed_at": now,
+                    "stats": json.dumps(stats.to_json())})
+                self.metrics.rounds.labels(r["kind"], ABANDONED).inc()
+            ckpt = self.models.attach(artifact, store)
+            if ckpt is None:  # a fresh state dir (or every checkpoint damaged)
+                self._queue_eval(self.models.publish_initial(artifact.initial_weights(), now))
+            else:
+                self.strategy.load_state(ckpt.optimizer_state)
+                self.models.serve(ckpt)
+
+    def set_training(self, enabled: bool) -> None:
+        with self.lock:
+            self.training_enabled = enabled
+            self.db.put("training_enabled", enabled)
+            self.advance()
+
+    def set_config(self, cfg: RoundConfig) -> None:
+        """New rounds use ``cfg``; open rounds keep the phases and plan they started with."""
+        with self.lock:
+            self.cfg = cfg
+            self.advance()
+
+    def set_client_config(self, client: ClientConfig) -> None:
+        """Rounds opened from now on ask phones for ``client`` (open rounds keep theirs)."""
+        with self.lock:
+            self.strategy.set_client(client)
+
+    # --- time ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        with self.lock:
+            self.advance()
+
+    def advance(self, now: float | None = None) -> None:
+        """Apply every transition due at ``now``: each open round's phases (selection
+        closes, a deadline commits or abandons), then configure the pipelined round whose
+        predecessor closed, and open the rounds that should be open."""
+        now = self.clock() if now is None else now
+        for rnd in list(self.open.values()):
+            while rnd.is_open:
+                phase, handler = rnd.phase, self.handlers[rnd.phase.name]
+                if not handler.over(rnd, now):
+                    break
+                handler.end(rnd, now)
+                rnd.end_phase(now)
+                if handler.count(rnd) < phase.min_count:
+                    self._abandon(rnd, now, phase.short)
+                elif rnd.phase_index + 1 == len(rnd.phases):
+                    self._commit(rnd, now)
+                else:
+                    rnd.enter(rnd.phase_index + 1, now)
+                    self.db.update("rounds", "id", rnd.id, rnd.row())
+        if self.model is None:
+            return
+        trains = [r for r in self.open.values() if r.kind == TRAIN]
+        if trains and not any(r.configured for r in trains):
+            self._configure(min(trains, key=lambda r: r.id), now)
+        if (self.training_enabled and not self._enough_rounds(len(trains))
+                and self.devices.count(POPULATION_OF[TRAIN]) >= self.cfg.min_registered
+                and not any(r.state == SELECTING for r in trains)
+                and len(trains) < (2 if self.cfg.pipeline else 1)):
+            # with ``pipeline`` a round opens while the one before it still trains: it
+            # selects its devices now and is configured when that round closes
+            self._open_round(TRAIN, self.cfg.report_goal, now, configured=not trains)
+        if self._eval_queue and not any(r.kind == EVALUATE for r in self.open.values()):
+            version = self._eval_queue.pop(0)
+            self.db.put("eval_queue", self._eval_queue)
+            self._open_round(EVALUATE, self.cfg.eval_goal, now, version)
+
+    def _enough_rounds(self, open_train: int) -> bool:
+        limit = self.cfg.max_rounds
+        return limit is not None and self.rounds_committed() + open_train >= limit
+
+    def rounds_committed(self, kind: str = TRAIN) -> int:
+        return int(self.db.one("SELECT COUNT(*) n FROM rounds WHERE kind = ? AND state = ?",
+                               (kind, COMMITTED))["n"])
+
+    def _open_round(self, kind: str, goal: int, now: float, version: int | None = None,
+                    configured: bool = True) -> None:
+        assert self.artifact is not None and self.model is not None
+        rid, self._next_round = self._next_round, self._next_round + 1
+        rnd = RoundState(
+            id=rid, kind=kind, base_version=self.model.version if version is None else version,
+            goal=goal, target=self.cfg.target(goal), opened_at=now,
+            plan=self.strategy.configure(kind, self.artifact.batch_size),
+            aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None,
+            phases=round_phases(self.cfg, goal), configured=configured)
+        self.db.insert("rounds", rnd.row())
+        self.open[rid] = rnd
+
+    def _configure(self, rnd: RoundState, now: float) -> None:
+        """The round before ``rnd`` has closed: ``rnd`` trains the model it left.
+
+        Its devices selected so far claim their tasks on their next check-in; selection
+        waits ``claim_window_s`` for them (longer if the round still wants devices).
+        """
+        assert self.model is not None
+        rnd.configured, rnd.base_version = True, self.model.version
+        rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
+        rnd.phase_deadline = max(rnd.phase_deadline, rnd.claim_deadline)
+        self.db.update("rounds", "id", rnd.id, rnd.row())
+        self.changed.notify_all()
+
+    # --- commit / abandon ----------------------------------------------------------------
+
+    def _commit(self, rnd: RoundState, now: float) -> None:
+        t0 = time.perf_counter()
+        if rnd.kind == EVALUATE:
+            rnd.stats.metrics = rnd.scalars.result()
+            self._close(rnd, COMMITTED, now)
+            self._record_metrics(rnd)
+            return
+        assert self.model is not None and rnd.aggregator is not None
+        assert rnd.base_version == self.model.version, "one configured training round at a time"
+        result = rnd.aggregator.result()
+        rnd.stats.measurements = dict(result.measurements)
+        rnd.stats.clipped = int(result.measurements.get("clipped", 0))
+        if result.value is None:
+            self._abandon(rnd, now, "no_weight")
+            return
+        before = self.strategy.state()
+        try:
+            version = self.models.next_version()
+            new = self.strategy.aggregate(self.model.weights, result, version)
+            file_sha, ckpt = self.models.write(version, new, self.strategy.state())
+        except Exception as exc:  # the model stays as it was
+            log.exception("commit of round %d failed", rnd.id)
+            self.strategy.load_state(before)
+            self._abandon(rnd, now, f"commit_failed: {type(exc).__name__}")
+            return
+        rnd.stats.metrics = rnd.scalars.result()
+        rnd.committed_version = version
+        rnd.stats.durations["commit_s"] = round(time.perf_counter() - t0, 6)
+        self._finish(rnd, now, COMMITTED, None)
+        with self.db.transaction() as conn:
+            self.models.record(conn, version, rnd.id, file_sha, now)
+            _write_round(conn, rnd)
+        self.models.serve(ckpt)
+        self.metrics.phase.labels("commit").observe(rnd.stats.durations["commit_s"])
+        start = rnd.selection_closed_at
+        self.selection.round_took(0.0 if start is None else now - start)
+        self._record_metrics(rnd)
+        if self.cfg.eval_every and version % self.cfg.eval_every == 0:
+            self._queue_eval(version)
+
+    def _abandon(self, rnd: RoundState, now: float, reason: str) -> None:
+        self._close(rnd, ABANDONED, now, reason)
+        if rnd.kind == EVALUATE and self.model is not None and \
+                rnd.base_version == self.model.version and not self._eval_queue:
+            self._queue_eval(rnd.base_version)  # the latest model is still unevaluated: retry
+
+    def _close(self, rnd: RoundState, state: str, now: float, reason: str | None = None) -> None:
+        self._finish(rnd, now, state, reason)
+        self.db.update("rounds", "id", rnd.id, rnd.row())
+
+    def _finish(self, rnd: RoundState, now: float, state: str, reason: str | None) -> None:
+        """Take the round out of the open set (the caller writes its row)."""
+        reached = rnd.phases[:rnd.phase_index + 1]
+        rnd.close(state, now, reason)
+        self.open.pop(rnd.id, None)
+        self.selection.drop_seats(rnd)
+        self.tasks.close_round(rnd)
+        rnd.aggregator = None  # free the accumulator
+        self.metrics.rounds.labels(rnd.kind, state).inc()
+        for phase in reached:
+            self.metrics.phase.labels(phase.name).observe(rnd.stats.durations[f"{phase.name}_s"])
+        self.changed.notify_all()
+
+    def _record_metrics(self, rnd: RoundState) -> None:
+        values = {**rnd.stats.metrics, "reports": float(rnd.stats.reported),
+                  "num_examples": float(rnd.stats.num_examples)}
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO metrics(round_id, model_version, kind, name, value) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(rnd.id, rnd.base_version, rnd.kind, k, float(v)) for k, v in values.items()])
+
+    def _queue_eval(self, version: int) -> None:
+        if self.cfg.eval_every:
+            self._eval_queue.append(version)
+            self.db.put("eval_queue", self._eval_queue)
+
+    # --- devices: check-ins, uploads, aborts ---------------------------------------------
+
+    def checkin(self, device_id: str, conditions: Conditions) -> CheckinResponse:
+        """A task for the device, or when to come back (:class:`Selection` decides)."""
+        population = self.devices.population(device_id)
+        with self.lock:
+            now = self.clock()
+            self.advance(now)
+            got = self.selection.checkin(device_id, population, conditions, self.cfg,
+                                         self.open, self.model.version if self.model else None,
+                                         now)
+            if isinstance(got, CheckinResponse):
+                return got
+            self.advance(now)  # a seat that completes selection closes it: the deadline told
+            return CheckinResponse(task=wire_task(got, self.open[got.round_id], now))
+
+    def wait_for_claim(self, device_id: str, timeout_s: float) -> bool:
+        """Hold a device selected ahead until its round is configured (see
+        :meth:`Selection.wait_for_claim`); True if it should check in again now."""
+        return self.selection.wait_for_claim(device_id, timeout_s, self.open, self.changed)
+
+    def report(self, device_id: str, task_id: str, body: bytes) -> UploadResult:
+        """Validate an upload and fold it into its round (or refuse it, counted); commit the
+        round if the fold reached its goal."""
+        digest = upload_fingerprint(body)
+        with self.lock:
+            self.advance()
+            task = self.reports.owned_task(device_id, task_id, self.open)
+            prior = self.reports.replayed(task, digest, self.open)
+            if prior is not None:
+                return prior
+            self.reports.open_round(task, self.open)
+            assert self.artifact is not None
+            specs = self.artifact.specs
+        t0 = time.perf_counter()
+        try:
+            meta, arrays = self.reports.decode(task, body, specs)  # outside the lock
+        except ApiError as exc:
+            with self.lock:
+                self.reports.reject(task.round_id, exc.code, self.open)
+            raise
+        with self.lock:
+            now = self.clock()
+            self.advance(now)
+            prior = self.reports.replayed(task, digest, self.open)
+            if prior is not None:
+                return prior
+            rnd = self.reports.open_round(task, self.open)
+            folded = self.reports.fold(task, rnd, meta, arrays, digest, now)
+            if rnd.kind == TRAIN:
+                self.selection.trained(device_id, task.model_version)
+            self.metrics.fold.observe(time.perf_counter() - t0)
+            if folded.outcome is Outcome.GOAL_REACHED:
+                self._commit(rnd, now)
+            else:
+                save_stats(self.db, rnd)
+            self.advance(now)  # after a commit: configure or open the next round now
+            return folded.answer
+
+    def reject_for_task(self, task_id: str, reason: str) -> None:
+        """Count a refused upload (e.g. wrong content type) against its task's round."""
+        with self.lock:
+            self.reports.reject_for_task(task_id, reason, self.open)
+
+    def abort(self, device_id: str, task_id: str, reason: str) -> AbortResult:
+        """The device gives up its task (e.g. unplugged); counted by reason."""
+        with self.lock:
+            return self.reports.abort(device_id, task_id, reason, self.open, self.clock())
+
+
+def _write_round(conn: Any, rnd: RoundState) -> None:
+    row = rnd.row()
+    sets = ", ".join(f"{k} = ?" for k in row)
+    conn.execute(f"UPDATE rounds SET {sets} WHERE id = ?", [*row.values(), rnd.id])
