@@ -91,7 +91,7 @@ def test_checkpoint_round_trips_through_safetensors_with_its_digest(tmp_path):
     path = tmp_path / "state" / "checkpoints" / "v000001.safetensors"
     row = h.state.db.one("SELECT file, sha256 FROM models WHERE version = 1")
     assert row["file"] == path.name and row["sha256"] == sha256(path.read_bytes())
-    specs = h.state.loop.artifact.specs
+    specs = h.state.machine.artifact.specs
     tensors = load_file(path)
     assert set(tensors) == {s.name for s in specs} | {"state.0", "state.1", "state.2"}
     for s, w in zip(specs, h.global_weights(), strict=True):
@@ -132,7 +132,7 @@ def test_load_the_global_model_in_three_lines(tmp_path):
     weights = {k: v for k, v in tensors.items() if not k.startswith("state.")}
 
     assert h.status()["model_version"] == 2
-    names = h.state.loop.artifact.weight_names
+    names = h.state.machine.artifact.weight_names
     assert list(weights) == sorted(names)
     for name, w in zip(names, h.global_weights(), strict=True):
         np.testing.assert_array_equal(weights[name], w)
