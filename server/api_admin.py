@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, jsonify, request
 
@@ -50,11 +52,7 @@ def get_round_config():
 
 @bp.patch("/round-config")
 def patch_round_config():
-    try:
-        cfg = server_state().set_round_config(json_body(request))
-    except ConfigError as exc:
-        raise Unprocessable(str(exc), "bad_config") from exc
-    return jsonify(dataclasses.asdict(cfg))
+    return _patched(server_state().set_round_config)
 
 
 @bp.get("/client-config")
@@ -64,8 +62,13 @@ def get_client_config():
 
 @bp.patch("/client-config")
 def patch_client_config():
+    return _patched(server_state().set_client_config)
+
+
+def _patched(apply: Callable[[dict[str, Any]], Any]):
+    """Apply a PATCH body to one config table for new rounds; answer the table in force."""
     try:
-        cfg = server_state().set_client_config(json_body(request))
+        cfg = apply(json_body(request))
     except ConfigError as exc:
         raise Unprocessable(str(exc), "bad_config") from exc
     return jsonify(dataclasses.asdict(cfg))
