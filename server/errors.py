@@ -4,7 +4,8 @@ Every refusal the server makes is an :class:`ApiError` subclass carrying an HTTP
 and a stable machine-readable ``code``; :func:`register_error_handlers` turns it (and
 Werkzeug's own 404/405/413) into ``{"error": {"code": ..., "message": ...}}``.
 
-Codes a device should know:
+Every code the server answers with (``tests/test_error_codes.py`` reads the raises in
+``server/`` and keeps this table exact):
 
 ==========================  ======  =====================================================
 code                        status  meaning
@@ -12,27 +13,39 @@ code                        status  meaning
 ``bad_json``                400     body is not JSON / not an object
 ``invalid_message``         400     JSON that does not match :mod:`fedkb.wire`
 ``malformed_upload``        400     upload framing or codec bytes broken
+``round_mismatch``          400     the upload names another round than its task's
+``bad_query``               400     ``limit`` / ``before`` in a listing not integers
+``bad_text``/``bad_k``      400     ``/v1/predict``: text missing or not a string; k
+                                    not an integer in 1..max_k
+``text_too_long``           400     ``/v1/predict``: text over ``predict.max_text_chars``
 ``missing_token``           401     no ``Authorization: Bearer`` header
 ``invalid_token``           401     token not signed by this server (forged, damaged)
 ``token_expired``           401     token older than its lifetime
 ``unknown_device``          401     token for a device this server does not know
 ``forbidden``               403     admin action without the admin token
 ``wrong_device``            403     the task belongs to another device
-``not_found``               404     unknown path, task, round or model version
+``not_found``               404     unknown path
+``unknown_task``            404     no such task
+``unknown_round``           404     no such round
+``method_not_allowed``      405     the path does not take this method
 ``late_report``             409     the round has closed (committed or past its deadline)
 ``round_abandoned``         409     the round was abandoned (deadline, or server restart)
 ``already_submitted``       409     a different second upload for the same task
-``task_aborted``            409     the task was aborted before
-``wrong_kind``              409     update arrays for an evaluation task, or none for train
+``task_aborted``            409     upload for a task the device aborted
+``task_finished``           409     abort of a task already reported or late
 ``no_model``                409     no model has been published yet
+``model_exists``            409     admin publish on a server that has a model
 ``payload_too_large``       413     body over the upload limit
 ``unsupported_media_type``  415     wrong ``Content-Type``
 ``bad_shape``/``bad_dtype`` 422     arrays that do not fit the model
 ``non_finite``              422     NaN or Inf in the update
-``bad_text``/``bad_k``      400     ``/v1/predict``: text missing or not a string; k
-                                    not an integer in 1..10
-``text_too_long``           400     ``/v1/predict``: text over the limit (1000 chars)
+``no_examples``             422     a training report with ``num_examples`` < 1
+``missing_update``          422     a training report without update arrays
+``unexpected_update``       422     update arrays in an evaluation report
+``bad_config``              422     admin config PATCH with a value that cannot be used
+``bad_artifact``            422     admin publish of a directory that is not an artifact
 ``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)
+``http_error``              4xx     any other HTTP error raised by Werkzeug
 ==========================  ======  =====================================================
 """
 
@@ -87,6 +100,11 @@ class Unprocessable(ApiError):
     status, code = 422, "unprocessable"
 
 
+# Werkzeug's own errors (unknown path, wrong method, ...) by status; others: "http_error"
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                    415: "unsupported_media_type"}
+
+
 def error_response(status: int, code: str, message: str):
     resp = jsonify({"error": {"code": code, "message": message}})
     resp.status_code = status
@@ -102,6 +120,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                415: "unsupported_media_type"}.get(exc.code or 500, "http_error")
+        code = HTTP_ERROR_CODES.get(exc.code or 500, "http_error")
         return error_response(exc.code or 500, code, exc.description or exc.name)
