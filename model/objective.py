@@ -3,7 +3,7 @@
 These functions are traced into the artifact's signatures *and* used for the Keras side
 of the parity check, so both sides compute exactly the same thing.
 
-Metric (DESIGN.md): top-k recall over target positions whose target is an
+Metric (fedkb/metrics.py): top-k recall over target positions whose target is an
 in-vocabulary word (id >= 4: not PAD, BOS, EOS or OOV); special tokens are never
 suggested, so their logits are pushed to -1e9 before ranking. A target counts as a
 top-k hit when fewer than k other words have a strictly larger logit.

@@ -12,12 +12,12 @@ Signatures (fixed shapes; B = batch_size, T = seq_len, K = infer_k):
 - ``get_weights() -> {name: array}`` and ``set_weights(**{name: array}) -> {num_weights}``
   with one entry per weight, named as in :func:`fedkb.model.weights.weight_specs`.
 
-Only builtin ops come out of this (DESIGN.md, "Verified facts"): the RNN is unrolled,
+Only builtin ops come out of this (ARCHITECTURE.md, "Hazards the code works around"): the RNN is unrolled,
 shapes are static, gradients come from ``tf.GradientTape`` and the update is written by
 hand (Keras optimizers inside a signature fail at run time). Two gradients are shaped by
 hand for speed, the same math: the embedding's (one SCATTER_ND) and the recurrent
-kernel's (one matmul over all steps); together with the cell's hoisted input projection
-they took a `small` step from ~24.7 to ~20.4 ms (bench/README.md).
+kernel's (one matmul over all steps), together with the cell's hoisted input projection
+(what they save: bench/README.md, "Model").
 """
 
 from __future__ import annotations

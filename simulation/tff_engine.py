@@ -7,7 +7,7 @@ the server (or the fleet server's other strategies, clipping and lr decay, exact
 weighted by their number of (real, unpadded) windows.
 
 TFF's default execution context starts ``tensorflow_federated/data/worker_binary``,
-which outlives Python (DESIGN.md, "Verified facts and hazards"). So TFF never runs in
+which outlives Python (ARCHITECTURE.md, "Hazards the code works around"). So TFF never runs in
 the caller's process: :func:`run_tff_isolated` runs this module as a child process in
 its own process group and kills the whole group afterwards, whatever happened.
 

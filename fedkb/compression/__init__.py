@@ -1,5 +1,5 @@
-"""Compression stages of the aggregation pipeline (DESIGN.md, "The aggregation
-pipeline"), as pure NumPy function pairs a phone (encode) and the server (decode, fold)
+"""Compression stages of the aggregation pipeline (ARCHITECTURE.md, "Where
+extensions plug in"), as pure NumPy function pairs a phone (encode) and the server (decode, fold)
 both run:
 
 - :mod:`~fedkb.compression.quantize`: b-bit stochastic quantization on per-chunk grids

@@ -23,8 +23,7 @@ With one participation per tree the sum is the tree depth ``⌊log2 T⌋ + 1``, 
 ``dp_accounting.SingleEpochTreeAggregationDpEvent`` covers.
 
 Cost: the program is roughly ``O(k² · s² · log T)`` for ``k`` participations and
-separation ``s``; measured here, T=500, s=49, k=10 takes ~2 s and T=1000, s=99 ~20 s.
-Restarting the tree every ``s + 1`` rounds (one participation per tree) makes it
+separation ``s`` (seconds at T=500, tens of seconds at T=1000 with s=99). Restarting the tree every ``s + 1`` rounds (one participation per tree) makes it
 trivial.
 """
 
