@@ -1,6 +1,6 @@
 """Compression stages of the aggregation pipeline (ARCHITECTURE.md, "Where
-extensions plug in"), as pure NumPy function pairs a phone (encode) and the server (decode, fold)
-both run:
+extensions plug in"), as pure NumPy function pairs a phone (encode) and the server
+(decode, fold) both run:
 
 - :mod:`~fedkb.compression.quantize`: b-bit stochastic quantization on per-chunk grids
   (private min/max, or shared ``[-R, R]`` for integer folds);

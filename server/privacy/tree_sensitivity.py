@@ -23,8 +23,8 @@ With one participation per tree the sum is the tree depth ``⌊log2 T⌋ + 1``, 
 ``dp_accounting.SingleEpochTreeAggregationDpEvent`` covers.
 
 Cost: the program is roughly ``O(k² · s² · log T)`` for ``k`` participations and
-separation ``s`` (seconds at T=500, tens of seconds at T=1000 with s=99). Restarting the tree every ``s + 1`` rounds (one participation per tree) makes it
-trivial.
+separation ``s`` (seconds at T=500, tens of seconds at T=1000 with s=99). Restarting
+the tree every ``s + 1`` rounds (one participation per tree) makes it trivial.
 """
 
 from __future__ import annotations
