@@ -2,9 +2,10 @@
 
 Top-k recall (ARCHITECTURE.md, "Contracts"): over target positions whose target is an
 in-vocabulary word (id >= 4: not PAD, BOS, EOS or OOV), the share where the target is
-among the model's top k suggestions; special tokens are never suggested. A target is a top-k hit when fewer
-than k other words score strictly higher (the same rule as the LiteRT ``evaluate``
-signature). This module is the reference the LiteRT metric and the baselines agree with.
+among the model's top k suggestions; special tokens are never suggested. A target is a
+top-k hit when fewer than k other words score strictly higher (the same rule as the
+LiteRT ``evaluate`` signature). This module is the reference the LiteRT metric and the
+baselines agree with.
 """
 
 from __future__ import annotations

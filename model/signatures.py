@@ -14,10 +14,10 @@ Signatures (fixed shapes; B = batch_size, T = seq_len, K = infer_k):
 
 Only builtin ops come out of this (ARCHITECTURE.md, "Hazards the code works around"):
 the RNN is unrolled, shapes are static, gradients come from ``tf.GradientTape`` and the
-update is written by hand (Keras optimizers inside a signature fail at run time). Two gradients are shaped by
-hand for speed, the same math: the embedding's (one SCATTER_ND) and the recurrent
-kernel's (one matmul over all steps), together with the cell's hoisted input projection
-(what they save: bench/README.md, "Model").
+update is written by hand (Keras optimizers inside a signature fail at run time). Two
+gradients are shaped by hand for speed, the same math: the embedding's (one SCATTER_ND)
+and the recurrent kernel's (one matmul over all steps), together with the cell's hoisted
+input projection (what they save: bench/README.md, "Model").
 """
 
 from __future__ import annotations
