@@ -221,16 +221,29 @@ def mean_factory(specs: Sequence[WeightSpec], clip_norm: float | None = None) ->
 
 
 class ScalarMeans:
-    """Weighted means of named scalars (losses, recalls) from each report."""
+    """Weighted means of named scalars (losses, recalls) from each report, and the
+    medians of those named in ``medians`` (a round has tens of reports: they are kept).
 
-    def __init__(self) -> None:
+    A mean is what the round's figure is; a median is what the typical device saw. One
+    device whose local training blew up moves the mean training loss by orders of
+    magnitude and leaves the median where it was, so "the model diverged" is read off
+    the median (:func:`fedkb.simulation.fleet_run.diverged`).
+    """
+
+    def __init__(self, medians: tuple[str, ...] = ()) -> None:
         self._sums: dict[str, float] = {}
         self._weights: dict[str, float] = {}
+        self._kept: dict[str, list[float]] = {k: [] for k in medians}
 
     def accumulate(self, values: dict[str, float], weight: float) -> None:
         for k, v in values.items():
             self._sums[k] = self._sums.get(k, 0.0) + v * weight
             self._weights[k] = self._weights.get(k, 0.0) + weight
+            if k in self._kept:
+                self._kept[k].append(v)
 
     def result(self) -> dict[str, float]:
-        return {k: self._sums[k] / w for k, w in self._weights.items() if w > 0}
+        """The weighted means, and ``<name>_median`` for each kept name that came."""
+        out = {k: self._sums[k] / w for k, w in self._weights.items() if w > 0}
+        out.update({f"{k}_median": float(np.median(v)) for k, v in self._kept.items() if v})
+        return out

@@ -83,7 +83,8 @@ class RoundState:
     committed_version: int | None = None
     reason: str | None = None
     stats: RoundStats = field(default_factory=RoundStats)
-    scalars: ScalarMeans = field(default_factory=ScalarMeans)
+    # the median training loss tells a diverged model from one blown-up device
+    scalars: ScalarMeans = field(default_factory=lambda: ScalarMeans(medians=("loss",)))
     devices: set[str] = field(default_factory=set)
     task_ids: list[str] = field(default_factory=list)
 

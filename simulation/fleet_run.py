@@ -29,14 +29,15 @@ def get_json(url: str, path: str) -> Any:
 
 
 def _last_train_loss(url: str) -> float | None:
-    """The training loss of the newest committed training round (None if unknown)."""
+    """The typical device's training loss in the newest committed training round (None if
+    unknown): see :func:`typical_loss`."""
     try:
         rows = get_json(url, "/v1/rounds?limit=20")["rounds"]
     except (requests.RequestException, ValueError, KeyError):
         return None
     for r in rows:  # newest first
         if r.get("kind") == "train" and r.get("state") == "committed":
-            return (r.get("metrics") or {}).get("loss")
+            return typical_loss(r.get("metrics") or {})
     return None
 
 
@@ -132,6 +133,18 @@ class TrainingStalled(UserError):
 DIVERGED_LOSS = 100.0  # a training loss above this (nats per token; ln V ~ 9.2) is a blow-up
 
 
+def typical_loss(metrics: dict[str, Any]) -> float | None:
+    """The median device's training loss of a round (its mean when no median was kept).
+
+    One device whose local SGD blew up (a long shard at a high client lr) reports a loss
+    of thousands: it moves the round's mean loss as much as a diverged model would,
+    although the server clipped its delta and the model is fine. A diverged *model*
+    starts every device's training from a bad point, so the median shows it.
+    """
+    loss = metrics.get("loss_median", metrics.get("loss"))
+    return None if loss is None else float(loss)
+
+
 def diverged(loss: float | None) -> bool:
     """Whether a committed round's training loss says the model blew up."""
     return loss is not None and not (math.isfinite(loss) and loss < DIVERGED_LOSS)
@@ -149,7 +162,7 @@ def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
     msg = (f"training stalled at model version {version}: the last {len(since)} training "
            f"rounds were abandoned ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})"
            if since else f"training stopped at model version {version}")
-    loss = (last or {}).get("metrics", {}).get("loss")
+    loss = typical_loss((last or {}).get("metrics", {}))
     if diverged(loss):
         return (msg + f"; the last committed round's training loss was {loss:.3g}: the "
                 "model diverged (lower --lr, or clip the devices' deltas)")

@@ -198,3 +198,24 @@ def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
     assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
         (20, 20, True, "fedavg")
     json.dumps(doc)  # plain JSON
+
+
+def test_one_blown_up_device_is_not_a_diverged_model():
+    """A device whose local SGD exploded moves the round's mean loss past the divergence
+    bound; the median (what the typical device saw) says the model is fine."""
+    from fedkb.server.aggregate import ScalarMeans
+    from fedkb.simulation.fleet_run import typical_loss
+
+    s = ScalarMeans(medians=("loss",))
+    for loss in [5.6] * 19 + [6e4]:  # 20 devices, one blew up
+        s.accumulate({"loss": loss}, 100.0)
+    metrics = s.result()
+    assert diverged(metrics["loss"]) and metrics["loss_median"] == 5.6
+    assert typical_loss(metrics) == 5.6 and not diverged(typical_loss(metrics))
+    # every device starting from a diverged model: the median shows it
+    bad = ScalarMeans(medians=("loss",))
+    for loss in [3e3] * 15 + [5.0] * 5:
+        bad.accumulate({"loss": loss}, 1.0)
+    assert diverged(typical_loss(bad.result()))
+    # rounds recorded before medians were kept: the mean decides, as it did
+    assert typical_loss({"loss": 4e21}) == 4e21 and typical_loss({}) is None

@@ -123,3 +123,17 @@ def test_admin_client_config_is_validated_persisted_and_applies_to_new_rounds(tm
     assert (plan["lr"], plan["epochs"], plan["max_steps"]) == (0.2, 3, 50)
     again = harness(tmp_path, pipeline=False)  # a restart on the same state dir keeps it
     assert again.admin("GET", "/v1/admin/client-config").get_json()["lr"] == 0.2
+
+
+
+def test_a_committed_round_carries_its_devices_median_training_loss(tmp_path):
+    """What the fleet's divergence check reads: the median of the reports' losses, beside
+    the weighted mean (one device's blow-up moves only the mean)."""
+    h = harness(tmp_path, pipeline=False, report_goal=3, overselect=1.0)
+    devs = [h.register() for _ in range(3)]
+    tasks = [d.checkin()["task"] for d in devs]
+    for dev, task, loss in zip(devs, tasks, (4.0, 5.0, 9000.0), strict=True):
+        assert dev.upload(task, deltas(0.0), n=1, loss=loss).status_code == 200
+    r = h.client.get(f"/v1/rounds/{tasks[0]['round_id']}").get_json()
+    assert r["state"] == "committed"
+    assert r["metrics"]["loss"] == 3003.0 and r["metrics"]["loss_median"] == 5.0
