@@ -38,6 +38,7 @@ from fedkb.server.config import (
 from fedkb.server.db import Database
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import Conflict, register_error_handlers
+from fedkb.server.http import Int64Converter
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.round_machine import RoundMachine
 from fedkb.server.strategy import make_strategy
@@ -183,6 +184,7 @@ def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -
     app.extensions["fedkb"] = state
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads check their own limit (413)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["int"] = Int64Converter  # ids beyond int64: 404, not 500
     register_error_handlers(app)
     for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp, api_predict.bp,
                pages.bp):
