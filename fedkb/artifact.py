@@ -22,9 +22,12 @@ NumPy, safetensors and the standard library only: a phone imports this.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +97,22 @@ def _parse_metadata(raw: bytes, where: str) -> tuple[dict[str, Any], tuple[Weigh
     return meta, specs
 
 
+def read_regular_file(directory: Path, name: str) -> bytes:
+    """The bytes of the regular file ``directory/name``, itself in ``directory``.
+
+    Refuses a symbolic link (an artifact listing ``leak.txt -> /etc/passwd`` would have
+    the server copy that file and serve it to anyone) and anything not a regular file (a
+    FIFO or a device would block or never end); OSError says which.
+    """
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ValueError(f"bad file name {name!r}")
+    fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        return fh.read()
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified artifact held in memory: metadata, weight specs and file bytes.
@@ -112,16 +131,16 @@ class Artifact:
         """Read the directory ``path``: metadata.json and every file it lists, all hash-checked."""
         path = Path(path)
         try:
-            raw = (path / METADATA_FILE).read_bytes()
-        except OSError as exc:
+            raw = read_regular_file(path, METADATA_FILE)
+        except (OSError, ValueError) as exc:
             raise ArtifactError(f"{path} is not a model artifact (no readable metadata.json)"
                                 ) from exc
         meta, _ = _parse_metadata(raw, str(path))
         files = {METADATA_FILE: raw}
         for name in meta["files"]:
             try:
-                files[name] = (path / name).read_bytes()
-            except OSError as exc:
+                files[name] = read_regular_file(path, name)
+            except (OSError, ValueError) as exc:
                 raise ArtifactError(f"{path}: cannot read {name}: {exc}") from exc
         return cls.from_files(files, path)
 

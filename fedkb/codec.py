@@ -15,6 +15,7 @@ Only fixed-size numeric dtypes are allowed (no object arrays), so decoding never
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Sequence
@@ -78,13 +79,16 @@ def decode_arrays(data: bytes | bytearray | memoryview, max_arrays: int = 4096) 
             off += 1
             shape = struct.unpack_from(f"<{ndim}I", body, off)
             off += 4 * ndim
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if off + nbytes > len(body):
+            # Python integers: np.prod in int64 wraps (2**31 * 2**31 * 4 is 0 there)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > len(body) - off:
                 raise CodecError("array bundle truncated (array data)")
             arr = np.frombuffer(body, dtype=dtype, count=nbytes // dtype.itemsize, offset=off)
             out.append(arr.reshape(shape).copy())
             off += nbytes
-    except (struct.error, TypeError, UnicodeDecodeError) as exc:
+    except CodecError:
+        raise
+    except (struct.error, TypeError, ValueError) as exc:  # ValueError: odd dtype strings
         raise CodecError(f"array bundle malformed: {exc}") from exc
     if off != len(body):
         raise CodecError("array bundle has trailing bytes")

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from fedkb import strict_json
 from fedkb.codec import decode_arrays, encode_arrays
 
 UPLOAD_CONTENT_TYPE = "application/x-fedkb-update"
@@ -157,6 +158,15 @@ METERED_NETWORK = "metered_network"
 NOT_IDLE = "not_idle"
 LOW_BATTERY = "low_battery"
 INELIGIBILITY_REASONS = (NOT_CHARGING, METERED_NETWORK, NOT_IDLE, LOW_BATTERY)
+
+# Why a phone gives up a task (``AbortRequest.reason``): the words above, plus the
+# device runtime's own (``device_runtime/traces.py``: offline; ``phone.py``: ineligible,
+# no_data; ``worker.py``: deadline) and a few any client may need. Anything else is
+# counted as OTHER_REASON. The set is closed because each word becomes a stored value and
+# a Prometheus label.
+OTHER_REASON = "other"
+ABORT_REASONS = (*INELIGIBILITY_REASONS, "offline", "ineligible", "no_data", "deadline",
+                 "error", "diverged", "shutdown", OTHER_REASON)
 
 
 @dataclass(frozen=True)
@@ -340,8 +350,12 @@ class UploadResult(_Message):
 
 @dataclass(frozen=True)
 class AbortRequest(_Message):
-    """The phone gives up a task, e.g. ``"not_charging"`` (one of
-    :data:`INELIGIBILITY_REASONS`), ``"offline"``, ``"deadline"``, ``"no_data"``."""
+    """The phone gives up a task, e.g. ``"not_charging"``: one of :data:`ABORT_REASONS`.
+
+    A reason outside that closed set (a newer phone's, or free text) is read as
+    :data:`OTHER_REASON`: the abort still counts, but a phone cannot put its own words
+    into the server's database or a Prometheus label (one series per distinct value).
+    """
 
     reason: str
 
@@ -352,7 +366,7 @@ class AbortRequest(_Message):
         r = _get(_obj(d, "abort"), "reason", str, "abort")
         if not r or len(r) > cls.MAX_REASON or not r.replace("_", "").replace("-", "").isalnum():
             raise WireError("abort.reason must be a short word ([A-Za-z0-9_-], 1-64 chars)")
-        return cls(r)
+        return cls(r if r in ABORT_REASONS else OTHER_REASON)
 
 
 @dataclass(frozen=True)
@@ -403,8 +417,8 @@ def split_upload(body: bytes | memoryview) -> tuple[UploadMetadata, memoryview]:
     if n > MAX_HEADER_BYTES or 8 + n > len(buf):
         raise WireError("upload header length is out of range")
     try:
-        header = json.loads(bytes(buf[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = strict_json.loads(buf[8 : 8 + n])
+    except strict_json.JsonError as exc:
         raise WireError(f"upload header is not JSON: {exc}") from exc
     return UploadMetadata.from_json(header), buf[8 + n :]
 
@@ -418,5 +432,5 @@ def decode_upload(body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
 MESSAGES = (RegisterRequest, RegisterResponse, Conditions, CheckinRequest, Plan, Task,
             CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody)
 __all__ = [c.__name__ for c in MESSAGES] + [
-    "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload", "encode_upload", "frame_upload",
-    "split_upload"]
+    "ABORT_REASONS", "OTHER_REASON", "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload",
+    "encode_upload", "frame_upload", "split_upload"]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from fedkb.server.errors import BadRequest, Unprocessable
 from fedkb.server.http import json_body
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+log = logging.getLogger(__name__)
 
 
 @bp.before_request
@@ -82,5 +84,9 @@ def publish():
     try:
         version = server_state().publish(Path(body["path"]))
     except ArtifactError as exc:
-        raise Unprocessable(str(exc), "bad_artifact") from exc
+        # One answer whatever went wrong: the details (a missing directory, a missing
+        # file, a symbolic link) would tell the caller what exists on the server.
+        log.warning("admin publish of %r refused: %s", body["path"], exc)
+        raise Unprocessable("the path is not a model artifact this server can publish "
+                            "(details in the server log)", "bad_artifact") from exc
     return jsonify({"model_version": version}), 201

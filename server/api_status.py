@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from fedkb.server import round_status
 from fedkb.server.app import server_state
 from fedkb.server.db import row_dict
-from fedkb.server.errors import BadRequest
+from fedkb.server.http import query_int
 from fedkb.server.rounds import round_json
 
 bp = Blueprint("status", __name__)
@@ -33,11 +33,8 @@ def status():
 @bp.get("/v1/rounds")
 def rounds():
     s = server_state()
-    try:
-        limit = min(max(int(request.args.get("limit", 50)), 1), 1000)
-        before = int(request.args.get("before", 2**62))
-    except ValueError as exc:
-        raise BadRequest("limit and before must be integers", "bad_query") from exc
+    limit = min(max(query_int(request.args, "limit", 50), 1), 1000)
+    before = query_int(request.args, "before", 2**62)
     ids = [r["id"] for r in s.db.query("SELECT id FROM rounds WHERE id < ? ORDER BY id DESC "
                                        "LIMIT ?", (before, limit))]
     out = []

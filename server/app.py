@@ -5,17 +5,21 @@ No module globals: everything a request needs hangs off ``app.extensions["fedkb"
 injectable clock for tests). The state directory holds::
 
     fedkb.db        SQLite (devices, rounds, tasks, models, metrics, settings), WAL mode
+    secret_key      signs device tokens, unless the config or $FEDKB_SECRET_KEY gives one
     artifact/       the published model artifact (copied byte for byte, hash-checked)
     checkpoints/    v000000.safetensors, v000001.safetensors, ... (global weights +
                     optimizer state) and latest.safetensors, the newest committed one
     admin_token     only when neither the config nor $FEDKB_ADMIN_TOKEN gives one
+    lock            held by the running ``fedkb server`` (its pid inside)
+
+The directory is 0700, its secret files and the database 0600
+(:mod:`fedkb.server.state_dir`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +30,7 @@ from typing import Any
 from flask import Flask, Request, current_app, g, request
 
 from fedkb.artifact import METADATA_FILE, Artifact, ArtifactError
-from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token
+from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token, resolve_secret_key
 from fedkb.server.checkpoints import CheckpointStore
 from fedkb.server.config import (
     ClientConfig,
@@ -38,8 +42,10 @@ from fedkb.server.config import (
 from fedkb.server.db import Database
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import Conflict, register_error_handlers
+from fedkb.server.http import Int64Converter
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.round_machine import RoundMachine
+from fedkb.server.state_dir import secure_dir
 from fedkb.server.strategy import make_strategy
 
 log = logging.getLogger(__name__)
@@ -145,12 +151,9 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     """Open (or create) the state directory and restore the server from it."""
     clock = clock or time.time
     state_dir = config.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    secure_dir(state_dir)
     db = Database(state_dir / "fedkb.db")
-    secret = config.secret_key or db.get("secret_key")
-    if not secret:
-        secret = secrets.token_urlsafe(32)
-        db.put("secret_key", secret)
+    secret = resolve_secret_key(config.secret_key, state_dir, db)
     round_cfg = round_config_from_dict(config.round, db.get("round_overrides", {}))
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock)
@@ -183,6 +186,7 @@ def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -
     app.extensions["fedkb"] = state
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads check their own limit (413)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["int"] = Int64Converter  # ids beyond int64: 404, not 500
     register_error_handlers(app)
     for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp, api_predict.bp,
                pages.bp):

@@ -4,7 +4,8 @@ A device token is the device id signed with the server's secret and a timestamp
 (:mod:`itsdangerous`), so the server needs no token table: a token proves which device
 sent a request and when it was issued, and is bound to exactly that device id. Expiry
 uses the server's injectable clock. The admin token is a shared secret compared in
-constant time.
+constant time. Both secrets come from the config, the environment, or a 0600 file in
+the state directory, never from the database (see :func:`resolve_secret_key`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ from typing import Any
 from flask import Request
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
+from fedkb.server.db import Database
 from fedkb.server.errors import Forbidden, Unauthorized
+from fedkb.server.state_dir import read_private, write_private
 
 ADMIN_ENV = "FEDKB_ADMIN_TOKEN"
+SECRET_ENV = "FEDKB_SECRET_KEY"
+ADMIN_FILE = "admin_token"
+SECRET_FILE = "secret_key"
+SECRET_DB_KEY = "secret_key"  # where versions before 0600 files kept it (kv table)
 
 
 class _ClockSigner(TimestampSigner):
@@ -84,16 +91,34 @@ def check_admin(request: Request, admin_token: str) -> None:
 
 
 def resolve_admin_token(configured: str | None, state_dir: Path) -> str:
-    """The admin token: from config, else ``$FEDKB_ADMIN_TOKEN``, else one kept on disk."""
+    """The admin token: from config, else ``$FEDKB_ADMIN_TOKEN``, else one kept on disk
+    (``STATE/admin_token``, 0600)."""
     if configured:
         return configured
     if os.environ.get(ADMIN_ENV):
         return os.environ[ADMIN_ENV]
-    path = state_dir / "admin_token"
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
+    path = state_dir / ADMIN_FILE
+    token = read_private(path)
+    if token:
+        return token
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
+    write_private(path, token)
     return token
+
+
+def resolve_secret_key(configured: str | None, state_dir: Path, db: Database) -> str:
+    """The key that signs device tokens: from config, else ``$FEDKB_SECRET_KEY``, else
+    ``STATE/secret_key`` (0600; generated once).
+
+    Older versions kept it in the database, which is not a secret file: a key found there
+    moves to ``STATE/secret_key`` (so issued tokens stay valid) and its row is deleted.
+    """
+    stored = db.get(SECRET_DB_KEY)
+    path = state_dir / SECRET_FILE
+    key = configured or os.environ.get(SECRET_ENV) or read_private(path)
+    if not key:
+        key = stored if isinstance(stored, str) and stored else secrets.token_urlsafe(32)
+        write_private(path, key)
+    if stored is not None:
+        db.forget(SECRET_DB_KEY)
+    return key

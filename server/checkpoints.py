@@ -9,7 +9,8 @@ Its ``__metadata__`` holds strings: ``format`` (:data:`CHECKPOINT_FORMAT`),
 ``state_tensors`` (how many ``state.i`` there are).
 
 The file is written to a temporary file, fsynced, renamed into place and the directory
-fsynced, so a crash leaves either the old set of files or the new one. Its SHA-256 is
+fsynced, so a crash leaves either the old set of files or the new one (and perhaps the
+temporary file, removed on the next start). Its SHA-256 is
 recorded in the ``models`` table in the same SQLite transaction as the round that
 produced it; a checkpoint file without its row (a crash between the two) is ignored and
 overwritten later. Once that transaction commits, ``checkpoints/latest.safetensors`` is
@@ -32,6 +33,7 @@ What devices download is not at rest: ``/v1/models/<v>/weights`` serves the weig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -125,6 +127,26 @@ class CheckpointStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = db
         self.specs = tuple(specs)
+        self.remove_stale_temporaries()
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the temporary files a kill during a write left behind (on start).
+
+        :func:`atomic_write` and :meth:`link_latest` write ``.NAME.tmp-PID`` and rename it;
+        a process killed in between leaves it, and nothing else would ever remove it.
+        Only one server writes a state directory (``STATE/lock``), so on start none is
+        in use.
+        """
+        removed = []
+        for p in self.dir.iterdir():
+            if (p.name.startswith(".") and ".tmp-" in p.name) or p.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p.name)
+        if removed:
+            log.warning("removed %d stale temporary file(s) in %s: %s", len(removed), self.dir,
+                        ", ".join(sorted(removed)))
+        return removed
 
     def path(self, version: int) -> Path:
         return self.dir / f"v{version:06d}.safetensors"

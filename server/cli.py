@@ -3,7 +3,8 @@
 ::
 
     fedkb server [--host 127.0.0.1] [--port 8000] [--state-dir DIR] [--config FILE]
-                 [--model ARTIFACT_DIR] [--rounds R] [--threads N]
+                 [--model ARTIFACT_DIR] [--rounds R] [--threads N] [--idle-timeout S]
+                 [--max-request-time S]
 
 ``--model`` publishes an exported artifact as version 0 (if the state dir has none);
 ``--rounds R`` stops scheduling training rounds after R commits (the server keeps
@@ -11,6 +12,14 @@ serving). Restarting on the same ``--state-dir`` resumes: the newest intact chec
 served and a round left open is abandoned. Once listening, the server prints one line
 ``fedkb server listening on http://HOST:PORT`` and writes ``STATE_DIR/server.json``
 (url, pid) so scripts using ``--port 0`` can find it.
+
+One server per state directory: it holds ``STATE_DIR/lock`` while it runs, and a second
+one on the same directory exits with status 2 at once ("state dir X is in use by another
+fedkb server (pid N)") instead of abandoning the first one's rounds. Errors are JSON,
+including the ones waitress answers itself (body too large, unparsable request); a
+connection idle for ``--idle-timeout`` seconds while no request of it is being answered
+(a client that sent less than its ``Content-Length``) is closed, and so is one whose
+request has not fully arrived after ``--max-request-time`` seconds (a trickling client).
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from pathlib import Path
 
 from fedkb.errors import UserError
 
+DEFAULT_IDLE_TIMEOUT_S = 15  # a stalled upload holds its connection this long, no more
+DEFAULT_MAX_REQUEST_S = 300.0  # a model update over a slow link, with room to spare
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run the federated round server (waitress)",
@@ -41,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=None,
                    help="stop training after R committed rounds (keeps serving)")
     p.add_argument("--threads", type=int, default=None, help="WSGI worker threads (default 8)")
+    p.add_argument("--idle-timeout", type=int, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
+                   help="close a connection idle for S seconds while none of its requests "
+                        f"is being answered (default {DEFAULT_IDLE_TIMEOUT_S})")
+    p.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_S,
+                   metavar="S", help="close a connection whose request (headers and body) "
+                   f"has not arrived after S seconds (default {DEFAULT_MAX_REQUEST_S:.0f}; "
+                   "0: no limit)")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="stop (cleanly) when the process that started this one is gone; "
                         "`fedkb demo` and `fedkb simulate` start their server this way")
@@ -64,10 +83,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from waitress.server import create_server
-
     from fedkb.server.app import create_app
     from fedkb.server.config import load_config
+    from fedkb.server.state_dir import StateLock
+    from fedkb.server.wsgi import make_server
 
     if args.rounds is not None and args.rounds < 0:
         raise UserError("--rounds must be >= 0")
@@ -75,19 +94,25 @@ def run(args: argparse.Namespace) -> int:
                         "%(message)s")
     config = load_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir,
                          model=args.model, max_rounds=args.rounds, threads=args.threads)
-    app = create_app(config)
-    state = app.extensions["fedkb"]
-    limit = state.max_upload_bytes + 1024
+    if args.idle_timeout < 1 or args.max_request_time < 0:
+        raise UserError("--idle-timeout must be >= 1 second, --max-request-time >= 0")
+    os.umask(0o077)  # whatever this process writes in the state dir is its own
+    # before create_app: opening the state dir abandons the rounds left open in it
+    lock = StateLock(config.state_dir).acquire()
     try:
-        # Model uploads and weight downloads are megabytes: waitress's defaults read a
-        # request 8 kB per call and spool bodies over 512 kB (responses over 1 MB) to temp
-        # files; in a 20-round fleet run that was ~15% of the server's CPU.
-        server = create_server(app, host=config.host, port=config.port, threads=config.threads,
-                               max_request_body_size=limit, channel_timeout=60,
-                               connection_limit=1000, ident="fedkb", recv_bytes=1 << 18,
-                               inbuf_overflow=limit, outbuf_overflow=64 << 20)
+        app = create_app(config)
+    except BaseException:
+        lock.release()
+        raise
+    state = app.extensions["fedkb"]
+    try:
+        server = make_server(app, host=config.host, port=config.port, threads=config.threads,
+                             max_body_bytes=state.max_upload_bytes + 1024,
+                             idle_timeout_s=args.idle_timeout,
+                             max_request_s=args.max_request_time)
     except OSError as exc:
         state.close()
+        lock.release()
         raise UserError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     url = f"http://{config.host}:{server.effective_port}"  # type: ignore[union-attr]
     (config.state_dir / "server.json").write_text(json.dumps({"url": url, "pid": os.getpid()}))
@@ -106,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         state.close()
+        lock.release()
     print("fedkb server stopped", file=sys.stderr)
     return 0

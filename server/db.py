@@ -1,9 +1,10 @@
 """The server's SQLite state: devices, rounds, tasks, model versions, metrics, settings.
 
 One connection shared by the WSGI threads (``check_same_thread=False``) behind a lock,
-in WAL mode. Rows are the durable record; the live round state is rebuilt from them on
-start (see :mod:`fedkb.server.rounds`). Round statistics are a JSON column so new
-counters need no migration.
+in WAL mode; the database file and its WAL and SHM files are 0600. Rows are the durable
+record; the live round state is rebuilt from them on start (see
+:mod:`fedkb.server.rounds`). Round statistics are a JSON column so new counters need
+no migration.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from fedkb.server.state_dir import FILE_MODE, make_private
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,11 @@ class Database:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._after: list[Callable[[], None]] = []  # run once the open transaction commits
+        # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the mode of
+        # the database file, so none of them is readable by others
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            make_private(self.path.with_name(self.path.name + suffix))
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -111,6 +120,15 @@ class Database:
     def get(self, key: str, default: Any = None) -> Any:
         row = self.one("SELECT value FROM kv WHERE key = ?", (key,))
         return json.loads(row["value"]) if row else default
+
+    def forget(self, key: str) -> None:
+        """Delete a setting so that its bytes are gone from the files too (secure_delete
+        zeroes the row; the checkpoint empties the WAL that still held it)."""
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete=ON")
+            self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            self._conn.execute("PRAGMA secure_delete=OFF")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def put(self, key: str, value: Any) -> None:
         self.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) "

@@ -45,7 +45,7 @@ code                        status  meaning
 ``bad_config``              422     admin config PATCH with a value that cannot be used
 ``bad_artifact``            422     admin publish of a directory that is not an artifact
 ``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)
-``http_error``              4xx     any other HTTP error raised by Werkzeug
+``http_error``              4xx     any other HTTP error raised by Werkzeug or waitress
 ==========================  ======  =====================================================
 """
 

@@ -125,7 +125,7 @@ class Device:
         meta = UploadMetadata(task["task_id"], task["round_id"], n, loss, dict(metrics))
         return self.upload_raw(task["task_id"], encode_upload(meta, delta))
 
-    def abort(self, task_id: str, reason: str = "unplugged") -> Any:
+    def abort(self, task_id: str, reason: str = "not_charging") -> Any:
         return self.h.client.post(f"/v1/tasks/{task_id}/abort", headers=self.auth,
                                   json={"reason": reason})
 

@@ -212,7 +212,7 @@ def test_abort_with_bad_reason_and_twice(h):
     error(r, 400, "invalid_message")
     assert d.abort(t["task_id"]).status_code == 200
     assert d.abort(t["task_id"]).status_code == 200  # idempotent
-    assert h.client.get("/v1/rounds/1").get_json()["aborted"] == {"unplugged": 1}
+    assert h.client.get("/v1/rounds/1").get_json()["aborted"] == {"not_charging": 1}
 
 
 def test_codec_bytes_with_wrong_array_count(h):

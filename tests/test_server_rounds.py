@@ -172,11 +172,11 @@ def test_abort_is_counted_by_reason_and_blocks_later_upload(tmp_path):
     h = harness(tmp_path)
     d = h.register()
     t = d.task()
-    r = d.abort(t["task_id"], "unplugged")
+    r = d.abort(t["task_id"], "not_charging")
     assert r.status_code == 200 and r.get_json() == {"task_id": t["task_id"], "status": "aborted"}
-    assert h.client.get("/v1/rounds/1").get_json()["aborted"] == {"unplugged": 1}
+    assert h.client.get("/v1/rounds/1").get_json()["aborted"] == {"not_charging": 1}
     assert d.upload(t, deltas(1.0)).get_json()["error"]["code"] == "task_aborted"
-    assert 'fedkb_aborts_total{reason="unplugged"} 1.0' in h.client.get("/metrics").text
+    assert 'fedkb_aborts_total{reason="not_charging"} 1.0' in h.client.get("/metrics").text
     assert "task" not in d.checkin()  # not selected twice in the same round
 
 

@@ -39,7 +39,7 @@ MESSAGES = [
     CheckinResponse(retry_after_s=12.5, reason="no_round"),
     UploadMetadata("t-1", 3, 40, 2.25, {"top1_recall": 0.25}, {"train_s": 1.5}),
     UploadResult("t-1", 3, "accepted", 123.0),
-    AbortRequest("unplugged"),
+    AbortRequest("not_charging"),
     ErrorBody("late_report", "too late"),
 ]
 
