@@ -34,6 +34,7 @@ from fedkb.server.config import (
     ServerConfig,
     client_config_from_dict,
     round_config_from_dict,
+    with_stored_overrides,
 )
 from fedkb.server.db import Database
 from fedkb.server.devices import DeviceRegistry
@@ -151,11 +152,11 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     if not secret:
         secret = secrets.token_urlsafe(32)
         db.put("secret_key", secret)
-    round_cfg = round_config_from_dict(config.round, db.get("round_overrides", {}))
+    round_cfg = _restored(db, config.round, "round", round_config_from_dict)
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock)
     metrics.devices.set_function(devices.count)
-    client_cfg = client_config_from_dict(config.client, db.get("client_overrides", {}))
+    client_cfg = _restored(db, config.client, "client", client_config_from_dict)
     strategy = make_strategy(config.strategy, client_cfg)
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
                            random.Random(config.seed))
@@ -172,6 +173,17 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     elif config.model is not None:
         state.publish(config.model)
     return state
+
+
+def _restored(db: Database, base: Any, section: str, apply: Callable[[Any, Any], Any]) -> Any:
+    """``base`` with the admin overrides stored in ``db``; overrides that fail validation
+    are logged, set aside under ``<section>_overrides_refused`` and not applied."""
+    stored = db.get(f"{section}_overrides", {})
+    cfg, ok = with_stored_overrides(base, stored, section, apply)
+    if not ok:
+        db.put(f"{section}_overrides_refused", stored)
+        db.put(f"{section}_overrides", {})
+    return cfg
 
 
 def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:
