@@ -40,6 +40,10 @@ code                        status  meaning
 ``bad_shape``/``bad_dtype`` 422     arrays that do not fit the model
 ``non_finite``              422     NaN or Inf in the update
 ``no_examples``             422     a training report with ``num_examples`` < 1
+``too_many_examples``       422     ``num_examples`` over the task plan's budget
+                                    (batch_size x max_steps x epochs)
+``update_too_large``        422     an update whose global L2 norm is over the round's
+                                    bound (``round.max_update_norm``, or derived)
 ``missing_update``          422     a training report without update arrays
 ``unexpected_update``       422     update arrays in an evaluation report
 ``bad_config``              422     admin config PATCH with a value that cannot be used
