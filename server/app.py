@@ -37,7 +37,7 @@ from fedkb.server.config import (
     with_stored_overrides,
 )
 from fedkb.server.db import Database
-from fedkb.server.devices import DeviceRegistry
+from fedkb.server.devices import DeviceRegistry, RegistrationLimiter
 from fedkb.server.errors import Conflict, register_error_handlers
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.round_machine import RoundMachine
@@ -154,7 +154,8 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
         db.put("secret_key", secret)
     round_cfg = _restored(db, config.round, "round", round_config_from_dict)
     metrics = ServerMetrics()
-    devices = DeviceRegistry(db, clock)
+    devices = DeviceRegistry(db, clock, RegistrationLimiter(
+        config.registrations_per_minute_per_address, config.registrations_per_minute, clock))
     metrics.devices.set_function(devices.count)
     client_cfg = _restored(db, config.client, "client", client_config_from_dict)
     strategy = make_strategy(config.strategy, client_cfg)

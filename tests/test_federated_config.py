@@ -77,6 +77,8 @@ def test_the_server_config_file_is_what_load_config_reads_back(tiny_data, tmp_pa
     assert back.round == server_round(cfg, phones, 30 - phones)
     assert (back.client, back.strategy) == (cfg.client, cfg.strategy)
     assert json.loads(path.read_text()) == {
+        "registrations_per_minute_per_address": back.registrations_per_minute_per_address,
+        "registrations_per_minute": back.registrations_per_minute,
         "round": dataclasses.asdict(back.round), "client": dataclasses.asdict(back.client),
         "strategy": dataclasses.asdict(back.strategy)}
 
