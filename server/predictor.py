@@ -94,10 +94,12 @@ class Engine:
             if self.cache_size else self._infer
 
     @classmethod
-    def build(cls, artifact: Artifact, vocab: Sequence[str], weights: list[np.ndarray],
-              version: int | None, cfg: PredictConfig) -> Engine:
+    def build(cls, artifact: Artifact, vocab: Sequence[str],
+              weights: list[np.ndarray] | dict[str, np.ndarray], version: int | None,
+              cfg: PredictConfig) -> Engine:
         """Create ``cfg.interpreters`` interpreters and load ``weights`` into each."""
-        bad = next((i for i, w in enumerate(weights) if not np.all(np.isfinite(w))), None)
+        arrays = list(weights.values()) if isinstance(weights, dict) else weights
+        bad = next((i for i, w in enumerate(arrays) if not np.all(np.isfinite(w))), None)
         if bad is not None:
             raise ModelUnavailable(f"model version {version} has non-finite weights "
                                    f"(array {bad})")

@@ -46,6 +46,9 @@ def test_non_finite_weights_never_become_an_engine():
     weights = [np.ones((2, 2), np.float32), np.array([1.0, np.nan], np.float32)]
     with pytest.raises(ModelUnavailable, match=r"non-finite weights \(array 1\)"):
         Engine.build(None, VOCAB, weights, 7, PredictConfig())  # type: ignore[arg-type]
+    by_name = {"a": weights[0], "b": weights[1]}  # `fedkb predict --weights` passes these
+    with pytest.raises(ModelUnavailable):
+        Engine.build(None, VOCAB, by_name, None, PredictConfig())  # type: ignore[arg-type]
 
 
 def test_the_endpoint_answers_503_json_instead_of_nan(tmp_path):
