@@ -180,6 +180,15 @@ def test_stall_diagnosis_names_the_reasons_and_a_diverged_loss():
     assert at_once.startswith("training stopped at model version 3;") and "diverged" in at_once
 
 
+def test_stall_diagnosis_names_updates_refused_as_too_large():
+    rounds = [{"id": 1, "kind": "train", "state": "committed", "reason": None,
+               "committed_version": 1, "metrics": {"loss": 5.0}},
+              *({"id": i, "kind": "train", "state": "abandoned", "reason": "deadline",
+                 "rejected": {"update_too_large": 3, "late_report": 1}} for i in (2, 3))]
+    msg = stall_diagnosis(rounds)
+    assert "6 updates were refused (update_too_large: 6)" in msg and "diverged" in msg
+
+
 def test_a_loss_above_100_nats_or_not_finite_is_a_divergence():
     assert not diverged(None) and not diverged(9.2) and not diverged(99.9)
     assert diverged(100.0) and diverged(4e21) and diverged(float("nan"))
