@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from fedkb.server.app import server_state
-from fedkb.server.errors import PayloadTooLarge, UnsupportedMediaType
+from fedkb.server.errors import PayloadTooLarge, TooManyRequests, UnsupportedMediaType
 from fedkb.server.http import json_body, parse
 from fedkb.wire import (
     UPLOAD_CONTENT_TYPE,
@@ -30,7 +30,12 @@ bp = Blueprint("devices", __name__, url_prefix="/v1")
 def register():
     s = server_state()
     msg = parse(RegisterRequest, json_body(request))
-    device_id = s.devices.register(msg.population, msg.name)
+    try:  # limited per client address (the socket's peer: no proxy header is trusted)
+        device_id = s.devices.register(msg.population, msg.name,
+                                       address=request.remote_addr or "unknown")
+    except TooManyRequests:
+        s.metrics.rejections.labels("rate_limited").inc()
+        raise
     s.metrics.registrations.inc()
     resp = RegisterResponse(device_id, s.tokens.issue(device_id), s.tokens.ttl_s)
     return jsonify(resp.to_json()), 201

@@ -38,9 +38,10 @@ from fedkb.server.config import (
     ServerConfig,
     client_config_from_dict,
     round_config_from_dict,
+    with_stored_overrides,
 )
 from fedkb.server.db import Database
-from fedkb.server.devices import DeviceRegistry
+from fedkb.server.devices import DeviceRegistry, RegistrationLimiter
 from fedkb.server.errors import Conflict, register_error_handlers
 from fedkb.server.http import Int64Converter
 from fedkb.server.metrics import ServerMetrics
@@ -154,11 +155,12 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     secure_dir(state_dir)
     db = Database(state_dir / "fedkb.db")
     secret = resolve_secret_key(config.secret_key, state_dir, db)
-    round_cfg = round_config_from_dict(config.round, db.get("round_overrides", {}))
+    round_cfg = _restored(db, config.round, "round", round_config_from_dict)
     metrics = ServerMetrics()
-    devices = DeviceRegistry(db, clock)
+    devices = DeviceRegistry(db, clock, RegistrationLimiter(
+        config.registrations_per_minute_per_address, config.registrations_per_minute, clock))
     metrics.devices.set_function(devices.count)
-    client_cfg = client_config_from_dict(config.client, db.get("client_overrides", {}))
+    client_cfg = _restored(db, config.client, "client", client_config_from_dict)
     strategy = make_strategy(config.strategy, client_cfg)
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
                            random.Random(config.seed))
@@ -175,6 +177,17 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     elif config.model is not None:
         state.publish(config.model)
     return state
+
+
+def _restored(db: Database, base: Any, section: str, apply: Callable[[Any, Any], Any]) -> Any:
+    """``base`` with the admin overrides stored in ``db``; overrides that fail validation
+    are logged, set aside under ``<section>_overrides_refused`` and not applied."""
+    stored = db.get(f"{section}_overrides", {})
+    cfg, ok = with_stored_overrides(base, stored, section, apply)
+    if not ok:
+        db.put(f"{section}_overrides_refused", stored)
+        db.put(f"{section}_overrides", {})
+    return cfg
 
 
 def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:

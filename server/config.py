@@ -11,21 +11,27 @@ Three layers, each a frozen dataclass passed explicitly (never read from globals
 
 A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
 ``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` tables; unknown keys are
-refused.
+refused. Every value is checked where the dataclass is built (``__post_init__``): the
+type of its field (a whole number for an ``int``, never a boolean; ``true``/``false`` for
+a ``bool``), finite, and within range, so a config file, an admin PATCH and an override
+read back from the database all pass the same gate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedkb.errors import UserError
 
+log = logging.getLogger(__name__)
 
 class ConfigError(UserError):
     """A configuration value or file that cannot be used."""
@@ -66,6 +72,13 @@ class RoundConfig:
             training population have registered (0: at once). A server started together
             with its fleet otherwise opens round 1 before most phones exist, and its
             selection window closes short (abandoned, or committed with fewer devices).
+        max_update_norm: the largest global L2 norm a training update may have; a longer
+            one is refused (422 ``update_too_large``, counted in the round's stats). None:
+            derived from the model (:func:`fedkb.server.aggregate.derived_update_norm`: a
+            multiple of the global norm of its initial weights).
+        max_weight_abs: a committed model with any weight of larger magnitude (or any
+            NaN/Inf) is not served: its round is abandoned (``unsafe_model``) and the
+            previous model stays in force.
     """
 
     report_goal: int = 10
@@ -89,8 +102,14 @@ class RoundConfig:
     max_rounds: int | None = None
     rejoin_after_rounds: int = 0
     min_registered: int = 0
+    max_update_norm: float | None = None
+    max_weight_abs: float = 1000.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "round")
+        _positive(self, "max_weight_abs")
+        if self.max_update_norm is not None:
+            _positive(self, "max_update_norm")
         _positive(self, "report_goal", "eval_goal", "selection_window_s",
                   "reporting_deadline_s", "retry_min_s", "retry_max_s", "ineligible_retry_s",
                   "pace_margin", "claim_poll_s")
@@ -141,6 +160,7 @@ class ClientConfig:
     max_steps: int = 50
 
     def __post_init__(self) -> None:
+        check_fields(self, "client")
         _positive(self, "lr", "epochs", "max_steps")
 
     def replace(self, **changes: Any) -> ClientConfig:
@@ -174,6 +194,7 @@ class StrategyConfig:
     decay_rounds: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self, "strategy")
         if self.decay_rounds < 0:
             raise ConfigError("strategy.decay_rounds must be >= 0")
         # the registry lives with the strategies, which import this module: read it lazily
@@ -213,6 +234,7 @@ class PredictConfig:
     cache_size: int = 4096
 
     def __post_init__(self) -> None:
+        check_fields(self, "predict")
         _positive(self, "max_text_chars", "max_k", "interpreters", "num_threads")
         if not 1 <= self.default_k <= self.max_k or self.cache_size < 0:
             raise ConfigError("default_k must be 1..max_k and cache_size >= 0")
@@ -236,6 +258,10 @@ class ServerConfig:
         max_upload_bytes: refuse larger uploads with 413 (None: the model's size + 64 KiB).
         seed: of the server's random choices (pace-steering jitter).
         tick_s: how often a background thread advances deadlines (0: only on requests).
+        registrations_per_minute_per_address, registrations_per_minute: at most this many
+            ``POST /v1/devices`` from one client address, and from all addresses, in any
+            60 s (429 ``rate_limited`` with ``Retry-After`` beyond; None: no limit). An
+            honest phone registers once; the fleet engine raises both for its fleet.
         round, client, strategy, predict: the per-layer configs (the config file's
             tables).
     """
@@ -251,6 +277,8 @@ class ServerConfig:
     max_upload_bytes: int | None = None
     seed: int | None = None
     tick_s: float = 1.0
+    registrations_per_minute_per_address: int | None = 30
+    registrations_per_minute: int | None = 600
     round: RoundConfig = field(default_factory=RoundConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -260,11 +288,50 @@ class ServerConfig:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if self.model is not None:
             object.__setattr__(self, "model", Path(self.model))
+        check_fields(self, "server", unbounded=("seed",))
         if not 0 <= self.port < 65536 or self.threads < 1 or self.token_ttl_s <= 0:
             raise ConfigError("port must be 0-65535, threads >= 1, token_ttl_s > 0")
+        for name in ("registrations_per_minute_per_address", "registrations_per_minute",
+                     "max_upload_bytes"):
+            if getattr(self, name) is not None:
+                _positive(self, name)
 
     def replace(self, **changes: Any) -> ServerConfig:
         return _replace(self, "server", changes)
+
+
+MAX_WHOLE = 10**9  # the largest whole number a count setting may have
+
+
+def check_fields(obj: Any, section: str, unbounded: tuple[str, ...] = ()) -> None:
+    """Refuse a value that does not fit its field's type: ``bool`` fields take booleans,
+    ``int`` fields whole numbers (not booleans, not ``5.5``) of at most
+    :data:`MAX_WHOLE` (except ``unbounded``), ``float`` fields finite numbers; ``None``
+    only where the field allows it. Other fields (strings, paths, tables) are left to
+    their own checks."""
+    for f in dataclasses.fields(obj):
+        value, kind, name = getattr(obj, f.name), str(f.type), f"{section}.{f.name}"
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("bool"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, not {value!r}")
+        elif kind.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be a whole number, not {value!r}")
+            if f.name not in unbounded and abs(value) > MAX_WHOLE:
+                raise ConfigError(f"{name} must be at most {MAX_WHOLE}")
+        elif kind.startswith("float") and not _finite_number(value):
+            raise ConfigError(f"{name} must be a finite number, not {value!r}")
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -285,26 +352,35 @@ def _replace(obj: Any, what: str, changes: dict[str, Any]) -> Any:
 
 
 def round_config_from_dict(base: RoundConfig, d: dict[str, Any]) -> RoundConfig:
-    """``base`` with the keys of ``d`` applied (types checked loosely: ints become floats)."""
-    typed: dict[str, Any] = {}
-    hints = {f.name: f.type for f in dataclasses.fields(RoundConfig)}
-    for k, v in d.items():
-        if k in hints and isinstance(v, bool) != ("bool" in str(hints[k])):
-            raise ConfigError(f"round.{k} has the wrong type")
-        if k in hints and not isinstance(v, (int, float, bool, type(None))):
-            raise ConfigError(f"round.{k} must be a number or boolean")
-        typed[k] = v
-    return base.replace(**typed)
+    """``base`` with the keys of ``d`` applied (each value checked by :func:`check_fields`
+    and :class:`RoundConfig`'s ranges: ``report_goal`` 5.5, 1e400 or true is refused)."""
+    return base.replace(**_table(d, "round"))
 
 
 def client_config_from_dict(base: ClientConfig, d: dict[str, Any]) -> ClientConfig:
-    """``base`` with the keys of ``d`` applied: ``lr`` a number, ``epochs`` and
-    ``max_steps`` whole numbers (booleans are neither)."""
-    for k, v in d.items():
-        whole = k in ("epochs", "max_steps")
-        if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
-            raise ConfigError(f"client.{k} must be a {'whole ' if whole else ''}number")
-    return base.replace(**d)
+    """``base`` with the keys of ``d`` applied: ``lr`` a finite positive number, ``epochs``
+    and ``max_steps`` positive whole numbers (booleans are neither)."""
+    return base.replace(**_table(d, "client"))
+
+
+def _table(d: Any, section: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ConfigError(f"[{section}] must be a table of settings")
+    return d
+
+
+def with_stored_overrides(base: Any, stored: Any, section: str,
+                          apply: Callable[[Any, dict[str, Any]], Any]) -> tuple[Any, bool]:
+    """``base`` with the admin overrides ``stored`` in the database applied, and whether
+    they were. Overrides that no longer pass validation (written by an older server, or
+    edited by hand) must not keep the server from starting: they are refused with a logged
+    warning and ``base``, the config file's table, is used instead."""
+    try:
+        return apply(base, stored or {}), True
+    except ConfigError as exc:
+        log.warning("ignoring the stored [%s] overrides %r: %s; using the config file's "
+                    "[%s] table", section, stored, exc, section)
+        return base, False
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -320,9 +396,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the config must be an object/table")
     round_cfg = round_config_from_dict(RoundConfig(), raw.pop("round", {}) or {})
-    client_cfg = ClientConfig().replace(**(raw.pop("client", {}) or {}))
-    strategy_cfg = StrategyConfig().replace(**(raw.pop("strategy", {}) or {}))
-    predict_cfg = PredictConfig().replace(**(raw.pop("predict", {}) or {}))
+    client_cfg = client_config_from_dict(ClientConfig(), raw.pop("client", {}) or {})
+    strategy_cfg = StrategyConfig().replace(**_table(raw.pop("strategy", {}) or {}, "strategy"))
+    predict_cfg = PredictConfig().replace(**_table(raw.pop("predict", {}) or {}, "predict"))
     cfg = ServerConfig(round=round_cfg, client=client_cfg, strategy=strategy_cfg,
                        predict=predict_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}

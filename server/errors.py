@@ -37,9 +37,15 @@ code                        status  meaning
 ``model_exists``            409     admin publish on a server that has a model
 ``payload_too_large``       413     body over the upload limit
 ``unsupported_media_type``  415     wrong ``Content-Type``
+``rate_limited``            429     too many registrations from this address, or in all,
+                                    in the last minute (``Retry-After`` says when to retry)
 ``bad_shape``/``bad_dtype`` 422     arrays that do not fit the model
 ``non_finite``              422     NaN or Inf in the update
 ``no_examples``             422     a training report with ``num_examples`` < 1
+``too_many_examples``       422     ``num_examples`` over the task plan's budget
+                                    (batch_size x max_steps x epochs)
+``update_too_large``        422     an update whose global L2 norm is over the round's
+                                    bound (``round.max_update_norm``, or derived)
 ``missing_update``          422     a training report without update arrays
 ``unexpected_update``       422     update arrays in an evaluation report
 ``bad_config``              422     admin config PATCH with a value that cannot be used
@@ -100,6 +106,17 @@ class Unprocessable(ApiError):
     status, code = 422, "unprocessable"
 
 
+class TooManyRequests(ApiError):
+    """Refused for now: ``retry_after_s`` goes out as the ``Retry-After`` header."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, code: str | None = None,
+                 retry_after_s: int = 1) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = retry_after_s
+
+
 # Werkzeug's own errors (unknown path, wrong method, ...) by status; others: "http_error"
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                     415: "unsupported_media_type"}
@@ -116,7 +133,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        resp = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, TooManyRequests):
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -25,6 +25,19 @@ from fedkb.server.metrics import ServerMetrics
 CACHED_VERSIONS = 5  # checkpoints kept in memory (the current one always among them)
 
 
+def unsafe_weights(weights: Sequence[np.ndarray], max_abs: float) -> str | None:
+    """Why ``weights`` must not be served (None if they may): a NaN or Inf anywhere, or a
+    weight of magnitude over ``max_abs`` (``round.max_weight_abs``). The round machine
+    checks every new model with it before writing its checkpoint."""
+    for i, w in enumerate(weights):
+        if not np.all(np.isfinite(w)):
+            return f"has non-finite weights (array {i})"
+        peak = float(np.max(np.abs(w))) if w.size else 0.0
+        if peak > max_abs:
+            return f"has a weight of magnitude {peak:.4g} (array {i}), over {max_abs:.4g}"
+    return None
+
+
 class GlobalModel:
     """The artifact and checkpoints a server publishes; ``current`` is the model in force."""
 

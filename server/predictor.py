@@ -12,7 +12,9 @@ engine for it (new interpreters, weights set, off the request path) and then swa
 reference. Requests keep using the engine they started with, so a switch neither fails
 nor blocks them; only the very first request waits for the first engine. A version that
 cannot be loaded is recorded (``last_error``) and not retried; the previous engine keeps
-serving.
+serving. Weights with a NaN or Inf are such a version (the round machine never commits
+one, but a checkpoint is a file), and an answer with a non-finite probability is refused
+(503) rather than sent: ``NaN`` is not JSON.
 
 No TensorFlow anywhere: LiteRT (``ai_edge_litert``), NumPy and the tokenizer.
 """
@@ -92,9 +94,15 @@ class Engine:
             if self.cache_size else self._infer
 
     @classmethod
-    def build(cls, artifact: Artifact, vocab: Sequence[str], weights: list[np.ndarray],
-              version: int | None, cfg: PredictConfig) -> Engine:
+    def build(cls, artifact: Artifact, vocab: Sequence[str],
+              weights: list[np.ndarray] | dict[str, np.ndarray], version: int | None,
+              cfg: PredictConfig) -> Engine:
         """Create ``cfg.interpreters`` interpreters and load ``weights`` into each."""
+        arrays = list(weights.values()) if isinstance(weights, dict) else weights
+        bad = next((i for i, w in enumerate(arrays) if not np.all(np.isfinite(w))), None)
+        if bad is not None:
+            raise ModelUnavailable(f"model version {version} has non-finite weights "
+                                   f"(array {bad})")
         pool: queue.SimpleQueue[Trainer] = queue.SimpleQueue()
         for _ in range(max(1, cfg.interpreters)):
             trainer = Trainer(artifact, num_threads=cfg.num_threads)
@@ -121,6 +129,9 @@ class Engine:
             ids, probs = trainer.infer(prefix)
         finally:
             self.pool.put(trainer)
+        if not np.all(np.isfinite(probs)):
+            raise ModelUnavailable(f"model version {self.version} answered non-finite "
+                                   "probabilities")
         ids.flags.writeable = probs.flags.writeable = False
         return ids, probs
 

@@ -24,7 +24,7 @@ from fedkb.server.errors import Conflict, Forbidden, NotFound
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.rounds import ABANDONED, COMMITTED, RoundState, RoundStats
 from fedkb.server.tasks import TaskBook, TaskRecord
-from fedkb.server.uploads import parse_upload
+from fedkb.server.uploads import UploadLimits, parse_upload
 from fedkb.weights import WeightSpec
 from fedkb.wire import AbortResult, UploadMetadata, UploadResult
 
@@ -101,26 +101,39 @@ class Reporting:
                        "round_abandoned")
 
     def decode(self, task: TaskRecord, body: bytes, specs: Sequence[WeightSpec],
-               ) -> tuple[UploadMetadata, list[np.ndarray]]:
+               limits: UploadLimits) -> tuple[UploadMetadata, list[np.ndarray]]:
         """Parse and validate an upload (the expensive part: run it outside the lock)."""
         return parse_upload(body, task.id, task.round_id, task.kind, specs,
                             lambda rid: self.db.one("SELECT 1 FROM rounds WHERE id = ?",
-                                                    (rid,)) is not None)
+                                                    (rid,)) is not None, limits)
 
     def fold(self, task: TaskRecord, rnd: RoundState, meta: UploadMetadata,
              arrays: list[np.ndarray], digest: str, now: float) -> Report:
-        """Fold a decoded upload into its open round (O(model)) and record the task."""
-        if rnd.aggregator is not None:
-            rnd.aggregator.accumulate(arrays, float(meta.num_examples))
+        """Fold a decoded upload into its open round (O(model)) and record the task.
+
+        One step that happens completely or not at all: the task's row is written first
+        (a failure there, e.g. a value SQLite cannot store, leaves the aggregator and the
+        task as they were: still assigned), then the update is folded in memory; should
+        the fold itself fail, the row is put back to assigned before the error goes on.
+        """
+        answer = UploadResult(task.id, task.round_id, "accepted", now)
+        response = answer.to_json()
+        self.db.update("tasks", "id", task.id, {
+            "state": "reported", "finished_at": now, "upload_sha256": digest,
+            "response": json.dumps(response), "num_examples": meta.num_examples})
+        try:
+            if rnd.aggregator is not None:
+                rnd.aggregator.accumulate(arrays, float(meta.num_examples))
+        except BaseException:
+            self.db.update("tasks", "id", task.id, {
+                "state": "assigned", "finished_at": None, "upload_sha256": None,
+                "response": None, "num_examples": None})
+            raise
         scalars = {**meta.metrics, **{f"timing_{k}": v for k, v in meta.timings.items()}}
         if meta.loss is not None:
             scalars["loss"] = meta.loss
         rnd.scalars.accumulate(scalars, float(max(meta.num_examples, 1)))
-        answer = UploadResult(task.id, task.round_id, "accepted", now)
-        task.state, task.upload_sha256, task.response = "reported", digest, answer.to_json()
-        self.db.update("tasks", "id", task.id, {
-            "state": "reported", "finished_at": now, "upload_sha256": digest,
-            "response": json.dumps(task.response), "num_examples": meta.num_examples})
+        task.state, task.upload_sha256, task.response = "reported", digest, response
         self.tasks.answered(task)
         rnd.stats.reported += 1
         rnd.stats.num_examples += meta.num_examples

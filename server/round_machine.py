@@ -19,6 +19,7 @@ through its phases (:mod:`fedkb.server.phases`, data: name, deadline, minimum co
 
     selecting | training -- server restart ------------------> abandoned (server_restart)
     committing -- no weight in the aggregate, commit failed --> abandoned (no_weight, ...)
+    committing -- new model not finite or out of range -------> abandoned (unsafe_model)
 
 Selection over-selects (``target = ceil(goal * overselect)``); the round commits as soon
 as ``goal`` reports are in, and the stragglers' reports are refused as late and counted.
@@ -35,6 +36,13 @@ an injected clock, so tests move time instantly). Check-ins go to its
 :class:`~fedkb.server.reports.Reporting`, which answer with data the machine acts on. One
 lock guards all state (waitress serves requests from several threads); an upload's
 decode and validation run outside it, and only the O(model) fold inside.
+
+Two bounds keep one hostile phone from destroying the model: every training update is
+held to :attr:`RoundMachine.update_norm_bound` and its ``num_examples`` to its plan's
+budget (refused before the fold, :class:`~fedkb.server.uploads.UploadLimits`), and a
+new model is served only if it is finite with every weight under ``max_weight_abs``
+(:func:`~fedkb.server.global_model.unsafe_weights`); otherwise its round is abandoned
+and the model, the strategy's state and the checkpoints stay as they were.
 """
 
 from __future__ import annotations
@@ -48,12 +56,13 @@ from collections.abc import Callable
 from typing import Any
 
 from fedkb.artifact import Artifact
+from fedkb.server.aggregate import derived_update_norm
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
 from fedkb.server.config import ClientConfig, RoundConfig
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import ApiError
-from fedkb.server.global_model import GlobalModel
+from fedkb.server.global_model import GlobalModel, unsafe_weights
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.phases import PhaseHandler, ReportingPhase, SelectionPhase, round_phases
 from fedkb.server.reports import Outcome, Reporting, save_stats
@@ -71,7 +80,7 @@ from fedkb.server.rounds import (
 from fedkb.server.selection import Selection
 from fedkb.server.strategy import Strategy
 from fedkb.server.tasks import TaskBook, wire_task
-from fedkb.server.uploads import upload_fingerprint
+from fedkb.server.uploads import UploadLimits, examples_budget, upload_fingerprint
 from fedkb.wire import AbortResult, CheckinResponse, Conditions, UploadResult
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,7 @@ class RoundMachine:
         self.training_enabled: bool = bool(db.get("training_enabled", True))
         self._eval_queue: list[int] = list(db.get("eval_queue", []))
         self._next_round = 1 + int(db.one("SELECT COALESCE(MAX(id), 0) m FROM rounds")["m"])
+        self._derived_update_norm: float | None = None  # from the artifact, on attach
 
     @property
     def artifact(self) -> Artifact | None:
@@ -111,12 +121,22 @@ class RoundMachine:
     def weights(self, version: int) -> Checkpoint:
         return self.models.weights(version)
 
+    @property
+    def update_norm_bound(self) -> float:
+        """The longest training update folded: ``round.max_update_norm``, or derived from
+        the artifact's initial weights (:func:`~fedkb.server.aggregate.derived_update_norm`)."""
+        if self.cfg.max_update_norm is not None:
+            return self.cfg.max_update_norm
+        assert self._derived_update_norm is not None, "no artifact attached"
+        return self._derived_update_norm
+
     # --- start and admin -------------------------------------------------------------------
 
     def attach(self, artifact: Artifact, store: CheckpointStore) -> None:
         """Serve ``artifact``; load the newest intact checkpoint, abandon rounds left open."""
         with self.lock:
             now = self.clock()
+            self._derived_update_norm = derived_update_norm(artifact.initial_weights())
             for r in self.db.query("SELECT * FROM rounds WHERE state IN (?, ?)", OPEN_STATES):
                 stats = RoundStats.from_json(row_dict(r)["stats"])
                 self.db.update("rounds", "id", r["id"], {
@@ -244,11 +264,18 @@ class RoundMachine:
         try:
             version = self.models.next_version()
             new = self.strategy.aggregate(self.model.weights, result, version)
-            file_sha, ckpt = self.models.write(version, new, self.strategy.state())
+            unsafe = unsafe_weights(new, self.cfg.max_weight_abs)
+            if unsafe is None:
+                file_sha, ckpt = self.models.write(version, new, self.strategy.state())
         except Exception as exc:  # the model stays as it was
             log.exception("commit of round %d failed", rnd.id)
             self.strategy.load_state(before)
             self._abandon(rnd, now, f"commit_failed: {type(exc).__name__}")
+            return
+        if unsafe is not None:  # never served, never written: the model stays as it was
+            log.error("round %d not committed: the new model %s", rnd.id, unsafe)
+            self.strategy.load_state(before)
+            self._abandon(rnd, now, f"unsafe_model: {unsafe}")
             return
         rnd.stats.metrics = rnd.scalars.result()
         rnd.committed_version = version
@@ -336,9 +363,10 @@ class RoundMachine:
             self.reports.open_round(task, self.open)
             assert self.artifact is not None
             specs = self.artifact.specs
+            limits = UploadLimits(self.update_norm_bound, examples_budget(task.plan))
         t0 = time.perf_counter()
         try:
-            meta, arrays = self.reports.decode(task, body, specs)  # outside the lock
+            meta, arrays = self.reports.decode(task, body, specs, limits)  # outside the lock
         except ApiError as exc:
             with self.lock:
                 self.reports.reject(task.round_id, exc.code, self.open)

@@ -9,24 +9,63 @@ An upload is on the wire, not at rest: it keeps its framing (``FKBU`` + JSON met
 contract's one gate, :func:`fedkb.weights.check_weights`, whose reason codes map to the
 API's error codes by :data:`UPDATE_ERROR_CODES` (the codes devices see are unchanged:
 a wrong number of arrays has always been ``bad_shape``).
+
+Beyond fitting the model, an upload must be plausible for its task
+(:class:`UploadLimits`): a training update no longer than the round's norm bound
+(``update_too_large``) and a ``num_examples`` no larger than the plan lets a phone train
+on (``too_many_examples``). Both are refused rather than clipped: an honest phone never
+comes near either bound (see :func:`fedkb.server.aggregate.derived_update_norm`), so such
+an upload is a bug or an attack, and folding it, even scaled down, would give its
+direction the full weight it claims. Checked here, before the fold, so a refused upload
+changes nothing but the round's refusal counts.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedkb.codec import CodecError, decode_arrays
+from fedkb.server.aggregate import global_norm64
 from fedkb.server.errors import BadRequest, NotFound, Unprocessable
 from fedkb.weights import WeightsError, WeightSpec, check_weights
-from fedkb.wire import UploadMetadata, WireError, split_upload
+from fedkb.wire import Plan, UploadMetadata, WireError, split_upload
 
 # check_weights reason -> the API error code (and the round's refusal reason)
 UPDATE_ERROR_CODES = {"bad_count": "bad_shape", "bad_name": "bad_shape",
                       "not_array": "bad_dtype", "bad_dtype": "bad_dtype",
                       "bad_shape": "bad_shape", "non_finite": "non_finite"}
+
+
+# the most examples any report may claim (exact as a float; sums of them fit SQLite's
+# 64-bit integers); an evaluation report, which is not capped by steps, is held to this
+MAX_CLAIMED_EXAMPLES = 2**53
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one round accepts of an upload besides fitting the model.
+
+    Attributes:
+        max_update_norm: the longest training update (global L2 norm) folded.
+        max_examples: the largest ``num_examples`` a report may claim.
+    """
+
+    max_update_norm: float
+    max_examples: int = MAX_CLAIMED_EXAMPLES
+
+
+def examples_budget(plan: Plan) -> int:
+    """The most examples a phone can train on under ``plan``: ``batch_size x max_steps x
+    epochs`` (an honest phone reports distinct windows used, at most ``batch_size x
+    max_steps``); an evaluation plan, which runs over the whole shard, is not capped by
+    steps, only by :data:`MAX_CLAIMED_EXAMPLES`."""
+    if plan.kind != "train" or plan.max_steps <= 0:
+        return MAX_CLAIMED_EXAMPLES
+    return min(MAX_CLAIMED_EXAMPLES, plan.batch_size * plan.max_steps * plan.epochs)
 
 
 def upload_fingerprint(body: bytes) -> str:
@@ -46,11 +85,14 @@ def upload_fingerprint(body: bytes) -> str:
 
 def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
                  specs: Sequence[WeightSpec],
-                 round_exists: Callable[[int], bool]) -> tuple[UploadMetadata, list[np.ndarray]]:
+                 round_exists: Callable[[int], bool], limits: UploadLimits,
+                 ) -> tuple[UploadMetadata, list[np.ndarray]]:
     """The metadata and update arrays of ``body`` for task ``task_id``, or a named error.
 
-    A training report carries ``num_examples >= 1`` and arrays that match ``specs``
-    (count, shapes, dtypes) and are all finite; an evaluation report carries no arrays.
+    A training report carries ``1 <= num_examples <= limits.max_examples`` and arrays
+    that match ``specs`` (count, shapes, dtypes), are all finite and whose global norm is
+    at most ``limits.max_update_norm``; an evaluation report carries no arrays and no
+    more than ``limits.max_examples`` examples.
     """
     try:
         meta, payload = split_upload(body)
@@ -63,6 +105,9 @@ def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
             raise NotFound(f"no round {meta.round_id}", "unknown_round")
         raise BadRequest(f"task {task_id} is in round {round_id}, not {meta.round_id}",
                          "round_mismatch")
+    if meta.num_examples > limits.max_examples:
+        raise Unprocessable(f"num_examples {meta.num_examples} is more than the task's "
+                            f"plan allows ({limits.max_examples})", "too_many_examples")
     if kind == "evaluate":
         if len(payload):
             raise Unprocessable("an evaluation task uploads metrics only", "unexpected_update")
@@ -79,4 +124,8 @@ def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
         arrays = check_weights(specs, arrays)
     except WeightsError as exc:
         raise Unprocessable(str(exc), UPDATE_ERROR_CODES[exc.reason]) from exc
+    norm = global_norm64(arrays)
+    if not norm <= limits.max_update_norm:
+        raise Unprocessable(f"the update's global norm {norm:.4g} is over the bound "
+                            f"{limits.max_update_norm:.4g}", "update_too_large")
     return meta, arrays

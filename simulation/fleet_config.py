@@ -8,7 +8,8 @@ enough for a laptop (a few wall seconds each), since emulated phones share its c
 
 :func:`server_config` derives the few settings that depend on the fleet (how long phones
 rest between tasks, how many must register, the evaluation goal of a small fleet, the
-"come back later" delay in the server's clock) and :func:`write_server_config` writes the
+"come back later" delay in the server's clock, how many may register a minute from the
+one machine the fleet runs on) and :func:`write_server_config` writes the
 server's config file as the :func:`dataclasses.asdict` of the three objects, which
 :func:`fedkb.server.config.load_config` reads back unchanged.
 """
@@ -23,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from fedkb.datasets.store import Dataset
-from fedkb.server.config import ClientConfig, ConfigError, RoundConfig, StrategyConfig
+from fedkb.server.config import (
+    ClientConfig,
+    ConfigError,
+    RoundConfig,
+    ServerConfig,
+    StrategyConfig,
+)
 
 INELIGIBLE_RETRY_PHONE_S = 300.0  # simulated seconds a phone the server refused waits
 
@@ -132,11 +139,26 @@ def server_round(cfg: FleetRunConfig, train_phones: int,
         ineligible_retry_s=round(max(0.05, INELIGIBLE_RETRY_PHONE_S / cfg.speedup), 3))
 
 
+def registrations_per_minute(cfg: FleetRunConfig) -> int:
+    """The server's registration limits for this run (per address and in total): every
+    phone of the fleet registers from this one machine within its first minute, and once
+    more after a lost token, so the fleet gets twice its size a minute (and never less
+    than the server's defaults)."""
+    defaults = ServerConfig()
+    floor = max(defaults.registrations_per_minute_per_address or 0,
+                defaults.registrations_per_minute or 0)
+    return max(floor, 2 * cfg.devices)
+
+
 def server_config(cfg: FleetRunConfig, train_phones: int,
                   heldout_phones: int | None = None) -> dict[str, Any]:
-    """The server's config file for this run: its ``round``, ``client`` and ``strategy``
+    """The server's config file for this run: the registration limits the fleet needs
+    (:func:`registrations_per_minute`) and its ``round``, ``client`` and ``strategy``
     tables, each the :func:`dataclasses.asdict` of the server's own config object."""
-    return {"round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
+    limit = registrations_per_minute(cfg)
+    return {"registrations_per_minute_per_address": limit,
+            "registrations_per_minute": limit,
+            "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
             "client": dataclasses.asdict(cfg.client),
             "strategy": dataclasses.asdict(cfg.strategy)}
 

@@ -130,6 +130,8 @@ class TrainingStalled(UserError):
         self.report = report
 
 
+# the server's refusals of updates that a diverging device training produces
+DIVERGED_REFUSALS = ("update_too_large", "non_finite")
 DIVERGED_LOSS = 100.0  # a training loss above this (nats per token; ln V ~ 9.2) is a blow-up
 
 
@@ -166,5 +168,15 @@ def stall_diagnosis(rounds: list[dict[str, Any]]) -> str:
     if diverged(loss):
         return (msg + f"; the last committed round's training loss was {loss:.3g}: the "
                 "model diverged (lower --lr, or clip the devices' deltas)")
+    # the server refuses updates over its norm bound, so a diverging fleet usually never
+    # commits its blown-up model: its rounds are abandoned, their updates refused
+    refused: Counter[str] = Counter()
+    for r in since:
+        refused.update({k: v for k, v in (r.get("rejected") or {}).items()
+                        if k in DIVERGED_REFUSALS})
+    if refused:
+        return (msg + f"; {sum(refused.values())} updates were refused ("
+                f"{', '.join(f'{k}: {v}' for k, v in refused.most_common())}): the devices' "
+                "training diverged (lower --lr, or clip the devices' deltas)")
     return msg + ("; too few phones were eligible or finished in time (more --devices, a "
                   "longer --reporting-deadline, or a smaller --clients-per-round)")

@@ -21,7 +21,7 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 CLASSES = {c.__name__: c.code for c in (
     errors.ApiError, errors.BadRequest, errors.Unauthorized, errors.Forbidden,
     errors.NotFound, errors.Conflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
-    errors.Unprocessable, ModelUnavailable)}
+    errors.Unprocessable, errors.TooManyRequests, ModelUnavailable)}
 
 
 def raised_codes() -> set[str]:

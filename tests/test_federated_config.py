@@ -77,6 +77,8 @@ def test_the_server_config_file_is_what_load_config_reads_back(tiny_data, tmp_pa
     assert back.round == server_round(cfg, phones, 30 - phones)
     assert (back.client, back.strategy) == (cfg.client, cfg.strategy)
     assert json.loads(path.read_text()) == {
+        "registrations_per_minute_per_address": back.registrations_per_minute_per_address,
+        "registrations_per_minute": back.registrations_per_minute,
         "round": dataclasses.asdict(back.round), "client": dataclasses.asdict(back.client),
         "strategy": dataclasses.asdict(back.strategy)}
 
@@ -176,6 +178,15 @@ def test_stall_diagnosis_names_the_reasons_and_a_diverged_loss():
     # stopped at once by a diverged commit: nothing abandoned since
     at_once = stall_diagnosis(rounds[:3])
     assert at_once.startswith("training stopped at model version 3;") and "diverged" in at_once
+
+
+def test_stall_diagnosis_names_updates_refused_as_too_large():
+    rounds = [{"id": 1, "kind": "train", "state": "committed", "reason": None,
+               "committed_version": 1, "metrics": {"loss": 5.0}},
+              *({"id": i, "kind": "train", "state": "abandoned", "reason": "deadline",
+                 "rejected": {"update_too_large": 3, "late_report": 1}} for i in (2, 3))]
+    msg = stall_diagnosis(rounds)
+    assert "6 updates were refused (update_too_large: 6)" in msg and "diverged" in msg
 
 
 def test_a_loss_above_100_nats_or_not_finite_is_a_divergence():

@@ -174,7 +174,9 @@ def test_a_run_whose_rounds_keep_being_abandoned_stops_with_a_diagnosis(tmp_path
 def test_a_run_whose_model_diverges_stops_at_once(tmp_path, tiny_data, tiny_artifact):
     # client lr 300 on `tiny`: the training loss passes 100 nats by round 3 (1e6, then
     # 1e13 ...); the engine stops at the first commit it sees with such a loss, long
-    # before the 40 rounds asked, and says why
+    # before the 40 rounds asked, and says why. The server refuses the blown-up updates
+    # (over its norm bound), so it may never commit such a model: then the rounds are
+    # abandoned and the diagnosis names the refusals.
     proc = subprocess.run(
         [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
          str(tiny_data), "--preset", "tiny", "--rounds", "40", "--clients-per-round", "3",
@@ -184,12 +186,14 @@ def test_a_run_whose_model_diverges_stops_at_once(tmp_path, tiny_data, tiny_arti
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     # (a round whose phones could no longer finish may have been abandoned meanwhile)
-    assert re.search(r"training (stopped|stalled) at model version \d+.*; the last committed "
-                     r"round's training loss was \S+: the model diverged", proc.stderr), \
-        proc.stderr
+    assert re.search(r"training (stopped|stalled) at model version \d+.*; (the last committed "
+                     r"round's training loss was \S+: the model diverged|\d+ updates were "
+                     r"refused \(update_too_large: \d+.*\): the devices' training diverged)",
+                     proc.stderr), proc.stderr
     partial = json.loads(proc.stdout)
     losses = [r["train_loss"] for r in partial["rounds"]]
-    assert 2 <= len(losses) < 40 and losses[-1] > 100.0
+    assert 1 <= len(losses) < 40
+    assert losses[-1] > 100.0 or "update_too_large" in proc.stderr
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ from server_support import deltas, harness
 from fedkb.server.config import RoundConfig, StrategyConfig
 from fedkb.server.phases import round_phases
 from fedkb.server.reports import Outcome, Report
-from fedkb.server.uploads import upload_fingerprint
+from fedkb.server.uploads import UploadLimits, upload_fingerprint
 from fedkb.wire import UploadMetadata, encode_upload
 
 
@@ -50,7 +50,8 @@ def test_the_reporter_returns_the_outcome_and_never_commits(tmp_path):
     for t in tasks[:2]:
         body = _body(t, 1.0)
         task = m.tasks.get(t["task_id"])
-        meta, arrays = m.reports.decode(task, body, m.artifact.specs)
+        meta, arrays = m.reports.decode(task, body, m.artifact.specs,
+                                        UploadLimits(m.update_norm_bound))
         with m.lock:
             got = m.reports.fold(task, rnd, meta, arrays, upload_fingerprint(body), h.clock.t)
         assert isinstance(got, Report) and got.answer.status == "accepted"

@@ -298,7 +298,8 @@ def test_concurrent_uploads_fold_exactly_once_each(tmp_path):
     import threading
 
     n = 12
-    h = harness(tmp_path, report_goal=n, overselect=1.0, pipeline=False)
+    # deltas up to 11 everywhere (norm 66) are over the fake model's derived bound (48)
+    h = harness(tmp_path, report_goal=n, overselect=1.0, pipeline=False, max_update_norm=100.0)
     devs = [h.register() for _ in range(n)]
     tasks = [d.task() for d in devs]
     codes: list[int] = []
