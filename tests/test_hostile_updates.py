@@ -24,6 +24,9 @@ BUDGET = 4 * 50 * 1  # the fake artifact's batch 4 x ClientConfig's max_steps 50
 
 def refused(resp, code: str) -> None:
     body = resp.get_json()
+    if code == "malformed_upload":  # refused by the strict JSON reader of the upload header
+        assert resp.status_code == 400 and body["error"]["code"] == code, body
+        return
     assert resp.status_code == 422 and body["error"]["code"] == code, body
 
 
@@ -80,14 +83,17 @@ def test_the_bound_is_exact_and_configurable(tmp_path):
     assert d.upload(t, deltas(0.1)).status_code == 200
 
 
-@pytest.mark.parametrize("n", [2**62, 10**30, BUDGET + 1])
-def test_num_examples_over_the_plans_budget_is_refused_before_the_fold(tmp_path, n):
+# 10**30 is past int64: the upload header's strict JSON reader refuses it first
+@pytest.mark.parametrize(("n", "code"), [(2**62, "too_many_examples"),
+                                         (10**30, "malformed_upload"),
+                                         (BUDGET + 1, "too_many_examples")])
+def test_num_examples_over_the_plans_budget_is_refused_before_the_fold(tmp_path, n, code):
     h = harness(tmp_path)
     d = h.register()
     t = d.task()
-    refused(d.upload(t, deltas(1.0), n=n), "too_many_examples")
+    refused(d.upload(t, deltas(1.0), n=n), code)
     untouched(h, t["task_id"])
-    assert open_round(h).stats.rejected == {"too_many_examples": 1}
+    assert open_round(h).stats.rejected == {code: 1}
     assert h.status()["model_version"] == 0
 
 
@@ -113,7 +119,8 @@ def test_an_evaluation_report_cannot_claim_more_than_sqlite_can_store(tmp_path):
     d = h.register("heldout")
     t = d.task()
     assert t["plan"]["kind"] == "evaluate"
-    refused(d.upload(t, None, n=10**30), "too_many_examples")
+    refused(d.upload(t, None, n=2**62), "too_many_examples")  # past 2**53
+    refused(d.upload(t, None, n=10**30), "malformed_upload")  # past int64
     assert d.upload(t, None, n=5).status_code == 200
 
 
