@@ -80,9 +80,13 @@ class GlobalModel:
         return version
 
     def serve(self, ckpt: Checkpoint) -> None:
-        """Make ``ckpt`` the model in force."""
+        """Make ``ckpt`` the model in force; older versions beyond the cache's size are
+        dropped from memory (a committed version is ~3 model sizes: weights, optimizer
+        state and download bytes; keeping every one held gigabytes after 200 rounds)."""
         self.current = ckpt
         self._cache[ckpt.version] = ckpt
+        while len(self._cache) > CACHED_VERSIONS:
+            self._cache.pop(min(k for k in self._cache if k != ckpt.version))
         self.metrics.model_version.set(ckpt.version)
 
     def weights(self, version: int) -> Checkpoint:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from server_support import FakeClock, harness, initial_weights, make_config, write_artifact
+from server_support import FakeClock, deltas, harness, initial_weights, make_config, write_artifact
 
 from fedkb.artifact import Artifact, ArtifactError
 from fedkb.codec import decode_arrays
@@ -231,3 +231,19 @@ def test_who_trained_recently_survives_restart(tmp_path):
     again = Device(h2, devs[0].id, devs[0].token)
     assert again.checkin()["reason"] == "recently_trained"
     assert "task" in h2.register().checkin()
+
+
+def test_committed_versions_do_not_pile_up_in_memory(tmp_path):
+    """The server keeps a few recent versions in memory, not every one it committed
+    (each holds the weights, the optimizer state and the download bytes); older ones are
+    read back from their checkpoint files when asked for."""
+    from fedkb.server.global_model import CACHED_VERSIONS
+
+    h = harness(tmp_path, pipeline=False, report_goal=1, overselect=1.0, min_fraction=1.0)
+    for _ in range(CACHED_VERSIONS + 4):
+        d = h.register()
+        assert d.upload(d.task(), deltas(0.01)).status_code == 200
+    models = h.state.machine.models
+    assert models.current.version == CACHED_VERSIONS + 4
+    assert len(models._cache) == CACHED_VERSIONS and models.current.version in models._cache
+    assert models.weights(1).version == 1  # an evicted version still downloads (from disk)
