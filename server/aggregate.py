@@ -35,11 +35,31 @@ def global_norm(arrays: Sequence[np.ndarray]) -> float:
     return math.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays))
 
 
+_NORM_CHUNK = 1 << 16  # elements per float64 block in global_norm64's slow path
+_SAFE_SQUARES = 1e30  # a float32 sum of squares under this has not overflowed anywhere
+
+
 def global_norm64(arrays: Sequence[np.ndarray]) -> float:
-    """:func:`global_norm` summed in float64: finite float32 values from about 1e19 up
-    would overflow to inf when squared in float32 (a bound check wants the true norm)."""
-    return math.sqrt(sum(float(np.dot(a.ravel().astype(np.float64), a.ravel()))
-                         for a in arrays))
+    """The true global L2 norm even where :func:`global_norm` overflows: finite float32
+    values from about 1e19 up square to inf in float32 (a bound check must see them).
+
+    The float32 sum of squares is tried first; only when it is not comfortably finite
+    (a hostile update) is it redone in float64, block by block. Casting a whole
+    5 MB update to float64 instead costs a fresh 11 MB buffer per upload, which the
+    kernel zeroes page by page: that was most of the system time the norm bound added
+    to a fleet run (issue 19's hardening; perf showed ``clear_page_erms`` under
+    ``_aligned_contig_cast_float_to_double``).
+    """
+    squares = sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays)
+    if squares < _SAFE_SQUARES:
+        return math.sqrt(squares)
+    total = 0.0
+    for a in arrays:
+        flat = a.ravel()
+        for i in range(0, flat.size, _NORM_CHUNK):
+            block = flat[i:i + _NORM_CHUNK].astype(np.float64)
+            total += float(np.dot(block, block))
+    return math.sqrt(total)
 
 
 def clip_by_global_norm(arrays: Sequence[np.ndarray], max_norm: float) -> tuple[Arrays, float]:

@@ -215,3 +215,17 @@ def test_load_config_from_toml_and_overrides(tmp_path):
     f.write_text('[round]\nreport_gaol = 3\n')
     with pytest.raises(ConfigError, match="report_gaol"):
         load_config(f)
+
+
+def test_global_norm64_is_the_true_norm_fast_path_and_overflow_path():
+    from fedkb.server.aggregate import global_norm, global_norm64
+
+    rng = np.random.default_rng(0)
+    honest = [rng.normal(size=(300, 70)).astype(np.float32), rng.normal(size=70).astype(np.float32)]
+    exact = float(np.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in honest)))
+    assert global_norm64(honest) == pytest.approx(exact, rel=1e-6)
+    # 1e20 squares to inf in float32: the float32 norm overflows, the float64 one does not
+    huge = [np.full((200_000,), 1e20, np.float32), np.ones(3, np.float32)]
+    assert not np.isfinite(global_norm(huge))
+    want = float(np.sqrt(200_000 * np.float64(np.float32(1e20)) ** 2 + 3))
+    assert global_norm64(huge) == pytest.approx(want, rel=1e-9)
