@@ -51,6 +51,8 @@ code                        status  meaning
 ``bad_config``              422     admin config PATCH with a value that cannot be used
 ``bad_artifact``            422     admin publish of a directory that is not an artifact
 ``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)
+``overloaded``              503     ``/v1/predict``: ``predict.max_inflight`` predictions
+                                    are being answered; shed at once (``Retry-After``)
 ``http_error``              4xx     any other HTTP error raised by Werkzeug or waitress
 ==========================  ======  =====================================================
 """
@@ -117,6 +119,17 @@ class TooManyRequests(ApiError):
         self.retry_after_s = retry_after_s
 
 
+class ServiceUnavailable(ApiError):
+    """The server sheds this request for now: ``Retry-After`` says when to try again."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, code: str | None = None,
+                 retry_after_s: int = 1) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = retry_after_s
+
+
 # Werkzeug's own errors (unknown path, wrong method, ...) by status; others: "http_error"
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                     415: "unsupported_media_type"}
@@ -134,7 +147,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         resp = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, TooManyRequests | ServiceUnavailable):
             resp.headers["Retry-After"] = str(exc.retry_after_s)
         return resp
 

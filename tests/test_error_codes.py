@@ -21,7 +21,8 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 CLASSES = {c.__name__: c.code for c in (
     errors.ApiError, errors.BadRequest, errors.Unauthorized, errors.Forbidden,
     errors.NotFound, errors.Conflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
-    errors.Unprocessable, errors.TooManyRequests, ModelUnavailable)}
+    errors.Unprocessable, errors.TooManyRequests, errors.ServiceUnavailable,
+    ModelUnavailable)}
 
 
 def raised_codes() -> set[str]:
