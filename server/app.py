@@ -47,6 +47,7 @@ from fedkb.server.http import Int64Converter
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.round_machine import RoundMachine
 from fedkb.server.state_dir import secure_dir
+from fedkb.server.storage import register_storage_full_handler
 from fedkb.server.strategy import make_strategy
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["int"] = Int64Converter  # ids beyond int64: 404, not 500
     register_error_handlers(app)
+    register_storage_full_handler(app)  # a full disk anywhere: 507 storage_full, not 500
     for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp, api_predict.bp,
                pages.bp):
         app.register_blueprint(bp)

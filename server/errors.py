@@ -51,6 +51,8 @@ code                        status  meaning
 ``bad_config``              422     admin config PATCH with a value that cannot be used
 ``bad_artifact``            422     admin publish of a directory that is not an artifact
 ``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)
+``storage_full``            507     the server's disk is full: nothing of the request was
+                                    recorded; retry later (``Retry-After``)
 ``overloaded``              503     ``/v1/predict``: ``predict.max_inflight`` predictions
                                     are being answered; shed at once (``Retry-After``)
 ``http_error``              4xx     any other HTTP error raised by Werkzeug or waitress
@@ -147,8 +149,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         resp = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, TooManyRequests | ServiceUnavailable):
-            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        retry_after_s = getattr(exc, "retry_after_s", None)
+        if retry_after_s is not None:
+            resp.headers["Retry-After"] = str(retry_after_s)
         return resp
 
     @app.errorhandler(HTTPException)
