@@ -193,7 +193,15 @@ def _restored(db: Database, base: Any, section: str, apply: Callable[[Any, Any],
 
 def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:
     """The WSGI application for ``config`` (state restored from ``config.state_dir``)."""
-    from fedkb.server import api_admin, api_devices, api_models, api_predict, api_status, pages
+    from fedkb.server import (
+        api_admin,
+        api_devices,
+        api_models,
+        api_predict,
+        api_status,
+        openapi,
+        pages,
+    )
 
     state = build_state(config, clock)
     app = Flask("fedkb.server")
@@ -204,7 +212,7 @@ def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -
     register_error_handlers(app)
     register_storage_full_handler(app)  # a full disk anywhere: 507 storage_full, not 500
     for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp, api_predict.bp,
-               pages.bp):
+               pages.bp, openapi.bp):
         app.register_blueprint(bp)
 
     @app.before_request

@@ -14,7 +14,8 @@ code                        status  meaning
 ``invalid_message``         400     JSON that does not match :mod:`fedkb.wire`
 ``malformed_upload``        400     upload framing or codec bytes broken
 ``round_mismatch``          400     the upload names another round than its task's
-``bad_query``               400     ``limit`` / ``before`` in a listing not integers
+``bad_query``               400     ``limit`` / ``before`` in a listing not integers, or
+                                    a query parameter the listing does not take
 ``bad_text``/``bad_k``      400     ``/v1/predict``: text missing or not a string; k
                                     not an integer in 1..max_k
 ``text_too_long``           400     ``/v1/predict``: text over ``predict.max_text_chars``
