@@ -150,3 +150,22 @@ def test_1010_idle_connections_do_not_lock_out_checkins_or_predictions(tmp_path)
         finally:
             for s in idle:
                 s.close()
+
+
+def test_the_edge_limits_are_config_fields_the_cli_overrides(tmp_path):
+    from fedkb.server.config import ConfigError, ServerConfig, load_config
+
+    path = tmp_path / "c.json"
+    path.write_text('{"idle_timeout_s": 7, "connection_limit": 50, '
+                    '"predict": {"max_inflight": 2, "max_queue_s": 0.1}}')
+    cfg = load_config(path)
+    assert (cfg.idle_timeout_s, cfg.max_request_s, cfg.connection_limit) == (7, 300.0, 50)
+    assert (cfg.predict.max_inflight, cfg.predict.max_queue_s) == (2, 0.1)
+    over = load_config(path, idle_timeout_s=3, max_request_s=0.0)  # what the flags pass
+    assert (over.idle_timeout_s, over.max_request_s) == (3, 0.0)
+    for bad in ({"idle_timeout_s": 0}, {"max_request_s": -1.0}, {"connection_limit": 0},
+                {"idle_timeout_s": 1.5}):
+        with pytest.raises(ConfigError):
+            ServerConfig(**bad)
+    with pytest.raises(ConfigError):
+        ServerConfig().predict.replace(max_inflight=0)
