@@ -50,12 +50,12 @@ def predictor() -> LivePredictor:
 
 @bp.post("/v1/predict")
 def predict():
-    body = json_body(request)
     live = predictor()
-    text, k = check_request(body.get("text"), body.get("k"), live.cfg)
-    try:
+    try:  # admitted before the body is even read: a shed request costs next to nothing
         with current_app.extensions[GATE].admit(queued_s(request.environ),
                                                 live.cfg.max_queue_s):
+            body = json_body(request)
+            text, k = check_request(body.get("text"), body.get("k"), live.cfg)
             answer = live.predict(text, k)
     except ServiceUnavailable:
         current_app.extensions["fedkb"].metrics.shed.labels("predict").inc()
