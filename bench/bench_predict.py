@@ -3,6 +3,8 @@
     uv run python bench/bench_predict.py --model /tmp/m_small --data /tmp/ds
         [--clients 1 10 50] [--think-ms 150] [--seconds 8] [--max-requests 20000]
         [--cache-size N] [--json]
+    uv run python bench/bench_predict.py --model /tmp/m_small --data /tmp/ds --flood 500
+        [--seconds 20] [--ignore-retry-after] [--max-inflight N]
 
 Starts ``fedkb server`` (waitress, fresh state dir) serving the exported artifact, then
 runs a load generator on loopback: each client is a thread with its own keep-alive HTTP
@@ -23,6 +25,11 @@ server's prefix cache off. The
 baseline is a bare LiteRT ``Trainer.infer`` call on the same prefixes in this process
 (``overhead_ratio`` = endpoint p50 with one client / bare infer p50); the in-process
 ``Engine.predict`` (tokenize + infer + rank, no HTTP) is reported too. No TensorFlow.
+
+``--flood N`` (issue 19, load shedding): N ``typing`` clients at once against one server
+while one phone checks in every 100 ms on its own connection; it reports p50/p99/max of
+answered predictions, of shed ones (503 ``overloaded`` + ``Retry-After``, which clients
+honour unless ``--ignore-retry-after``) and of the check-ins.
 """
 
 from __future__ import annotations
@@ -60,8 +67,13 @@ def typed_texts(data: Path, n_sentences: int, seed: int = 0) -> list[list[str]]:
 
 
 def _client(url: str, threads: int, seconds: float, max_requests: int, think_s: float,
-            start: float, k: int, typing: list[list[str]], out: Any) -> None:
-    """One load-generator process: ``threads`` keep-alive clients until time or count."""
+            start: float, k: int, typing: list[list[str]], out: Any,
+            honor_retry_after: bool = True) -> None:
+    """One load-generator process: ``threads`` keep-alive clients until time or count.
+
+    A 503 with ``Retry-After`` (shed by the server) is counted apart from errors, its
+    latency apart from the answered ones; the client then waits ``Retry-After`` seconds
+    (``honor_retry_after``) as a well-behaved client does, or goes on at once."""
     import http.client
     import random
     import threading
@@ -70,15 +82,17 @@ def _client(url: str, threads: int, seconds: float, max_requests: int, think_s: 
     u = urlparse(url)
     lock = threading.Lock()
     lat: list[float] = []
+    shed_lat: list[float] = []
     errors = [0]
     count = [0]
 
     def worker(i: int) -> None:
         rnd = random.Random(i)
-        texts = [t for seq in typing[i::threads] for t in seq]
+        texts = [t for seq in typing[i::threads] for t in seq] or ["#"]
         bodies = [json.dumps({"text": t, "k": k}).encode() for t in texts]
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
         mine: list[float] = []
+        shed: list[float] = []
         bad = 0
         while time.time() < start:
             time.sleep(0.001)
@@ -88,19 +102,33 @@ def _client(url: str, threads: int, seconds: float, max_requests: int, think_s: 
                 if count[0] >= max_requests:
                     break
                 count[0] += 1
-            body = bodies[len(mine) % len(bodies)]
+            body = bodies[(len(mine) + len(shed)) % len(bodies)]
             t0 = time.perf_counter()
-            conn.request("POST", "/v1/predict", body=body,
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            r.read()
-            mine.append(time.perf_counter() - t0)
+            try:
+                conn.request("POST", "/v1/predict", body=body,
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+            except (OSError, http.client.HTTPException):
+                bad += 1
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+                continue
+            dt = time.perf_counter() - t0
+            retry = r.getheader("Retry-After")
+            if r.status == 503 and retry is not None:
+                shed.append(dt)
+                if honor_retry_after:
+                    time.sleep(min(float(retry), max(0.0, end - time.time())))
+                continue
+            mine.append(dt)
             bad += r.status != 200
             if think_s:
                 time.sleep(think_s * rnd.uniform(0.5, 1.5))
         conn.close()
         with lock:
             lat.extend(mine)
+            shed_lat.extend(shed)
             errors[0] += bad
 
     ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
@@ -108,18 +136,28 @@ def _client(url: str, threads: int, seconds: float, max_requests: int, think_s: 
         t.start()
     for t in ts:
         t.join()
-    out.put((lat, errors[0], time.time()))
+    out.put((lat, errors[0], time.time(), shed_lat))
+
+
+def _ms(values: Any) -> dict[str, float | None]:
+    lat = np.asarray(values, dtype=float)
+    if not lat.size:
+        return {"ms_p50": None, "ms_p99": None, "ms_max": None}
+    return {"ms_p50": round(float(np.median(lat)) * 1e3, 2),
+            "ms_p99": round(float(np.percentile(lat, 99)) * 1e3, 2),
+            "ms_max": round(float(lat.max()) * 1e3, 2)}
 
 
 def load(url: str, clients: int, seconds: float, max_requests: int, think_s: float,
-         k: int, typing: list[list[str]]) -> dict[str, Any]:
+         k: int, typing: list[list[str]], honor_retry_after: bool = True) -> dict[str, Any]:
     """Run ``clients`` concurrent clients; latency percentiles and throughput."""
     procs = max(1, math.ceil(clients / 10))
     per = [clients // procs + (i < clients % procs) for i in range(procs)]
     q: Any = mp.Queue()
-    start = time.time() + 1.0
+    start = time.time() + 1.0 + clients / 200  # time for every process to start
     workers = [mp.Process(target=_client, args=(url, n, seconds, max_requests // procs,
-                                                think_s, start, k, typing[i::procs], q))
+                                                think_s, start, k, typing[i::procs], q,
+                                                honor_retry_after))
                for i, n in enumerate(per)]
     for w in workers:
         w.start()
@@ -128,11 +166,55 @@ def load(url: str, clients: int, seconds: float, max_requests: int, think_s: flo
         w.join()
     wall = max(r[2] for r in results) - start
     lat = np.array([x for r in results for x in r[0]])
-    return {"clients": clients, "think_ms": round(think_s * 1e3), "requests": int(lat.size),
-            "errors": sum(r[1] for r in results), "req_per_s": round(lat.size / wall, 1),
-            "ms_p50": round(float(np.median(lat)) * 1e3, 2),
-            "ms_p99": round(float(np.percentile(lat, 99)) * 1e3, 2),
-            "ms_max": round(float(lat.max()) * 1e3, 2)}
+    shed = [x for r in results for x in r[3]]
+    out = {"clients": clients, "think_ms": round(think_s * 1e3), "requests": int(lat.size),
+           "errors": sum(r[1] for r in results), "req_per_s": round(lat.size / wall, 1),
+           **_ms(lat)}
+    if shed:
+        out["shed"] = len(shed)
+        out["shed_ms"] = _ms(shed)
+    return out
+
+
+def checkin_probe(url: str, start: float, seconds: float, every_s: float = 0.1,
+                  ) -> dict[str, Any]:
+    """One phone checking in every ``every_s`` on its own keep-alive connection from
+    ``start`` for ``seconds``: check-in latency while the predictions flood the server."""
+    import requests
+
+    s = requests.Session()
+    reg = s.post(f"{url}/v1/devices", json={"population": "train"}, timeout=30)
+    reg.raise_for_status()
+    auth = {"Authorization": f"Bearer {reg.json()['token']}"}
+    body = {"conditions": {"charging": True, "unmetered": True, "idle": True, "battery": 0.9}}
+    lat, bad = [], 0
+    while time.time() < start:
+        time.sleep(0.01)
+    while time.time() < start + seconds:
+        t0 = time.perf_counter()
+        try:
+            r = s.post(f"{url}/v1/checkin", json=body, headers=auth, timeout=30)
+            bad += r.status_code != 200
+        except requests.RequestException:
+            bad += 1
+        lat.append(time.perf_counter() - t0)
+        time.sleep(every_s)
+    return {"checkins": len(lat), "errors": bad, **_ms(lat)}
+
+
+def flood(url: str, clients: int, seconds: float, think_s: float, k: int,
+          typing: list[list[str]], honor_retry_after: bool) -> dict[str, Any]:
+    """``clients`` typing clients on ``/v1/predict`` and one phone checking in meanwhile."""
+    import threading
+
+    probe: dict[str, Any] = {}
+    start = time.time() + 1.0 + clients / 200
+    t = threading.Thread(target=lambda: probe.update(
+        checkin_probe(url, start + 1.0, seconds - 2.0)))
+    t.start()
+    out = load(url, clients, seconds, 10**9, think_s, k, typing, honor_retry_after)
+    t.join()
+    return {"predict": out, "checkin": probe, "honor_retry_after": honor_retry_after}
 
 
 def bare(model: Path, texts: list[str], n: int = 2000) -> dict[str, Any]:
@@ -160,10 +242,12 @@ def bare(model: Path, texts: list[str], n: int = 2000) -> dict[str, Any]:
             "engine_predict_uncached_ms_p50": round(float(np.median(predict)) * 1e3, 3)}
 
 
-def start_server(model: Path, threads: int, cache_size: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, threads: int, cache_size: int,
+                 predict: dict[str, Any] | None = None) -> tuple[subprocess.Popen, str]:
     tmp = Path(tempfile.mkdtemp(prefix="fedkb-bench-predict-"))
     conf = tmp / "c.json"
-    conf.write_text(json.dumps({"threads": threads, "predict": {"cache_size": cache_size}}))
+    conf.write_text(json.dumps({"threads": threads,
+                                "predict": {"cache_size": cache_size, **(predict or {})}}))
     proc = subprocess.Popen([sys.executable, "-m", "fedkb", "server", "--port", "0",
                              "--state-dir", str(tmp / "state"), "--model", str(model),
                              "--config", str(conf)], stdout=subprocess.PIPE,
@@ -190,8 +274,29 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=8, help="waitress threads")
     p.add_argument("-k", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--flood", type=int, default=0, metavar="N",
+                   help="instead: N typing clients on /v1/predict and one phone checking "
+                        "in every 100 ms (load shedding, issue 19); --seconds each")
+    p.add_argument("--ignore-retry-after", action="store_true",
+                   help="with --flood: shed clients retry at once (hostile clients)")
+    p.add_argument("--max-inflight", type=int, default=None,
+                   help="server predict.max_inflight (default: the server's)")
     args = p.parse_args()
     typing = typed_texts(args.data, args.sentences)
+    if args.flood:
+        extra = {} if args.max_inflight is None else {"max_inflight": args.max_inflight}
+        proc, url = start_server(args.model, args.threads, args.cache_size, extra)
+        try:
+            requests.post(f"{url}/v1/predict", json={"text": "#"}, timeout=60
+                          ).raise_for_status()
+            res = flood(url, args.flood, args.seconds, args.think_ms / 1e3, args.k, typing,
+                        not args.ignore_retry_after)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        res["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(res, indent=None if args.json else 1))
+        return
     flat = [t for seq in typing for t in seq]
     out: dict[str, Any] = {"cache_size": args.cache_size,
                            "keystrokes_per_sentence": round(len(flat) / len(typing), 1),

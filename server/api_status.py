@@ -3,7 +3,8 @@
 =============================  =========================================================
 ``GET /v1/status``             model_version, rounds_committed, rounds_abandoned,
                                current_round, open_rounds, devices, training, ...
-``GET /v1/rounds``             ``{"rounds": [...]}`` newest first (``?limit=&before=``)
+``GET /v1/rounds``             ``{"rounds": [...]}`` newest first (``?limit=&before=``;
+                               another query parameter: 400 ``bad_query``)
 ``GET /v1/rounds/<id>``        one round: state, times, selected/reported/late,
                                aborted and rejected by reason, durations, metrics
 ``GET /v1/evaluations``        ``{"evaluations": [{model_version, round_id, loss,
@@ -19,6 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from fedkb.server import round_status
 from fedkb.server.app import server_state
 from fedkb.server.db import row_dict
+from fedkb.server.errors import BadRequest
 from fedkb.server.http import query_int
 from fedkb.server.rounds import round_json
 
@@ -33,6 +35,10 @@ def status():
 @bp.get("/v1/rounds")
 def rounds():
     s = server_state()
+    unknown = sorted(set(request.args) - {"limit", "before"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)[:200]}",
+                         "bad_query")
     limit = min(max(query_int(request.args, "limit", 50), 1), 1000)
     before = query_int(request.args, "before", 2**62)
     ids = [r["id"] for r in s.db.query("SELECT id FROM rounds WHERE id < ? ORDER BY id DESC "

@@ -47,6 +47,7 @@ from fedkb.server.http import Int64Converter
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.round_machine import RoundMachine
 from fedkb.server.state_dir import secure_dir
+from fedkb.server.storage import register_storage_full_handler
 from fedkb.server.strategy import make_strategy
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,15 @@ def _restored(db: Database, base: Any, section: str, apply: Callable[[Any, Any],
 
 def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -> Flask:
     """The WSGI application for ``config`` (state restored from ``config.state_dir``)."""
-    from fedkb.server import api_admin, api_devices, api_models, api_predict, api_status, pages
+    from fedkb.server import (
+        api_admin,
+        api_devices,
+        api_models,
+        api_predict,
+        api_status,
+        openapi,
+        pages,
+    )
 
     state = build_state(config, clock)
     app = Flask("fedkb.server")
@@ -201,8 +210,9 @@ def create_app(config: ServerConfig, clock: Callable[[], float] | None = None) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["int"] = Int64Converter  # ids beyond int64: 404, not 500
     register_error_handlers(app)
+    register_storage_full_handler(app)  # a full disk anywhere: 507 storage_full, not 500
     for bp in (api_devices.bp, api_models.bp, api_status.bp, api_admin.bp, api_predict.bp,
-               pages.bp):
+               pages.bp, openapi.bp):
         app.register_blueprint(bp)
 
     @app.before_request

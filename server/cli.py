@@ -19,7 +19,9 @@ fedkb server (pid N)") instead of abandoning the first one's rounds. Errors are 
 including the ones waitress answers itself (body too large, unparsable request); a
 connection idle for ``--idle-timeout`` seconds while no request of it is being answered
 (a client that sent less than its ``Content-Length``) is closed, and so is one whose
-request has not fully arrived after ``--max-request-time`` seconds (a trickling client).
+request has not fully arrived after ``--max-request-time`` seconds (a trickling client);
+both flags override the config's ``idle_timeout_s`` and ``max_request_s``. At
+``connection_limit`` open connections the longest-idle ones are closed to accept new ones.
 """
 
 from __future__ import annotations
@@ -36,9 +38,6 @@ from pathlib import Path
 
 from fedkb.errors import UserError
 
-DEFAULT_IDLE_TIMEOUT_S = 15  # a stalled upload holds its connection this long, no more
-DEFAULT_MAX_REQUEST_S = 300.0  # a model update over a slow link, with room to spare
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run the federated round server (waitress)",
@@ -53,12 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=None,
                    help="stop training after R committed rounds (keeps serving)")
     p.add_argument("--threads", type=int, default=None, help="WSGI worker threads (default 8)")
-    p.add_argument("--idle-timeout", type=int, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
+    p.add_argument("--idle-timeout", type=int, default=None, metavar="S",
                    help="close a connection idle for S seconds while none of its requests "
-                        f"is being answered (default {DEFAULT_IDLE_TIMEOUT_S})")
-    p.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_S,
+                        "is being answered (config idle_timeout_s, default 15)")
+    p.add_argument("--max-request-time", type=float, default=None,
                    metavar="S", help="close a connection whose request (headers and body) "
-                   f"has not arrived after S seconds (default {DEFAULT_MAX_REQUEST_S:.0f}; "
+                   "has not arrived after S seconds (config max_request_s, default 300; "
                    "0: no limit)")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="stop (cleanly) when the process that started this one is gone; "
@@ -93,9 +92,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     config = load_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir,
-                         model=args.model, max_rounds=args.rounds, threads=args.threads)
-    if args.idle_timeout < 1 or args.max_request_time < 0:
-        raise UserError("--idle-timeout must be >= 1 second, --max-request-time >= 0")
+                         model=args.model, max_rounds=args.rounds, threads=args.threads,
+                         idle_timeout_s=args.idle_timeout, max_request_s=args.max_request_time)
     os.umask(0o077)  # whatever this process writes in the state dir is its own
     # before create_app: opening the state dir abandons the rounds left open in it
     lock = StateLock(config.state_dir).acquire()
@@ -108,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = make_server(app, host=config.host, port=config.port, threads=config.threads,
                              max_body_bytes=state.max_upload_bytes + 1024,
-                             idle_timeout_s=args.idle_timeout,
-                             max_request_s=args.max_request_time)
+                             idle_timeout_s=config.idle_timeout_s,
+                             max_request_s=config.max_request_s,
+                             connection_limit=config.connection_limit)
     except OSError as exc:
         state.close()
         lock.release()

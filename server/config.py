@@ -224,6 +224,14 @@ class PredictConfig:
         num_threads: threads of each interpreter.
         cache_size: model answers kept per version, by prefix (0: no cache); completions
             of one word share their prefix, so typing hits the cache on most keystrokes.
+        max_inflight: predictions answered at once (computing, or waiting for an
+            interpreter); one more is shed at once, 503 ``overloaded`` with
+            ``Retry-After: retry_after_s`` (:mod:`fedkb.server.admission`), so that a flood
+            of predictions gets fast refusals instead of unbounded latency and never holds
+            the WSGI threads check-ins need. At most the server's ``threads`` - 2.
+        retry_after_s: the ``Retry-After`` of a shed prediction.
+        max_queue_s: a prediction that waited longer for a WSGI thread is shed as well
+            (its client has waited long enough; answering it delays every later one).
     """
 
     max_text_chars: int = 1000
@@ -232,10 +240,14 @@ class PredictConfig:
     interpreters: int = 2
     num_threads: int = 1
     cache_size: int = 4096
+    max_inflight: int = 4
+    retry_after_s: int = 1
+    max_queue_s: float = 0.25
 
     def __post_init__(self) -> None:
         check_fields(self, "predict")
-        _positive(self, "max_text_chars", "max_k", "interpreters", "num_threads")
+        _positive(self, "max_text_chars", "max_k", "interpreters", "num_threads",
+                  "max_inflight", "retry_after_s", "max_queue_s")
         if not 1 <= self.default_k <= self.max_k or self.cache_size < 0:
             raise ConfigError("default_k must be 1..max_k and cache_size >= 0")
 
@@ -262,6 +274,14 @@ class ServerConfig:
             ``POST /v1/devices`` from one client address, and from all addresses, in any
             60 s (429 ``rate_limited`` with ``Retry-After`` beyond; None: no limit). An
             honest phone registers once; the fleet engine raises both for its fleet.
+        idle_timeout_s: close a connection idle this long while none of its requests is
+            being answered (a client that sent less than its ``Content-Length``).
+        max_request_s: close a connection whose request (headers and body) has not fully
+            arrived after this long (a client trickling bytes; 0: no limit).
+        connection_limit: open connections at most (capped by the process's file
+            descriptor limit); at the limit the longest-idle connection with no request
+            being answered is closed for each new one (:mod:`fedkb.server.wsgi`), so idle
+            connections can never lock phones out.
         round, client, strategy, predict: the per-layer configs (the config file's
             tables).
     """
@@ -279,6 +299,9 @@ class ServerConfig:
     tick_s: float = 1.0
     registrations_per_minute_per_address: int | None = 30
     registrations_per_minute: int | None = 600
+    idle_timeout_s: int = 15  # a stalled upload holds its connection this long, no more
+    max_request_s: float = 300.0  # a model update over a slow link, with room to spare
+    connection_limit: int = 1000
     round: RoundConfig = field(default_factory=RoundConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -295,6 +318,9 @@ class ServerConfig:
                      "max_upload_bytes"):
             if getattr(self, name) is not None:
                 _positive(self, name)
+        _positive(self, "idle_timeout_s", "connection_limit")
+        if self.max_request_s < 0:
+            raise ConfigError("max_request_s must be >= 0 (0: no limit)")
 
     def replace(self, **changes: Any) -> ServerConfig:
         return _replace(self, "server", changes)

@@ -83,7 +83,13 @@ class Database:
                 self._after.clear()
                 self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:  # e.g. a full disk: SQLite may have rolled back already
+                self._after.clear()
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
             after, self._after = self._after, []
             for fn in after:
                 try:

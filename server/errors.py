@@ -14,7 +14,8 @@ code                        status  meaning
 ``invalid_message``         400     JSON that does not match :mod:`fedkb.wire`
 ``malformed_upload``        400     upload framing or codec bytes broken
 ``round_mismatch``          400     the upload names another round than its task's
-``bad_query``               400     ``limit`` / ``before`` in a listing not integers
+``bad_query``               400     ``limit`` / ``before`` in a listing not integers, or
+                                    a query parameter the listing does not take
 ``bad_text``/``bad_k``      400     ``/v1/predict``: text missing or not a string; k
                                     not an integer in 1..max_k
 ``text_too_long``           400     ``/v1/predict``: text over ``predict.max_text_chars``
@@ -51,6 +52,10 @@ code                        status  meaning
 ``bad_config``              422     admin config PATCH with a value that cannot be used
 ``bad_artifact``            422     admin publish of a directory that is not an artifact
 ``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)
+``storage_full``            507     the server's disk is full: nothing of the request was
+                                    recorded; retry later (``Retry-After``)
+``overloaded``              503     ``/v1/predict``: ``predict.max_inflight`` predictions
+                                    are being answered; shed at once (``Retry-After``)
 ``http_error``              4xx     any other HTTP error raised by Werkzeug or waitress
 ==========================  ======  =====================================================
 """
@@ -117,6 +122,17 @@ class TooManyRequests(ApiError):
         self.retry_after_s = retry_after_s
 
 
+class ServiceUnavailable(ApiError):
+    """The server sheds this request for now: ``Retry-After`` says when to try again."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, code: str | None = None,
+                 retry_after_s: int = 1) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = retry_after_s
+
+
 # Werkzeug's own errors (unknown path, wrong method, ...) by status; others: "http_error"
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                     415: "unsupported_media_type"}
@@ -134,8 +150,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         resp = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, TooManyRequests):
-            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        retry_after_s = getattr(exc, "retry_after_s", None)
+        if retry_after_s is not None:
+            resp.headers["Retry-After"] = str(retry_after_s)
         return resp
 
     @app.errorhandler(HTTPException)

@@ -42,6 +42,8 @@ class ServerMetrics:
         self.model_version = Gauge("fedkb_model_version", "Latest committed model version",
                                    registry=r)
         self.devices = Gauge("fedkb_devices", "Registered devices", registry=r)
+        self.shed = Counter("fedkb_requests_shed", "Requests refused under load (503 "
+                            "overloaded)", ["endpoint"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,9 +47,11 @@ and the model, the strategy's state and the checkpoints stay as they were.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +80,7 @@ from fedkb.server.rounds import (
     RoundStats,
 )
 from fedkb.server.selection import Selection
+from fedkb.server.storage import PendingRows, best_effort, is_storage_full, refuse_if_full
 from fedkb.server.strategy import Strategy
 from fedkb.server.tasks import TaskBook, wire_task
 from fedkb.server.uploads import UploadLimits, examples_budget, upload_fingerprint
@@ -108,6 +111,7 @@ class RoundMachine:
         self._eval_queue: list[int] = list(db.get("eval_queue", []))
         self._next_round = 1 + int(db.one("SELECT COALESCE(MAX(id), 0) m FROM rounds")["m"])
         self._derived_update_norm: float | None = None  # from the artifact, on attach
+        self.unsaved = PendingRows()  # closed rounds' rows a full disk kept from the db
 
     @property
     def artifact(self) -> Artifact | None:
@@ -178,6 +182,8 @@ class RoundMachine:
         closes, a deadline commits or abandons), then configure the pipelined round whose
         predecessor closed, and open the rounds that should be open."""
         now = self.clock() if now is None else now
+        if len(self.unsaved):
+            self.unsaved.retry()
         for rnd in list(self.open.values()):
             while rnd.is_open:
                 phase, handler = rnd.phase, self.handlers[rnd.phase.name]
@@ -191,7 +197,8 @@ class RoundMachine:
                     self._commit(rnd, now)
                 else:
                     rnd.enter(rnd.phase_index + 1, now)
-                    self.db.update("rounds", "id", rnd.id, rnd.row())
+                    best_effort(lambda r=rnd: self.db.update("rounds", "id", r.id, r.row()),
+                                f"round {rnd.id}'s phase")
         if self.model is None:
             return
         trains = [r for r in self.open.values() if r.kind == TRAIN]
@@ -220,14 +227,17 @@ class RoundMachine:
     def _open_round(self, kind: str, goal: int, now: float, version: int | None = None,
                     configured: bool = True) -> None:
         assert self.artifact is not None and self.model is not None
-        rid, self._next_round = self._next_round, self._next_round + 1
+        rid = self._next_round
         rnd = RoundState(
             id=rid, kind=kind, base_version=self.model.version if version is None else version,
             goal=goal, target=self.cfg.target(goal), opened_at=now,
             plan=self.strategy.configure(kind, self.artifact.batch_size),
             aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None,
             phases=round_phases(self.cfg, goal), configured=configured)
-        self.db.insert("rounds", rnd.row())
+        # the id is taken only once its row is written: a full disk skips no round id
+        if not best_effort(lambda: self.db.insert("rounds", rnd.row()), f"round {rid}"):
+            return
+        self._next_round = rid + 1
         self.open[rid] = rnd
 
     def _configure(self, rnd: RoundState, now: float) -> None:
@@ -240,7 +250,8 @@ class RoundMachine:
         rnd.configured, rnd.base_version = True, self.model.version
         rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
         rnd.phase_deadline = max(rnd.phase_deadline, rnd.claim_deadline)
-        self.db.update("rounds", "id", rnd.id, rnd.row())
+        best_effort(lambda: self.db.update("rounds", "id", rnd.id, rnd.row()),
+                    f"round {rnd.id}'s configuration")
         self.changed.notify_all()
 
     # --- commit / abandon ----------------------------------------------------------------
@@ -267,10 +278,19 @@ class RoundMachine:
             unsafe = unsafe_weights(new, self.cfg.max_weight_abs)
             if unsafe is None:
                 file_sha, ckpt = self.models.write(version, new, self.strategy.state())
-        except Exception as exc:  # the model stays as it was
-            log.exception("commit of round %d failed", rnd.id)
+                commit_s = round(time.perf_counter() - t0, 6)
+                # the version's row and the round's, committed together, before anything
+                # in memory says committed: a failure here leaves both as they were
+                with self.db.transaction() as conn:
+                    self.models.record(conn, version, rnd.id, file_sha, now)
+                    _write_round(conn, _committed_row(rnd, version, now, commit_s))
+        except Exception as exc:  # the model stays as it was; the file has no row
+            full = is_storage_full(exc)
+            log.log(logging.ERROR, "commit of round %d failed%s", rnd.id,
+                    ": storage full" if full else "", exc_info=not full)
             self.strategy.load_state(before)
-            self._abandon(rnd, now, f"commit_failed: {type(exc).__name__}")
+            self._abandon(rnd, now, "storage_full" if full
+                          else f"commit_failed: {type(exc).__name__}")
             return
         if unsafe is not None:  # never served, never written: the model stays as it was
             log.error("round %d not committed: the new model %s", rnd.id, unsafe)
@@ -279,11 +299,8 @@ class RoundMachine:
             return
         rnd.stats.metrics = rnd.scalars.result()
         rnd.committed_version = version
-        rnd.stats.durations["commit_s"] = round(time.perf_counter() - t0, 6)
-        self._finish(rnd, now, COMMITTED, None)
-        with self.db.transaction() as conn:
-            self.models.record(conn, version, rnd.id, file_sha, now)
-            _write_round(conn, rnd)
+        rnd.stats.durations["commit_s"] = commit_s
+        self._finish(rnd, now, COMMITTED, None)  # in memory: the rows are written
         self.models.serve(ckpt)
         self.metrics.phase.labels("commit").observe(rnd.stats.durations["commit_s"])
         start = rnd.selection_closed_at
@@ -300,7 +317,7 @@ class RoundMachine:
 
     def _close(self, rnd: RoundState, state: str, now: float, reason: str | None = None) -> None:
         self._finish(rnd, now, state, reason)
-        self.db.update("rounds", "id", rnd.id, rnd.row())
+        self.unsaved.write(rnd.id, lambda: self.db.update("rounds", "id", rnd.id, rnd.row()))
 
     def _finish(self, rnd: RoundState, now: float, state: str, reason: str | None) -> None:
         """Take the round out of the open set (the caller writes its row)."""
@@ -318,16 +335,21 @@ class RoundMachine:
     def _record_metrics(self, rnd: RoundState) -> None:
         values = {**rnd.stats.metrics, "reports": float(rnd.stats.reported),
                   "num_examples": float(rnd.stats.num_examples)}
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO metrics(round_id, model_version, kind, name, value) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(rnd.id, rnd.base_version, rnd.kind, k, float(v)) for k, v in values.items()])
+
+        def write() -> None:
+            with self.db.transaction() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO metrics(round_id, model_version, kind, name, "
+                    "value) VALUES (?, ?, ?, ?, ?)",
+                    [(rnd.id, rnd.base_version, rnd.kind, k, float(v))
+                     for k, v in values.items()])
+
+        best_effort(write, f"round {rnd.id}'s metrics")
 
     def _queue_eval(self, version: int) -> None:
         if self.cfg.eval_every:
             self._eval_queue.append(version)
-            self.db.put("eval_queue", self._eval_queue)
+            best_effort(lambda: self.db.put("eval_queue", self._eval_queue), "the eval queue")
 
     # --- devices: check-ins, uploads, aborts ---------------------------------------------
 
@@ -378,14 +400,20 @@ class RoundMachine:
             if prior is not None:
                 return prior
             rnd = self.reports.open_round(task, self.open)
-            folded = self.reports.fold(task, rnd, meta, arrays, digest, now)
+            try:  # the task's row first: a full disk folds nothing (507, retry later)
+                folded = self.reports.fold(task, rnd, meta, arrays, digest, now)
+            except (OSError, sqlite3.OperationalError) as exc:
+                if is_storage_full(exc):
+                    self.reports.reject(task.round_id, "storage_full", self.open)
+                refuse_if_full(exc, f"the report of task {task.id}")
+                raise
             if rnd.kind == TRAIN:
                 self.selection.trained(device_id, task.model_version)
             self.metrics.fold.observe(time.perf_counter() - t0)
             if folded.outcome is Outcome.GOAL_REACHED:
                 self._commit(rnd, now)
             else:
-                save_stats(self.db, rnd)
+                best_effort(lambda: save_stats(self.db, rnd), f"round {rnd.id}'s counters")
             self.advance(now)  # after a commit: configure or open the next round now
             return folded.answer
 
@@ -398,6 +426,19 @@ class RoundMachine:
         """The device gives up its task (e.g. unplugged); counted by reason."""
         with self.lock:
             return self.reports.abort(device_id, task_id, reason, self.open, self.clock())
+
+
+def _committed_row(rnd: RoundState, version: int, now: float, commit_s: float
+                   ) -> RoundState:
+    """A copy of ``rnd`` as it will be once committed (its row goes into the commit's
+    transaction while ``rnd`` itself is still open)."""
+    done = copy.copy(rnd)
+    done.stats = RoundStats.from_json(rnd.stats.to_json())
+    done.stats.metrics = rnd.scalars.result()
+    done.stats.durations["commit_s"] = commit_s
+    done.committed_version = version
+    done.close(COMMITTED, now, None)
+    return done
 
 
 def _write_round(conn: Any, rnd: RoundState) -> None:

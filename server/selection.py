@@ -131,10 +131,11 @@ class Selection:
                        rounds: Rounds, now: float) -> CheckinResponse | TaskRecord:
         """A device with a seat in ``rnd``: its task, or (no model yet) "come back soon"."""
         if rnd.configured:
+            task = self.tasks.assign(rnd, device_id, now)  # raises (disk full): seat kept
             del self._seats[device_id]
             self.metrics.checkins.labels("task").inc()
             self.metrics.selected.labels(rnd.kind).inc()
-            return self.tasks.assign(rnd, device_id, now)
+            return task
         self.metrics.checkins.labels("selected_waiting").inc()
         retry = self._claim_retry(cfg, rounds, now)
         rnd.claim_by = max(rnd.claim_by, now + retry)  # selection waits for it at least so long

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from fedkb.server import errors
 from fedkb.server.predictor import ModelUnavailable
+from fedkb.server.storage import StorageFull
 from fedkb.server.uploads import UPDATE_ERROR_CODES
 
 SERVER = Path(__file__).resolve().parents[1] / "server"
 CLASSES = {c.__name__: c.code for c in (
     errors.ApiError, errors.BadRequest, errors.Unauthorized, errors.Forbidden,
     errors.NotFound, errors.Conflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
-    errors.Unprocessable, errors.TooManyRequests, ModelUnavailable)}
+    errors.Unprocessable, errors.TooManyRequests, errors.ServiceUnavailable,
+    ModelUnavailable, StorageFull)}
 
 
 def raised_codes() -> set[str]:

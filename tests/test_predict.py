@@ -186,6 +186,11 @@ def test_concurrent_requests_during_switches_all_succeed(h):
     errors: list[str] = []
     versions: set[int] = set()
     stop = threading.Event()
+    # six clients at once: more than the default gate admits (tests/test_server_load_e2e.py)
+    from fedkb.server.admission import AdmissionGate
+    from fedkb.server.api_predict import GATE
+
+    h.app.extensions[GATE] = AdmissionGate(6)
 
     def client(i: int) -> None:
         c = h.app.test_client()

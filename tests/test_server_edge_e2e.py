@@ -21,7 +21,7 @@ import pytest
 import requests
 from server_support import E2E_ADMIN, write_artifact
 
-from fedkb.server.cli import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_REQUEST_S
+from fedkb.server.config import ServerConfig
 from fedkb.server.errors import __doc__ as ERRORS_DOC
 from fedkb.server.state_dir import StateDirInUse, StateLock
 from fedkb.simulation.server_process import ServerProcess
@@ -141,8 +141,8 @@ def test_a_client_trickling_its_request_is_cut_off(tmp_path):
 
 
 def test_the_default_time_bounds_are_minutes_not_hours():
-    assert 5 <= DEFAULT_IDLE_TIMEOUT_S <= 30
-    assert 60 <= DEFAULT_MAX_REQUEST_S <= 600
+    assert 5 <= ServerConfig().idle_timeout_s <= 30
+    assert 60 <= ServerConfig().max_request_s <= 600
 
 
 def test_state_lock_is_exclusive_and_names_its_holder(tmp_path):
