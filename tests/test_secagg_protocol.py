@@ -323,3 +323,15 @@ def test_the_server_never_holds_a_plaintext_vector_and_masked_vectors_look_unifo
         y = unpack_residues(m.data, p.k, p.dim)
         assert CHI2_LOW < chi_square_top_byte(y, p.k) < CHI2_HIGH
     assert chi_square_top_byte(res[1], p.k) > CHI2_HIGH  # the test can tell codes apart
+
+
+def test_secagg_plus_phone_refuses_unmask_when_its_neighbourhood_is_gone():
+    p = params(20, 11, degree=4)  # holders: 5 per phone, share threshold 3
+    _, _, res = inputs(p)
+    _, phones, _, _ = to_masked_phase(p, res)
+    u = 1
+    nbrs = sorted(p.peers(u))
+    survivors = tuple(sorted(set(p.clients) - set(nbrs[:3])))  # 1 and one neighbour left
+    assert len(survivors) >= p.threshold
+    r = phones[u].unmask(UnmaskRequest("r1", survivors))
+    assert isinstance(r, Refusal) and r.code == "too_few" and "holders" in r.reason

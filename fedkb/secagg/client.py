@@ -195,6 +195,11 @@ class Phone:
             return self._stop("too_few", f"{len(u3)} survivors, t={p.threshold}")
         if not u3 <= set(p.clients):
             return self._stop("bad_survivors", "survivors include phones not selected")
+        if len(u3 & set(p.holders(self.uid))) < p.share_threshold:
+            # SecAgg+: with too few surviving neighbours the masks left on this phone's
+            # vector would be ones the server can remove (Bell et al. 2020)
+            return self._stop("too_few", f"only {len(u3 & set(p.holders(self.uid)))} of "
+                              f"this phone's holders survived, {p.share_threshold} needed")
         strangers = (u3 & p.peers(self.uid)) - set(self._held)
         if strangers:
             return self._stop("bad_survivors", f"survivors {sorted(strangers)[:5]} never "
