@@ -98,6 +98,10 @@ class RoundParams:
         """The phones that hold a share of u's secrets (u's peers and u), sorted."""
         return tuple(sorted(self.neighbours[u] | {u}))
 
+    def holds(self, holder: int, owner: int) -> bool:
+        """Whether ``holder`` is one of ``owner``'s holders (O(1))."""
+        return holder == owner or holder in self.neighbours[owner]
+
     @cached_property
     def share_threshold(self) -> int:
         if self.full:

@@ -89,7 +89,10 @@ class SecAggServer:
         self.commitments: dict[int, bytes] = {}
         self.u3: set[int] = set()
         self._acc = np.zeros(params.dim, dtype=work_dtype(params.k))
-        self._revealed: dict[int, tuple[dict[int, bytes], dict[int, bytes]]] = {}  # U4
+        self._revealed: dict[int, tuple[int, ...]] = {}  # U4: responder -> owners it revealed
+        # the revealed shares, by secret: _pool[0] b-shares, _pool[1] s_SK-shares,
+        # each owner -> responder -> share
+        self._pool: tuple[dict[int, dict[int, shamir.Share]], ...] = ({}, {})
         self.u4: set[int] = set()
 
     @property
@@ -125,6 +128,7 @@ class SecAggServer:
                                f"{self.phase.value}, fewer than t={self.params.threshold}")
             self.phase = Phase.ABORTED
             self._sealed.clear()
+            self._pool = ({}, {})
             self._acc[:] = 0
             return self.abort
         self.phase = nxt
@@ -211,35 +215,46 @@ class SecAggServer:
         if not set(msg.b_shares) <= self.u3 or not set(msg.sk_shares) <= dropped:
             return self._refuse("wrong_peer", f"phone {msg.sender} sent b-shares of "
                                 "non-survivors or s_SK-shares of survivors")
-        for owner in (*msg.b_shares, *msg.sk_shares):
-            if msg.sender not in p.holders(owner):
+        owners = (*msg.b_shares, *msg.sk_shares)
+        for owner in owners:
+            if not p.holds(msg.sender, owner):
                 return self._refuse("wrong_peer", f"phone {msg.sender} holds no share of {owner}")
+        parsed: list[dict[int, shamir.Share]] = [{}, {}]
         try:
-            for raw in (*msg.b_shares.values(), *msg.sk_shares.values()):
-                sh = shamir.Share.from_bytes(raw)
-                if sh.x != msg.sender or sh.t != p.share_threshold:
-                    return self._refuse("wrong_peer", f"phone {msg.sender} sent a share "
-                                        "held by another phone or for another threshold")
+            for which, shares in enumerate((msg.b_shares, msg.sk_shares)):
+                for owner, raw in shares.items():
+                    sh = shamir.Share.from_bytes(raw)
+                    if sh.x != msg.sender or sh.t != p.share_threshold:
+                        return self._refuse("wrong_peer", f"phone {msg.sender} sent a share "
+                                            "held by another phone or for another threshold")
+                    parsed[which][owner] = sh
         except shamir.ShamirError as e:
             return self._refuse("bad_share", f"phone {msg.sender}: {e}")
-        self._revealed[msg.sender] = (dict(msg.b_shares), dict(msg.sk_shares))
+        for which in (0, 1):
+            for owner, sh in parsed[which].items():
+                self._pool[which].setdefault(owner, {})[msg.sender] = sh
+        self._revealed[msg.sender] = owners
         return None
+
+    def _drop_responder(self, r: int) -> None:
+        for owner in self._revealed.pop(r):
+            for pool in self._pool:
+                pool.get(owner, {}).pop(r, None)
 
     def _recover(self, owner: int, which: int, size: int, cache: dict) -> bytes:
         st = self.params.share_threshold
-        have = sorted((r, sh[which][owner]) for r, sh in self._revealed.items()
-                      if owner in sh[which])
+        have = sorted(self._pool[which].get(owner, {}).items())
         if len(have) < st:
             raise ValueError(f"{len(have)} shares of phone {owner}'s "
                              f"{'b' if which == 0 else 's_SK'}, {st} needed")
 
-        def attempt(rows: list[tuple[int, bytes]]) -> bytes | None:
+        def attempt(rows: list[tuple[int, shamir.Share]]) -> bytes | None:
             xs = tuple(r for r, _ in rows)
             if xs not in cache:
                 cache[xs] = shamir.lagrange_at_zero(xs)
-            shares = [shamir.Share.from_bytes(raw) for _, raw in rows]
             try:
-                secret = shamir.to_secret(shamir.interpolate(shares, cache[xs]), size)
+                secret = shamir.to_secret(shamir.interpolate([sh for _, sh in rows], cache[xs]),
+                                          size)
             except shamir.ShamirError:
                 return None
             ok = (commit_b(secret, self.params.round_id, owner) == self.commitments[owner]
@@ -267,7 +282,7 @@ class SecAggServer:
                 sks = {u: self._recover(u, 1, 32, cache) for u in sorted(self.u2 - self.u3)}
                 break
             except _Blame as b:
-                self._revealed.pop(b.responder)
+                self._drop_responder(b.responder)
                 self._refuse("bad_shares", f"phone {b.responder}'s shares do not match the "
                              "commitments: refused")
                 if (a := self._close(set(self._revealed), Phase.UNMASK)) is not None:
@@ -290,6 +305,7 @@ class SecAggServer:
         self._acc = total
         self.u4 = set(self._revealed)
         self._revealed.clear()
+        self._pool = ({}, {})
         self.phase = Phase.DONE
         return SumResult(total, tuple(sorted(self.u3)), self.dropouts(), tuple(self.refusals))
 
