@@ -207,3 +207,18 @@ def test_a_ring_is_cut_by_two_removals():
     g = graph.harary(list(range(1, 11)), 2, b"s" * 32)
     ring = graph.permutation(list(range(1, 11)), b"s" * 32)
     assert not graph.is_connected(g, frozenset({ring[0], ring[5]}))
+
+
+def test_degree_for_grows_with_dropout_and_matches_the_binomial_tail():
+    from math import ceil
+
+    from fedkb.secagg.graph import _binom_cdf_below, degree_for
+
+    ks = [degree_for(500, d, 0.502) for d in (0.0, 0.1, 0.3)]
+    assert ks[0] < ks[1] < ks[2] < 499 and all(k % 2 == 0 for k in ks)
+    k = ks[2]
+    assert k > graph.default_degree(500)  # ~3 log2 n is not enough for 30% at t ~ n/2
+    tail = _binom_cdf_below(k + 1, 0.7, ceil(0.502 * (k + 1)))
+    below = _binom_cdf_below(k - 1, 0.7, ceil(0.502 * (k - 1)))
+    assert 500 * tail <= 1e-3 < 500 * below
+    assert degree_for(20, 0.3, 0.55) == 19  # small rounds: full SecAgg
