@@ -335,3 +335,36 @@ def test_secagg_plus_phone_refuses_unmask_when_its_neighbourhood_is_gone():
     assert len(survivors) >= p.threshold
     r = phones[u].unmask(UnmaskRequest("r1", survivors))
     assert isinstance(r, Refusal) and r.code == "too_few" and "holders" in r.reason
+
+
+def test_server_refuses_bad_advertise_and_share_messages():
+    from fedkb.secagg.messages import AdvertiseKeys, ShareKeys
+
+    p = params(5, 3)
+    server, phones = SecAggServer(p), {u: Phone(u, p) for u in p.clients}
+    ads = {u: ph.advertise() for u, ph in phones.items()}
+    for a in ads.values():
+        assert server.receive_advertise(a) is None
+    codes = [server.receive_advertise(ads[1]).code,
+             server.receive_advertise(AdvertiseKeys("r1", 9, bytes(32), bytes(32))).code]
+    p6 = params(6, 3)
+    s6 = SecAggServer(p6)
+    for a in ads.values():
+        s6.receive_advertise(a)
+    codes.append(s6.receive_advertise(AdvertiseKeys("r1", 6, ads[1].c_pk, bytes(32))).code)
+    roster = server.close_advertise()
+    shares = {u: ph.share_keys(roster) for u, ph in phones.items()}
+    m = shares[1]
+    short = {**m.ciphertexts, 2: m.ciphertexts[2][:-1]}
+    codes += [server.receive_shares(ShareKeys("r1", 1, {2: m.ciphertexts[2]}, m.b_commitment)).code,
+              server.receive_shares(ShareKeys("r1", 1, short, m.b_commitment)).code]
+    assert server.receive_shares(m) is None
+    codes.append(server.receive_shares(m).code)  # replayed
+    assert codes == ["duplicate", "not_eligible", "reused_key", "bad_recipients",
+                     "bad_ciphertext", "duplicate"]
+    for u in (2, 3, 4, 5):
+        assert server.receive_shares(shares[u]) is None
+    relays = server.close_shares()
+    _, _, res = inputs(p)
+    masked = {u: phones[u].masked_input(relays[u], res[u]) for u in p.clients}
+    expect_sum(finish(server, phones, masked), res, set(p.clients), p.k)
