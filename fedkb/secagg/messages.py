@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -135,7 +135,7 @@ class _Message:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, data: str | bytes | dict[str, Any]):
+    def from_json(cls, data: str | bytes | dict[str, Any]) -> Self:
         if isinstance(data, str | bytes):
             try:
                 data = json.loads(data)
