@@ -139,7 +139,7 @@ def insert_canaries(src: Path, dst: Path, prefix: list[int], canaries: list[Cana
 
 
 def secret_log_likelihoods(model: Any, prefix: list[int], secrets: np.ndarray,
-                           seq_len: int, batch: int = 512) -> np.ndarray:
+                           seq_len: int, batch: int = 128) -> np.ndarray:
     """Σ log p(secret word | everything before it) under a Keras ``model``, one per row
     of ``secrets`` (n, L), each after ``BOS prefix``."""
     import tensorflow as tf
@@ -153,8 +153,9 @@ def secret_log_likelihoods(model: Any, prefix: list[int], secrets: np.ndarray,
     cols = np.arange(len(prefix), len(prefix) + length)
     out = np.empty(n, np.float64)
     for i in range(0, n, batch):
-        logp = tf.nn.log_softmax(model(x[i:i + batch]), axis=-1).numpy()
-        picked = np.take_along_axis(logp[:, cols, :], y[i:i + batch, cols][..., None], -1)
+        logits = tf.gather(model(x[i:i + batch]), cols, axis=1)  # (b, L, V)
+        logp = tf.nn.log_softmax(logits, axis=-1).numpy()
+        picked = np.take_along_axis(logp, y[i:i + batch, cols][..., None], -1)
         out[i:i + batch] = picked[..., 0].sum(axis=1)
     return out
 

@@ -83,6 +83,9 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     model = build_model(model_cfg, weights=weights)
     rows = score_canaries(model, prefix, canaries, model_cfg.vocab_size, src.seq_len,
                           cfg.canary)
+    if "reports" in report:  # the fleet: how often the canary's phone reported
+        for r in rows:
+            r["user_reports"] = report["reports"].get(r["user"], 0) if r["inserted"] else None
     return {"engine": cfg.engine, "preset": model_cfg.name, "data": str(cfg.data),
             "canary": config_json(cfg.canary), "canaries": rows, "summary": summary(rows),
             "dp": None, "train_s": round(train_s, 1), "heldout": report.get("heldout"),
@@ -132,12 +135,15 @@ def _train_fleet(cfg: AuditConfig, data: Path) -> tuple[list[Any], dict[str, Any
     run_cfg = demo_config(data, artifact, devices, cfg.rounds, cfg.clients_per_round,
                           cfg.workers, cfg.preset, DEMO_STRATEGY.name, DEMO_CLIENT.lr,
                           DEMO_STRATEGY.server_lr)
-    report, _run, _ = run_fleet_engine(run_cfg, workdir=cfg.workdir / "federated")
+    report, run, _ = run_fleet_engine(run_cfg, workdir=cfg.workdir / "federated")
     latest = cfg.workdir / "federated" / "server-state" / "checkpoints" / "latest.safetensors"
     tensors = load_file(str(latest))
     weights = [np.asarray(tensors[s.name]) for s in Artifact.load(artifact).specs]
     doc = report.to_dict()
-    return weights, {"heldout": doc["heldout"], "config": doc["config"]}
+    reports: dict[str, int] = {}
+    for _round, user, _seed in run.accepted:
+        reports[user] = reports.get(user, 0) + 1
+    return weights, {"heldout": doc["heldout"], "config": doc["config"], "reports": reports}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -202,8 +208,9 @@ def table(doc: dict[str, Any]) -> str:
              f"{doc['canaries'][0]['max_exposure']:.2f} bits)",
              f"{'exposure':>8}  {'rank':>5}  inserted  text"]
     for r in doc["canaries"]:
-        lines.append(f"{r['exposure']:8.2f}  {r['rank']:5d}  {'yes' if r['inserted'] else 'no':8}"
-                     f"  {r['text']}")
+        seen = "no" if not r["inserted"] else "yes" if r.get("user_reports") is None else \
+            f"yes, {r['user_reports']} reports"
+        lines.append(f"{r['exposure']:8.2f}  {r['rank']:5d}  {seen:8}  {r['text']}")
     s = doc["summary"]
     lines.append(f"mean exposure: inserted {s['inserted'].get('exposure_mean')}, "
                  f"controls {s['controls'].get('exposure_mean')}")
