@@ -87,3 +87,14 @@ def test_the_audit_sits_beside_the_plan_in_the_cli():
                                       "--clients-per-round", "2", "--rounds", "3",
                                       "--noise", "1"])
     assert plan.privacy_command == "plan"
+
+
+def test_fleet_canaries_go_only_to_users_a_phone_holds(tiny_data, tmp_path):
+    from fedkb.device_runtime.fleet import FleetConfig, phone_users
+    from fedkb.simulation.audit_cli import AuditConfig, _training_users
+
+    ds = Dataset.open(tiny_data)
+    users = _training_users(AuditConfig(data=tiny_data, workdir=tmp_path, devices=4), ds)
+    held = {u for u, role in phone_users(FleetConfig("", tiny_data, 4), ds) if role == "train"}
+    assert set(users) == held and 0 < len(users) < len(ds.train_users)
+    assert _training_users(AuditConfig(data=tiny_data, workdir=tmp_path), ds) == ds.train_users
