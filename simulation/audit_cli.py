@@ -10,7 +10,10 @@
 ``fleet`` (default) trains as `fedkb demo` does (`fedkb server` + one emulated phone
 per user, the demo's round, client and server recipe) for ``--rounds`` rounds;
 ``central`` trains the same Keras model on the pooled users (fast, no user-level
-privacy). The method and its definition of exposure: :mod:`fedkb.simulation.audit`.
+privacy). A fleet run that stalls (rounds abandoned for want of eligible phones) is
+still audited: the model it reached, with ``stalled`` and ``rounds_committed`` saying
+so; each inserted canary's ``user_reports`` counts the committed rounds its user's
+report went into (a canary whose phone never trained tests nothing). The method and its definition of exposure: :mod:`fedkb.simulation.audit`.
 The subcommand sits beside `fedkb privacy plan` (:mod:`fedkb.server.privacy.plan_cli`);
 it lives here because it trains, which only the simulation layer may.
 """
@@ -89,7 +92,8 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     return {"engine": cfg.engine, "preset": model_cfg.name, "data": str(cfg.data),
             "canary": config_json(cfg.canary), "canaries": rows, "summary": summary(rows),
             "dp": None, "train_s": round(train_s, 1), "heldout": report.get("heldout"),
-            "train_config": report.get("config")}
+            "train_config": report.get("config"), "stalled": report.get("stalled"),
+            "rounds_committed": report.get("rounds_committed")}
 
 
 def _training_users(cfg: AuditConfig, ds: Any) -> list[str]:
@@ -128,6 +132,7 @@ def _train_fleet(cfg: AuditConfig, data: Path) -> tuple[list[Any], dict[str, Any
     from fedkb.simulation.demo import DEMO_CLIENT, DEMO_STRATEGY, demo_config
     from fedkb.simulation.engines import open_dataset
     from fedkb.simulation.fleet_engine import ensure_artifact, run_fleet_engine
+    from fedkb.simulation.fleet_run import TrainingStalled
 
     ds = open_dataset(data)
     artifact = ensure_artifact(data, cfg.preset, cfg.workdir / f"model-{cfg.preset}")
@@ -135,15 +140,20 @@ def _train_fleet(cfg: AuditConfig, data: Path) -> tuple[list[Any], dict[str, Any
     run_cfg = demo_config(data, artifact, devices, cfg.rounds, cfg.clients_per_round,
                           cfg.workers, cfg.preset, DEMO_STRATEGY.name, DEMO_CLIENT.lr,
                           DEMO_STRATEGY.server_lr)
-    report, run, _ = run_fleet_engine(run_cfg, workdir=cfg.workdir / "federated")
+    try:
+        doc = run_fleet_engine(run_cfg, workdir=cfg.workdir / "federated")[0].to_dict()
+        stalled = None
+    except TrainingStalled as exc:  # the model it reached is still a model: audit it, said so
+        doc, stalled = exc.report, str(exc)
     latest = cfg.workdir / "federated" / "server-state" / "checkpoints" / "latest.safetensors"
     tensors = load_file(str(latest))
     weights = [np.asarray(tensors[s.name]) for s in Artifact.load(artifact).specs]
-    doc = report.to_dict()
-    reports: dict[str, int] = {}
-    for _round, user, _seed in run.accepted:
-        reports[user] = reports.get(user, 0) + 1
-    return weights, {"heldout": doc["heldout"], "config": doc["config"], "reports": reports}
+    reports: dict[str, int] = {}  # committed rounds each user's report went into
+    for row in doc["rounds"]:
+        for user, _seed in row.get("participants", []):
+            reports[user] = reports.get(user, 0) + 1
+    return weights, {"heldout": doc["heldout"], "config": doc["config"], "reports": reports,
+                     "stalled": stalled, "rounds_committed": len(doc["rounds"])}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -211,6 +221,9 @@ def table(doc: dict[str, Any]) -> str:
         seen = "no" if not r["inserted"] else "yes" if r.get("user_reports") is None else \
             f"yes, {r['user_reports']} reports"
         lines.append(f"{r['exposure']:8.2f}  {r['rank']:5d}  {seen:8}  {r['text']}")
+    if doc.get("stalled"):
+        lines.append(f"training stalled after {doc['rounds_committed']} committed rounds: "
+                     f"{doc['stalled']}")
     s = doc["summary"]
     lines.append(f"mean exposure: inserted {s['inserted'].get('exposure_mean')}, "
                  f"controls {s['controls'].get('exposure_mean')}")
