@@ -13,7 +13,8 @@ per user, the demo's round, client and server recipe) for ``--rounds`` rounds;
 privacy). A fleet run that stalls (rounds abandoned for want of eligible phones) is
 still audited: the model it reached, with ``stalled`` and ``rounds_committed`` saying
 so; each inserted canary's ``user_reports`` counts the committed rounds its user's
-report went into (a canary whose phone never trained tests nothing). The method and its definition of exposure: :mod:`fedkb.simulation.audit`.
+report went into (a canary whose phone never trained tests nothing). The method and
+its definition of exposure: :mod:`fedkb.simulation.audit`.
 The subcommand sits beside `fedkb privacy plan` (:mod:`fedkb.server.privacy.plan_cli`);
 it lives here because it trains, which only the simulation layer may.
 """
