@@ -28,6 +28,7 @@ _AREAS = (
     "fedkb.server.cli",
     "fedkb.server.predict_cli",
     "fedkb.server.privacy.plan_cli",
+    "fedkb.simulation.audit_cli",  # `fedkb privacy audit`, beside `plan`
     "fedkb.device_runtime.cli",
     "fedkb.simulation.cli",
     "fedkb.simulation.demo",

@@ -213,3 +213,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def make_strategy(cfg: StrategyConfig, client: ClientConfig | None = None) -> Strategy:
     return STRATEGIES[cfg.name](cfg, client)
+
+# DP-FTRL lives with the privacy code and adds itself to STRATEGIES on import (a plain
+# `import` so that importing it first, which imports this module, is no cycle).
+import fedkb.server.privacy.ftrl  # noqa: E402, F401

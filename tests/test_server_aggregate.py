@@ -110,8 +110,8 @@ def test_the_strategy_interface_refuses_an_incomplete_subclass():
     with pytest.raises(TypeError, match="abstract"):
         NoStep(StrategyConfig())
     assert issubclass(FedAdam, Strategy) and set(STRATEGIES) == {"fedavg", "fedavgm",
-                                                                 "fedadam"}
-    with pytest.raises(ConfigError, match="fedavg, fedavgm, fedadam"):
+                                                                 "fedadam", "dpftrl"}
+    with pytest.raises(ConfigError, match="fedavg, fedavgm, fedadam, dpftrl"):
         StrategyConfig(name="nostep")  # the config knows the registry's names only
 
 

@@ -32,15 +32,27 @@ from typing import Any
 
 from fedkb.errors import UserError
 
+_ACTIONS = "_fedkb_privacy_actions"
+
+
+def privacy_actions(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The actions of `fedkb privacy` (the group made on first use): other layers add
+    theirs here (`fedkb privacy audit` trains, so it lives in the simulation layer)."""
+    group = sub.choices.get("privacy")
+    if group is None:
+        group = sub.add_parser("privacy", help="differential privacy: plan a run's budget, "
+                               "audit a model's memorisation",
+                               description="Differential privacy for federated rounds.")
+        actions = group.add_subparsers(dest="privacy_command", metavar="ACTION")
+        actions.required = True
+        setattr(group, _ACTIONS, actions)
+    return getattr(group, _ACTIONS)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("privacy", help="differential privacy: plan a run's budget",
-                           description="Differential privacy for federated rounds.")
-    actions = group.add_subparsers(dest="privacy_command", metavar="ACTION")
-    actions.required = True
-    p = actions.add_parser("plan", help="epsilon for a planned run, or noise for a target",
-                           description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = privacy_actions(sub).add_parser(
+        "plan", help="epsilon for a planned run, or noise for a target", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--population", type=int, required=True, help="devices in the fleet (N)")
     p.add_argument("--clients-per-round", type=int, required=True,
                    help="devices whose updates are summed each round (M)")
