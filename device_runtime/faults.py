@@ -23,8 +23,9 @@ Kinds (the server's refusal code each one must meet, :data:`EXPECTED_REFUSAL`):
   is 1 / rate for this rate (or ``gamma=G``). It is a valid update, so it is accepted:
   what bounds it is the server's norm bound and ``strategy.clip_norm``.
 
-Which fault a task gets is a pure function of (fleet seed, phone, round, task kind): the
-same fleet run injects the same faults whatever the machine's load.
+Which fault a task gets is a pure function of (fleet seed, phone, round, task kind, the
+phone's how-manieth task of that round): the same tasks get the same faults whatever the
+machine's load.
 """
 
 from __future__ import annotations
@@ -91,9 +92,12 @@ class FaultSpec:
         parts = [f"{k}={r:g}" for k, r in self.rates]
         return ",".join(parts + ([f"gamma={self.gamma:g}"] if self.gamma is not None else []))
 
-    def choose(self, seed: int, phone: str, round_id: int, kind: str) -> str | None:
-        """The fault of one task (None: it behaves), from a hash of who and when."""
-        u = _uniform(seed, phone, round_id, kind, "fault")
+    def choose(self, seed: int, phone: str, round_id: int, kind: str, nth: int = 0
+               ) -> str | None:
+        """The fault of one task (None: it behaves), from a hash of who and when (``nth``:
+        the phone's how-manieth task in that round, 0 first: a refused phone may be given
+        another task in the same round, which draws again)."""
+        u = _uniform(seed, phone, round_id, kind, nth, "fault")
         for name, rate in self.rates:
             if u < rate:
                 return name
@@ -143,11 +147,14 @@ class FaultInjector:
     spec: FaultSpec
     seed: int = 0
     _last_upload: dict[str, bytes] = field(default_factory=dict)  # by task id, one kept
+    _tasks: Counter = field(default_factory=Counter)  # tasks so far per (phone, round)
 
     def apply(self, phone: str, outcome: Outcome, counts: Counter) -> Outcome:
         task = outcome.task
         honest = outcome.kind == "upload"
-        fault = self.spec.choose(self.seed, phone, task.round_id, task.plan.kind)
+        nth = self._tasks[phone, task.round_id]
+        self._tasks[phone, task.round_id] += 1
+        fault = self.spec.choose(self.seed, phone, task.round_id, task.plan.kind, nth)
         earlier = next(iter(self._last_upload.items()), None)
         if honest and task.plan.kind == "train":
             self._last_upload = {task.task_id: outcome.body}

@@ -178,6 +178,7 @@ class Reporting:
         rnd = rounds.get(round_id)
         if rnd is not None:
             rnd.stats.count("rejected", reason)
+            save_stats(self.db, rnd)  # durable: a kill must not erase why uploads were refused
         else:
             self._amend_closed(round_id, lambda s: s.count("rejected", reason))
 

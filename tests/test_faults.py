@@ -4,6 +4,7 @@ default settings refuses by its own checks, each with the code the fault must me
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -57,6 +58,8 @@ def test_the_choice_is_a_function_of_seed_phone_round_and_kind_with_the_given_ra
         sd = (rate * (1 - rate) * len(keys)) ** 0.5
         assert abs(n[kind] - rate * len(keys)) < 5 * sd, (kind, n)
     assert parse_faults("nan=1").choose(0, "p", 1, "train") == "nan"
+    again = [spec.choose(3, p, r, "train", nth=1) for p, r in keys]  # a second task draws anew
+    assert again != picks and abs(Counter(again)["unplug"] - 0.15 * len(keys)) < 200
     assert FaultSpec().choose(0, "p", 1, "train") is None
 
 
@@ -88,7 +91,9 @@ def test_each_bad_update_is_refused_by_the_servers_own_check(tmp_path, kind):
     record_answer(bad, code, counts)
     assert counts[f"fault_{kind}:{code}"] == 1
     rnd = h.state.machine.open[1]
-    assert rnd.stats.rejected == {code: 1}  # the server's own accounting says why
+    assert rnd.stats.rejected == {code: 1}  # the server's own accounting says why,
+    row = h.state.db.one("SELECT stats FROM rounds WHERE id = 1")  # durably (a kill now
+    assert json.loads(row["stats"])["rejected"] == {code: 1}  # would not erase it)
     assert rnd.stats.reported == (1 if kind == "replay" else 0)
 
 
