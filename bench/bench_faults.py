@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -72,11 +73,15 @@ def chaos(args: argparse.Namespace) -> dict[str, Any]:
                            "rounds": len(clean.rounds), "wall_s": round(time.monotonic() - t0, 1)}
         report["top1_vs_clean_points"] = round(
             100 * (report["heldout"]["top1_recall"] - clean.heldout["top1_recall"]), 3)
+    from fedkb.simulation.chaos_checks import orphans
+
+    report["orphans_after_all"] = orphans(os.getpid(), out)
     return report
 
 
 def poison(args: argparse.Namespace) -> dict[str, Any]:
     from fedkb.simulation.fleet_engine import run_fleet_engine
+    from fedkb.simulation.fleet_run import TrainingStalled
 
     out = Path(args.out or tempfile.mkdtemp(prefix="fedkb-poison-"))
     rows = []
@@ -85,7 +90,11 @@ def poison(args: argparse.Namespace) -> dict[str, Any]:
         for name, faults in (("clean", None), ("attacked", args.faults)):
             cfg = sim_config(args.sim, seed=seed, faults=faults)
             t0 = time.monotonic()
-            report, run, _ = run_fleet_engine(cfg, out / f"{name}-{seed}")
+            try:
+                report, run, _ = run_fleet_engine(cfg, out / f"{name}-{seed}")
+            except TrainingStalled as exc:  # failures are data: say so, go on
+                row[name], row[f"{name}_error"] = None, str(exc)
+                continue
             row[name] = round(report.heldout["top1_recall"], 5)
             row[f"{name}_wall_s"] = round(time.monotonic() - t0, 1)
             if faults:
@@ -94,13 +103,14 @@ def poison(args: argparse.Namespace) -> dict[str, Any]:
                 row["boosted_injected"] = f.get("fault_boost", 0)
                 row["clipped"] = sum(r.get("clipped", 0) for r in run.rounds
                                      if r["kind"] == "train" and r["state"] == "committed")
-        row["delta_points"] = round(100 * (row["attacked"] - row["clean"]), 3)
+        if row.get("clean") is not None and row.get("attacked") is not None:
+            row["delta_points"] = round(100 * (row["attacked"] - row["clean"]), 3)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    deltas = [r["delta_points"] for r in rows]
+    deltas = [r["delta_points"] for r in rows if "delta_points" in r]
     return {"faults": args.faults, "sim": args.sim, "rows": rows,
-            "delta_points_mean": round(statistics.mean(deltas), 3),
-            "delta_points_max_abs": max(abs(d) for d in deltas),
+            "delta_points_mean": round(statistics.mean(deltas), 3) if deltas else None,
+            "delta_points_max_abs": max((abs(d) for d in deltas), default=None),
             "bound": influence_bound(sim_config(args.sim, faults=args.faults))}
 
 

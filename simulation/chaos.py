@@ -5,7 +5,8 @@
 the server ``kills`` times, each time restarting it on the same state directory and
 port. The first kill lands during a commit: the checkpoint directory is watched for the
 temporary file a commit writes (``.vNNNNNN.safetensors.tmp-PID``) and the server is
-killed the moment one exists; if none is seen in ``commit_watch_s``, right after a commit.
+killed the moment one exists (if none is seen in ``commit_watch_s``, or two commits
+slip past the watch, it is killed then, mid-round, and the report says so).
 The other kills land mid-round. Around each kill it records what
 :mod:`~fedkb.simulation.chaos_checks` needs: the versions the database held just before
 (none may be lost), the temporary files left (the restart must remove them), and the
@@ -116,7 +117,7 @@ def _kill_during_commit(server: _Server, client, committed: int, watch_s: float)
             if _status(client).get("rounds_committed", 0) > committed + 1:
                 break  # two commits slipped past the watch: stop trying
     server.kill()
-    return "after_commit (no checkpoint write caught)"
+    return "mid_round (no checkpoint write caught in time)"
 
 
 def _recover(server: _Server, client, token: str, t_kill: float) -> dict[str, float]:
