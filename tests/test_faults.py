@@ -128,3 +128,14 @@ def test_unplug_aborts_mid_task_and_leaves_other_tasks_and_evaluations_alone(tmp
 
 def test_every_kind_is_handled():
     assert set(FAULT_KINDS) == {*EXPECTED_REFUSAL, "unplug", "boost"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["fleet", "--server", "http://127.0.0.1:9", "--devices", "1", "--faults", "nan=2"],
+    ["simulate", "--engine", "fleet", "--faults", "flood=0.1"],
+    ["simulate", "--engine", "ngram", "--faults", "nan=0.1"]])
+def test_both_commands_refuse_bad_faults_before_running_anything(argv, tmp_path, capsys):
+    from fedkb.cli import main
+
+    assert main([*argv, "--data", str(tmp_path)]) == 2
+    assert "--faults" in capsys.readouterr().err
