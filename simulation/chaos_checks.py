@@ -19,6 +19,7 @@ opened read-only) and of the fleet's fault counters:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -151,23 +152,30 @@ def fault_accounting(faults: dict[str, int], rounds: list[dict[str, Any]]) -> di
 
 
 def orphans(root_pid: int, state: Path) -> list[str]:
-    """Live processes the run left: children of ``root_pid``, or naming ``state``."""
+    """Live processes the run left: children of ``root_pid``, or naming ``state``.
+
+    Not counted: ``root_pid`` itself and its ancestors (a bench's own command line names
+    its work directory), and multiprocessing's resource tracker, which every process that
+    used multiprocessing keeps until it exits.
+    """
     import psutil
 
-    found = {}
     me = psutil.Process(root_pid)
-    for p in me.children(recursive=True):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                found[p.pid] = " ".join(p.cmdline())
-        except psutil.Error:
-            continue
+    mine = {root_pid, os.getpid(), *(p.pid for p in me.parents())}
+    found = {}
+    candidates = list(me.children(recursive=True))
     needle = str(state)
     for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if needle in " ".join(p.info.get("cmdline") or []):
+                candidates.append(p)
+    for p in candidates:
         try:
-            cmd = " ".join(p.info.get("cmdline") or [])
-            if needle in cmd and p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE:
-                found[p.pid] = cmd
+            cmd = " ".join(p.cmdline())
+            if p.pid in mine or p.status() == psutil.STATUS_ZOMBIE or \
+                    "multiprocessing.resource_tracker" in cmd:
+                continue
+            found[p.pid] = cmd
         except psutil.Error:
             continue
     return [f"{pid}: {cmd[:160]}" for pid, cmd in sorted(found.items())]

@@ -58,3 +58,20 @@ def test_an_accepted_bad_update_counts_as_folded():
     assert acc["bad_updates_folded"] == 1  # boost is accepted by design, NaN never
     assert acc["kinds"]["nan"] == {"injected": 2, "answers": {"non_finite": 1, "accepted": 1},
                                    "server_rejected": 3, "refused_as_expected": 1}
+
+
+def test_orphans_finds_a_left_child_and_not_the_caller(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    assert checks.orphans(os.getpid(), tmp_path) == []
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                              str(tmp_path)])
+    try:
+        (left,) = checks.orphans(os.getpid(), tmp_path)
+        assert left.startswith(f"{child.pid}: ")
+    finally:
+        child.kill()
+        child.wait()
+    assert checks.orphans(os.getpid(), tmp_path) == []
