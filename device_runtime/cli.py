@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a phone selected ahead of its round's model keeps its check-in open "
                         "up to S wall seconds (the server holds it while it has threads to "
                         "spare) instead of asking again; 0: ask again when told")
+    p.add_argument("--faults", default=None, metavar="KIND=RATE,...",
+                   help="phones misbehave on purpose, per task: e.g. nan=0.05,huge=0.02,"
+                        "shape=0.02,replay=0.02,examples=0.02,unplug=0.15,boost=0.05 "
+                        "(see fedkb.device_runtime.faults)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_fleet)
 
@@ -47,8 +51,13 @@ def _clock(sim_s: float) -> str:
 def _fleet(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from fedkb.device_runtime.faults import FaultError, parse_faults
     from fedkb.device_runtime.fleet import Fleet, FleetConfig
 
+    try:
+        faults = parse_faults(args.faults) if args.faults is not None else None
+    except FaultError as exc:
+        raise UserError(f"--faults: {exc}") from None
     if args.devices < 1:
         raise UserError("--devices must be at least 1")
     if args.speedup <= 0:
@@ -62,7 +71,7 @@ def _fleet(args: argparse.Namespace) -> int:
     cfg = FleetConfig(server=args.server, data=args.data, devices=args.devices,
                       speedup=args.speedup, start_hour=args.start_hour, workers=args.workers,
                       rounds=args.rounds, duration_s=args.duration, trace_file=args.profile,
-                      seed=args.seed, claim_hold_s=args.claim_hold)
+                      seed=args.seed, claim_hold_s=args.claim_hold, faults=faults)
     bar = tqdm(total=args.rounds, desc="rounds", unit="round", file=sys.stderr,
                disable=None)
 

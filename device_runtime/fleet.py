@@ -29,6 +29,7 @@ import numpy as np
 
 from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.clock import SimClock
+from fedkb.device_runtime.faults import FaultSpec, injector
 from fedkb.device_runtime.profile import DeviceProfile, make_profile
 from fedkb.device_runtime.traces import load_traces
 
@@ -48,6 +49,8 @@ class FleetConfig:
     # wall seconds a phone selected ahead of its round's model keeps a check-in open
     # (the server holds it until the task exists); 0: it asks again when told to
     claim_hold_s: float = 0.0
+    # phones that misbehave on purpose (fedkb.device_runtime.faults); None: all honest
+    faults: FaultSpec | None = None
 
 
 def phone_users(cfg: FleetConfig, ds: Dataset | None = None) -> list[tuple[str, str]]:
@@ -89,7 +92,7 @@ def _worker_main(cfg: FleetConfig, indices: range, wall0: float, stop: Any, out:
     worker = Worker(cfg.server, str(cfg.data), fleet_profiles(cfg, indices), clock,
                     seed=cfg.seed + indices.start,
                     compute=SharedCompute(owner, jobs, results), owner=owner,
-                    hold_s=cfg.claim_hold_s)
+                    hold_s=cfg.claim_hold_s, faults=injector(cfg.faults, cfg.seed))
 
     parent = os.getppid()
 
@@ -157,6 +160,9 @@ def summarize(total: dict[str, Any], status: dict[str, Any] | None, wall_s: floa
         "bonawitz_2019": {"completed": 0.75, "late": 0.22, "interrupted": 0.02,
                           "dropout": "0.06-0.10"},
         "server": status or {},
+        # what the injected faults were and how the server answered them (fault_<kind>,
+        # fault_<kind>:<answer>); empty without --faults
+        "faults": {k: v for k, v in sorted(c.items()) if k.startswith("fault_")},
     }
 
 
@@ -219,7 +225,8 @@ class Fleet:
 
         worker = Worker(self.cfg.server, str(self.cfg.data),
                         fleet_profiles(self.cfg, range(self.cfg.devices)), clock,
-                        seed=self.cfg.seed, hold_s=self.cfg.claim_hold_s)
+                        seed=self.cfg.seed, hold_s=self.cfg.claim_hold_s,
+                        faults=injector(self.cfg.faults, self.cfg.seed))
         thread = threading.Thread(target=worker.run, name="fedkb-fleet-worker", daemon=True)
         thread.start()
         status = None

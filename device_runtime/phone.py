@@ -60,6 +60,7 @@ class Outcome:
     reason: str = ""  # abort reason
     timings: dict[str, float] = field(default_factory=dict)
     attempts: int = 0
+    fault: str = ""  # the fault injected into it, if any (fedkb.device_runtime.faults)
 
 
 @dataclass(frozen=True)

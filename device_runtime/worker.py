@@ -35,6 +35,7 @@ from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.client import DeviceClient, Refused, Retry, Unauthorized
 from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.compute import Compute, Done, Job, LocalCompute
+from fedkb.device_runtime.faults import FaultInjector, record_answer
 from fedkb.device_runtime.holds import CheckinHolds, Claimed
 from fedkb.device_runtime.model_cache import ModelCache
 from fedkb.device_runtime.phone import Outcome, Phone, run_task
@@ -80,7 +81,7 @@ class Worker:
 
     def __init__(self, server_url: str, data_dir: str, profiles: list[DeviceProfile],
                  clock: SimClock, seed: int = 0, compute: Compute | None = None,
-                 owner: int = 0, hold_s: float = 0.0):
+                 owner: int = 0, hold_s: float = 0.0, faults: FaultInjector | None = None):
         self.server_url = server_url
         self.client = DeviceClient(server_url)
         self.dataset = Dataset.open(data_dir)
@@ -100,6 +101,7 @@ class Worker:
         self._held: dict[int, Phone] = {}
         self._holds: CheckinHolds | None = None  # started on the first hold
         self._rng = random.Random(seed)
+        self.faults = faults  # phones that misbehave on purpose (None: all honest)
 
     # -- scheduling -------------------------------------------------------------------
 
@@ -173,6 +175,8 @@ class Worker:
             self._push(self.clock.now(), phone, "wake")
         else:
             self.stats.counts["bytes_down"] += int(outcome.timings.get("download_bytes", 0))
+            if self.faults is not None:
+                outcome = self.faults.apply(phone.profile.name, outcome, self.stats.counts)
             self._push(outcome.due, phone, "send", outcome)
 
     # -- a phone wakes up -------------------------------------------------------------
@@ -301,14 +305,17 @@ class Worker:
                                                 outcome.task.plan.seed])
                 self.stats.completed_by_tier[phone.profile.tier.name] += 1
                 self.stats.counts["bytes_up"] += len(outcome.body)
+                record_answer(outcome, "accepted", self.stats.counts)
             else:
                 self.client.abort(phone.token or "", outcome.task.task_id, outcome.reason)
                 self.stats.aborted[outcome.reason] += 1
+                record_answer(outcome, "aborted", self.stats.counts)
         except Retry as r:
             self.stats.counts["delivery_retries"] += 1
             self._push(now + self._backoff(phone, r.after_s), phone, "send", outcome)
             return
         except Refused as r:
+            record_answer(outcome, r.code, self.stats.counts)
             if r.code in LATE_CODES:
                 self.stats.counts["late"] += 1
             else:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ from fedkb.weights import WeightSpec
 from fedkb.wire import AbortResult, UploadMetadata, UploadResult
 
 Rounds = Mapping[int, RoundState]
+log = logging.getLogger(__name__)
 
 
 class Outcome(enum.Enum):
@@ -178,6 +181,10 @@ class Reporting:
         rnd = rounds.get(round_id)
         if rnd is not None:
             rnd.stats.count("rejected", reason)
+            try:  # durable at once: a kill must not erase why uploads were refused
+                save_stats(self.db, rnd)
+            except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the refusal goes on,
+                log.warning("round %d's refusal counts not saved: %s", round_id, exc)  # counted
         else:
             self._amend_closed(round_id, lambda s: s.count("rejected", reason))
 

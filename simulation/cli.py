@@ -57,7 +57,19 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
         # no cap unless asked, like the TFF engine
         client=ClientConfig(lr=_client_lr(args), epochs=max(1, int(args.epochs)),
                             max_steps=args.max_steps if args.max_steps is not None else NO_CAP),
-        strategy=_strategy(args))
+        strategy=_strategy(args), faults=_faults(args))
+
+
+def _faults(args: argparse.Namespace):
+    """The fleet's ``--faults`` (None: honest phones); a bad text is the user's error."""
+    from fedkb.device_runtime.faults import FaultError, parse_faults
+
+    if args.faults is None:
+        return None
+    try:
+        return parse_faults(args.faults)
+    except FaultError as exc:
+        raise UserError(f"--faults: {exc}") from None
 
 
 def tff_config(args: argparse.Namespace):
@@ -157,6 +169,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", type=Path, default=None,
                    help="tff: train the clients of each round of this federated report "
                         "(`--json` output, e.g. of --engine fleet) instead of sampling")
+    p.add_argument("--faults", default=None, metavar="KIND=RATE,...",
+                   help="fleet: phones misbehave on purpose, per task (e.g. boost=0.05; "
+                        "see `fedkb fleet --help`)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
@@ -164,6 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     if args.schedule is not None and args.engine != "tff":
         raise UserError("--schedule is for --engine tff (it replays an earlier run's clients)")
+    if args.faults is not None and args.engine != "fleet":
+        raise UserError("--faults is for --engine fleet (its phones misbehave, not TFF's)")
     from fedkb.simulation.fleet_run import TrainingStalled
 
     try:

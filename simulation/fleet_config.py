@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkb.datasets.store import Dataset
+from fedkb.device_runtime.faults import FaultSpec
 from fedkb.server.config import (
     ClientConfig,
     ConfigError,
@@ -62,6 +63,8 @@ class FleetRunConfig:
         client: what each training task asks of a phone.
         strategy: the server optimizer; ``decay_rounds`` as the server takes it (the run's
             rounds for a decay over the whole run).
+        faults: phones that misbehave on purpose (:mod:`fedkb.device_runtime.faults`);
+            None: every phone is honest.
     """
 
     data: Path
@@ -77,6 +80,7 @@ class FleetRunConfig:
     round: RoundConfig = FLEET_ROUND
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    faults: FaultSpec | None = None
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
@@ -195,4 +199,5 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "clip_norm": sc.clip_norm, "lr_decay": sc.decay_rounds > 0,
             "eval_every": rc.eval_every, "eval_goal": rc.eval_goal, "seed": cfg.seed,
             "artifact": None if cfg.artifact is None else str(cfg.artifact),
-            "rejoin_after_rounds": cfg.rejoin_after_rounds}
+            "rejoin_after_rounds": cfg.rejoin_after_rounds,
+            "faults": cfg.faults.text() if cfg.faults is not None else None}

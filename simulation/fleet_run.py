@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from fedkb.codec import decode_arrays
+from fedkb.device_runtime.faults import FaultSpec
 from fedkb.errors import UserError
 
 
@@ -67,7 +68,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
                   speedup: float = 60.0, start_hour: float = 22.0, seed: int = 0,
                   on_progress: Callable | None = None, final_eval: bool = True,
                   eval_timeout_s: float = 120.0, timeout_s: float | None = None,
-                  stall_rounds: int | None = 25, claim_hold_s: float = 0.0) -> FederatedRun:
+                  stall_rounds: int | None = 25, claim_hold_s: float = 0.0,
+                  faults: FaultSpec | None = None) -> FederatedRun:
     """Run a fleet against the server at ``url`` until it has committed ``rounds`` rounds.
 
     With ``final_eval``, the fleet keeps going (at most ``eval_timeout_s`` more) until the
@@ -78,7 +80,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     would otherwise keep the run going forever. With it, a committed training round whose
     loss says the model diverged (:func:`diverged`) stops the run at once.
     ``claim_hold_s``: see :class:`~fedkb.device_runtime.fleet.FleetConfig` (the server
-    needs spare WSGI threads: ``ServerProcess(threads=...)``).
+    needs spare WSGI threads: ``ServerProcess(threads=...)``). ``faults``: phones that
+    misbehave on purpose (:mod:`fedkb.device_runtime.faults`).
     """
     from fedkb.device_runtime.fleet import Fleet, FleetConfig
 
@@ -109,7 +112,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
 
     fleet = Fleet(FleetConfig(url, Path(data), devices, speedup=speedup, start_hour=start_hour,
                               workers=workers, rounds=rounds, seed=seed,
-                              duration_s=timeout_s, claim_hold_s=claim_hold_s),
+                              duration_s=timeout_s, claim_hold_s=claim_hold_s,
+                              faults=faults),
                   on_progress=on_progress, stop_when=done)
     summary = fleet.run()
     wall = time.monotonic() - t0

@@ -205,10 +205,15 @@ def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
         "server_lr", "strategy", "devices", "workers", "speedup", "start_hour",
         "selection_window_s", "reporting_deadline_s", "pipeline", "claim_poll_s",
         "claim_hold_s", "overselect", "pace_margin", "clip_norm", "lr_decay", "eval_every",
-        "eval_goal", "seed", "artifact", "rejoin_after_rounds"]
+        "eval_goal", "seed", "artifact", "rejoin_after_rounds", "faults"]
     assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
         (20, 20, True, "fedavg")
     json.dumps(doc)  # plain JSON
+    from fedkb.device_runtime.faults import parse_faults
+
+    assert doc["faults"] is None  # honest phones; the --faults text otherwise
+    faulty = FleetRunConfig(data=tiny_data, faults=parse_faults("nan=0.05,boost=0.1"))
+    assert report_config(faulty)["faults"] == "nan=0.05,boost=0.1"
 
 
 def test_one_blown_up_device_is_not_a_diverged_model():
