@@ -162,8 +162,14 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     metrics.devices.set_function(devices.count)
     client_cfg = _restored(db, config.client, "client", client_config_from_dict)
     strategy = make_strategy(config.strategy, client_cfg)
+    privacy = None
+    if config.privacy.enabled:
+        from fedkb.server.privacy.dp_rounds import PrivacyRounds
+
+        privacy = PrivacyRounds(config.privacy, db, metrics,
+                                event_source=getattr(strategy, "dp_event", None))
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
-                           random.Random(config.seed))
+                           random.Random(config.seed), privacy)
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
                         machine, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR
