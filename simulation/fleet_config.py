@@ -27,6 +27,7 @@ from fedkb.datasets.store import Dataset
 from fedkb.server.config import (
     ClientConfig,
     ConfigError,
+    PrivacyConfig,
     RoundConfig,
     ServerConfig,
     StrategyConfig,
@@ -62,6 +63,8 @@ class FleetRunConfig:
         client: what each training task asks of a phone.
         strategy: the server optimizer; ``decay_rounds`` as the server takes it (the run's
             rounds for a decay over the whole run).
+        privacy: the server's ``[privacy]`` table (off unless ``mechanism``); its
+            ``population`` defaults to the fleet's training phones.
     """
 
     data: Path
@@ -77,6 +80,7 @@ class FleetRunConfig:
     round: RoundConfig = FLEET_ROUND
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
@@ -156,11 +160,17 @@ def server_config(cfg: FleetRunConfig, train_phones: int,
     (:func:`registrations_per_minute`) and its ``round``, ``client`` and ``strategy``
     tables, each the :func:`dataclasses.asdict` of the server's own config object."""
     limit = registrations_per_minute(cfg)
-    return {"registrations_per_minute_per_address": limit,
-            "registrations_per_minute": limit,
-            "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
-            "client": dataclasses.asdict(cfg.client),
-            "strategy": dataclasses.asdict(cfg.strategy)}
+    doc = {"registrations_per_minute_per_address": limit,
+           "registrations_per_minute": limit,
+           "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
+           "client": dataclasses.asdict(cfg.client),
+           "strategy": dataclasses.asdict(cfg.strategy)}
+    if cfg.privacy.enabled:  # the cohorts are drawn from the fleet's training phones
+        privacy = cfg.privacy if cfg.privacy.population is not None else \
+            cfg.privacy.replace(population=train_phones)
+        doc["privacy"] = {k: v for k, v in dataclasses.asdict(privacy).items()
+                          if v is not None}
+    return doc
 
 
 def write_server_config(cfg: FleetRunConfig, path: Path, train_phones: int,
@@ -195,4 +205,5 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "clip_norm": sc.clip_norm, "lr_decay": sc.decay_rounds > 0,
             "eval_every": rc.eval_every, "eval_goal": rc.eval_goal, "seed": cfg.seed,
             "artifact": None if cfg.artifact is None else str(cfg.artifact),
-            "rejoin_after_rounds": cfg.rejoin_after_rounds}
+            "rejoin_after_rounds": cfg.rejoin_after_rounds,
+            "dp": cfg.privacy.mechanism}
