@@ -36,6 +36,7 @@ from fedkb.server.config import (
     ClientConfig,
     RoundConfig,
     ServerConfig,
+    check_privacy,
     client_config_from_dict,
     round_config_from_dict,
     with_stored_overrides,
@@ -113,6 +114,7 @@ class ServerState:
 
     def set_round_config(self, changes: dict[str, Any]) -> RoundConfig:
         cfg = round_config_from_dict(self.machine.cfg, changes)
+        check_privacy(self.config.privacy, cfg, self.config.strategy)  # e.g. report_goal
         overrides = {**self.db.get("round_overrides", {}), **changes}
         self.db.put("round_overrides", overrides)
         self.machine.set_config(cfg)
@@ -156,6 +158,7 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     db = Database(state_dir / "fedkb.db")
     secret = resolve_secret_key(config.secret_key, state_dir, db)
     round_cfg = _restored(db, config.round, "round", round_config_from_dict)
+    check_privacy(config.privacy, round_cfg, config.strategy)  # with the admin's overrides
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock, RegistrationLimiter(
         config.registrations_per_minute_per_address, config.registrations_per_minute, clock))

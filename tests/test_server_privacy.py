@@ -153,3 +153,70 @@ def test_no_privacy_leaves_rounds_as_they_were(tmp_path):
         upload(h, d, t, deltas(1.0), None, n=3)
     assert "privacy" not in h.status()
     assert h.client.get("/v1/rounds/1").get_json()["privacy"] is None
+
+
+def test_admin_cannot_patch_a_report_goal_the_privacy_settings_refuse(tmp_path):
+    h = dp_harness(tmp_path, PrivacyConfig(mechanism="fedavg", noise_multiplier=0.5,
+                                           clip=1.0, adaptive=True, population=50),
+                   report_goal=20)
+    r = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 4})
+    assert r.status_code == 422 and "2 x count std" in r.get_json()["error"]["message"]
+    r = h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 60})
+    assert r.status_code == 422 and "exceeds privacy.population" in r.get_json()["error"][
+        "message"]
+    assert h.admin("PATCH", "/v1/admin/round-config", json={"report_goal": 30}
+                   ).status_code == 200
+
+
+def test_noise_cohort_noises_as_if_k_devices_and_labels_its_epsilon(tmp_path):
+    from fedkb.server.db import Database
+    from fedkb.server.metrics import ServerMetrics
+    from fedkb.server.privacy.dp_rounds import PrivacyRounds
+    from fedkb.server.privacy.ledger import EpsilonLedger
+
+    db = Database(tmp_path / "p.db")
+    rounds = PrivacyRounds(PrivacyConfig(mechanism="fedavg", noise_multiplier=1.0, clip=0.5,
+                                         noise_cohort=100, population=1000), db,
+                           ServerMetrics())
+    agg = rounds.aggregator([], 10, registered=1000)
+    assert agg.event.noise_multiplier == pytest.approx(0.1)  # z m / K: the actual noise
+    assert agg.noise_std == pytest.approx(0.1 * 0.5)  # std on the sum: z_actual C
+    rec = rounds.record(agg.event, {"noise_std": agg.noise_std})
+    s = rounds.status()
+    assert s["hypothetical_population"]["label"] == "hypothetical population"
+    hyp = s["hypothetical_population"]["epsilon"]
+    assert hyp < s["epsilon"] and rec["hypothetical_epsilon"] == hyp
+    pretend = EpsilonLedger().spent([event_of("fixed", 1.0, 0.5, 10000, 100)], 1e-5)
+    assert hyp == pytest.approx(pretend.epsilon)  # N K / m devices, K per round, z
+    db.close()
+
+
+def test_a_strategy_that_adds_its_own_noise_gets_the_clipped_sum_and_makes_the_events(
+        tmp_path):
+    """The seam DP-FTRL uses: no per-round Gaussian here, the strategy's dp_event."""
+    from fedkb.server.db import Database
+    from fedkb.server.metrics import ServerMetrics
+    from fedkb.server.privacy.dp_mean import ClippedSum
+    from fedkb.server.privacy.dp_rounds import PrivacyRounds
+
+    made = []
+
+    def dp_event(clip, m, n):
+        made.append((clip, m, n))
+        return event_of("tree", 2.0, clip, n, m, tree=0, min_separation=3)
+
+    db = Database(tmp_path / "p.db")
+    cfg = PrivacyConfig(mechanism="ftrl", noise_multiplier=2.0, clip=0.5, population=100)
+    rounds = PrivacyRounds(cfg, db, ServerMetrics(), event_source=dp_event)
+    agg = rounds.aggregator([], 10, registered=100)
+    assert type(agg) is ClippedSum and made == [(0.5, 10, 100)]
+    assert agg.event.mechanism == "tree"
+    with pytest.raises(UserError, match="must supply the DP events"):
+        PrivacyRounds(cfg, db, ServerMetrics())
+    db.close()
+
+
+def event_of(mechanism, z, clip, n, m, **kw):
+    from fedkb.server.privacy.accounting import RoundEvent
+
+    return RoundEvent(mechanism, z, clip, population=n, clients_per_round=m, **kw)

@@ -219,6 +219,8 @@ class PrivacyRounds:
             "target_epsilon": self.cfg.target_epsilon, "stopped": self.stopped}
         if self.cfg.noise_cohort is not None:
             hyp = self.hypothetical() if self._events else None
+            out["actual_noise_multiplier"] = self._events[-1].noise_multiplier \
+                if self._events else None
             out["hypothetical_population"] = {
                 "label": HYPOTHETICAL, "noise_cohort": self.cfg.noise_cohort,
                 "epsilon": 0.0 if hyp is None else _finite(hyp.epsilon)}
