@@ -20,9 +20,16 @@ import numpy as np
 
 
 def global_norm(arrays: Sequence[np.ndarray]) -> float:
-    """The L2 norm of all arrays together, summed in float64 (no float32 overflow)."""
-    return math.sqrt(sum(float(np.dot(a.ravel().astype(np.float64), a.ravel()))
-                         for a in arrays))
+    """The L2 norm of all arrays together: each array's squares summed in its own dtype
+    (BLAS, no copy), again in float64 if that overflowed (float32 from about 1e19)."""
+    total = 0.0
+    for a in arrays:
+        flat = a.ravel()
+        sq = float(np.dot(flat, flat))
+        if not math.isfinite(sq):
+            sq = float(np.dot(flat.astype(np.float64), flat))
+        total += sq
+    return math.sqrt(total)
 
 
 def clip_update(arrays: Sequence[np.ndarray], clip: float
@@ -35,4 +42,4 @@ def clip_update(arrays: Sequence[np.ndarray], clip: float
     if norm <= clip:
         return list(arrays), True, norm
     factor = clip / norm
-    return [(a.astype(np.float64) * factor).astype(a.dtype) for a in arrays], False, norm
+    return [(a * a.dtype.type(factor)).astype(a.dtype, copy=False) for a in arrays], False, norm
