@@ -267,8 +267,11 @@ class RoundMachine:
         """
         assert self.model is not None
         rnd.configured, rnd.base_version = True, self.model.version
-        if self.privacy is not None:  # its clip: C_t after the round before it (adaptive)
-            rnd.plan, rnd.aggregator = self._training_setup(rnd.kind, rnd.goal)
+        if self.privacy is not None and rnd.kind == TRAIN and self.artifact is not None:
+            # its clip and DP stage: C_t as the round before it left it (adaptive)
+            rnd.plan = dataclasses.replace(rnd.plan, clip=self.privacy.clip)
+            rnd.aggregator = self.privacy.aggregator(
+                self.artifact.specs, rnd.goal, self.devices.count(POPULATION_OF[TRAIN]))
         rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
         rnd.phase_deadline = max(rnd.phase_deadline, rnd.claim_deadline)
         self.db.update("rounds", "id", rnd.id, rnd.row())

@@ -22,7 +22,8 @@ from fedkb.wire import UploadMetadata, encode_upload
 def dp_harness(tmp, privacy: PrivacyConfig, strategy: StrategyConfig | None = None,
                **round_kw) -> Harness:
     clock = FakeClock()
-    cfg = make_config(tmp, strategy=strategy, pipeline=False, **round_kw)
+    round_kw.setdefault("pipeline", False)
+    cfg = make_config(tmp, strategy=strategy, **round_kw)
     app = create_app(cfg.replace(privacy=privacy), clock=clock)
     return Harness(app, app.test_client(), clock)
 
@@ -220,3 +221,18 @@ def event_of(mechanism, z, clip, n, m, **kw):
     from fedkb.server.privacy.accounting import RoundEvent
 
     return RoundEvent(mechanism, z, clip, population=n, clients_per_round=m, **kw)
+
+
+def test_a_pipelined_round_gets_the_clip_the_round_before_it_left(tmp_path):
+    h = dp_harness(tmp_path, PrivacyConfig(mechanism="fedavg", noise_multiplier=0.0,
+                                           clip=1.0, adaptive=True, population=10),
+                   pipeline=True)
+    devs = [h.register() for _ in range(4)]
+    tasks = [d.checkin() for d in devs]
+    assert [("task" in t) for t in tasks] == [True, True, True, False]  # 4th: ahead
+    assert tasks[3]["reason"] == "selected_waiting"
+    for d, t in zip(devs[:2], tasks[:2], strict=True):
+        upload(h, d, t["task"], clip_update(deltas(5.0), 1.0)[0], False)
+    grown = h.client.get("/v1/rounds/1").get_json()["measurements"]["next_clip"]
+    assert grown > 1.0
+    assert devs[3].task()["plan"]["clip"] == pytest.approx(grown)
