@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedkb import wire
+from fedkb.clipping import clip_update
 from fedkb.codec import encode_arrays
 from fedkb.device_runtime.profile import DeviceProfile
 
@@ -116,9 +117,12 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
             if t_train + compute >= fail_at:
                 return abort(fail_at)
         result = session.result()
-        meta = wire.UploadMetadata(task.task_id, task.round_id, result.num_examples,
-                                   result.mean_loss, {}, {})
         update: list[np.ndarray] | None = result.delta
+        unclipped = None
+        if plan.clip is not None:  # DP: clip on the phone, report whether it was within
+            update, unclipped, _ = clip_update(result.delta, plan.clip)
+        meta = wire.UploadMetadata(task.task_id, task.round_id, result.num_examples,
+                                   result.mean_loss, {}, {}, unclipped)
         timings["steps"] = float(result.steps)
     else:
         wall = time.perf_counter()
@@ -140,6 +144,7 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
     if t_report >= fail_at:
         return abort(fail_at)
     meta = wire.UploadMetadata(meta.task_id, meta.round_id, meta.num_examples, meta.loss,
-                               meta.metrics, {k: round(v, 4) for k, v in timings.items()})
+                               meta.metrics, {k: round(v, 4) for k, v in timings.items()},
+                               meta.unclipped)
     return Outcome(task, t_report, "upload", body=wire.frame_upload(meta, payload),
                    timings=timings)

@@ -68,6 +68,9 @@ class EngineReport:
     wall_s: float
     config: dict[str, Any] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    # differential privacy (fleet engine with --dp): mechanism, noise_multiplier, clip,
+    # epsilon (None: no guarantee, z = 0), delta, rounds, ...; None without DP
+    privacy: dict[str, Any] | None = None
 
     @staticmethod
     def heldout_figures(counts: RecallCounts, users: int, loss: float | None = None

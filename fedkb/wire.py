@@ -239,6 +239,13 @@ class Plan(_Message):
     epochs: int
     max_steps: int
     seed: int = 0  # batch-order seed (fedkb.device_runtime.batching.batch_plan)
+    # differential privacy: the phone clips its delta to this L2 norm before upload and
+    # reports whether it was within it (UploadMetadata.unclipped); None: no clip
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise WireError(f"plan.clip must be a positive number, got {self.clip}")
 
     @classmethod
     def from_json(cls, d: Any) -> Plan:
@@ -246,7 +253,7 @@ class Plan(_Message):
         return cls(_choice(_get(d, "kind", str, "plan"), TASK_KINDS, "plan.kind"),  # type: ignore[arg-type]
                    _get(d, "lr", float, "plan"), _get(d, "batch_size", int, "plan"),
                    _get(d, "epochs", int, "plan"), _get(d, "max_steps", int, "plan"),
-                   _get(d, "seed", int, "plan", 0))
+                   _get(d, "seed", int, "plan", 0), _get(d, "clip", float, "plan", None))
 
 
 @dataclass(frozen=True)
@@ -319,6 +326,9 @@ class UploadMetadata(_Message):
     loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # under a plan with a clip C: b = 1[||delta|| <= C] before the phone clipped it
+    # (adaptive clipping's bit, Andrew et al. 2021); None: the plan had no clip
+    unclipped: bool | None = None
 
     @classmethod
     def from_json(cls, d: Any) -> UploadMetadata:
@@ -329,7 +339,8 @@ class UploadMetadata(_Message):
         return cls(_get(d, "task_id", str, "upload"), _get(d, "round_id", int, "upload"), n,
                    _get(d, "loss", float, "upload", None),
                    _float_map(d.get("metrics") or {}, "upload.metrics"),
-                   _float_map(d.get("timings") or {}, "upload.timings"))
+                   _float_map(d.get("timings") or {}, "upload.timings"),
+                   _get(d, "unclipped", bool, "upload", None))
 
 
 @dataclass(frozen=True)

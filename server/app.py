@@ -36,6 +36,7 @@ from fedkb.server.config import (
     ClientConfig,
     RoundConfig,
     ServerConfig,
+    check_privacy,
     client_config_from_dict,
     round_config_from_dict,
     with_stored_overrides,
@@ -114,6 +115,7 @@ class ServerState:
 
     def set_round_config(self, changes: dict[str, Any]) -> RoundConfig:
         cfg = round_config_from_dict(self.machine.cfg, changes)
+        check_privacy(self.config.privacy, cfg, self.config.strategy)  # e.g. report_goal
         overrides = {**self.db.get("round_overrides", {}), **changes}
         self.db.put("round_overrides", overrides)
         self.machine.set_config(cfg)
@@ -157,14 +159,21 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
     db = Database(state_dir / "fedkb.db")
     secret = resolve_secret_key(config.secret_key, state_dir, db)
     round_cfg = _restored(db, config.round, "round", round_config_from_dict)
+    check_privacy(config.privacy, round_cfg, config.strategy)  # with the admin's overrides
     metrics = ServerMetrics()
     devices = DeviceRegistry(db, clock, RegistrationLimiter(
         config.registrations_per_minute_per_address, config.registrations_per_minute, clock))
     metrics.devices.set_function(devices.count)
     client_cfg = _restored(db, config.client, "client", client_config_from_dict)
     strategy = make_strategy(config.strategy, client_cfg)
+    privacy = None
+    if config.privacy.enabled:
+        from fedkb.server.privacy.dp_rounds import PrivacyRounds
+
+        privacy = PrivacyRounds(config.privacy, db, metrics,
+                                event_source=getattr(strategy, "dp_event", None))
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
-                           random.Random(config.seed))
+                           random.Random(config.seed), privacy)
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
                         machine, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR

@@ -7,10 +7,12 @@ Three layers, each a frozen dataclass passed explicitly (never read from globals
   reporting deadline, minimum fraction, pace steering, eligibility.
 - :class:`ClientConfig`: what a training task asks of a phone (lr, epochs, steps).
 - :class:`StrategyConfig`: which server optimizer turns the mean delta into a new model.
+- :class:`PrivacyConfig`: user-level differential privacy of training rounds
+  (DP-FedAvg, DP-FTRL; :mod:`fedkb.server.privacy`).
 - :class:`ServerConfig`: where state lives, tokens, limits, and the two above.
 
 A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
-``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` tables; unknown keys are
+``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` / ``[privacy]`` tables; unknown keys are
 refused. Every value is checked where the dataclass is built (``__post_init__``): the
 type of its field (a whole number for an ``int``, never a boolean; ``true``/``false`` for
 a ``bool``), finite, and within range, so a config file, an admin PATCH and an override
@@ -255,6 +257,103 @@ class PredictConfig:
         return _replace(self, "predict", changes)
 
 
+DP_MECHANISMS = ("fedavg", "ftrl")
+DP_FTRL_STRATEGY = "dpftrl"  # the strategy that adds DP-FTRL's tree noise
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """User-level differential privacy of training rounds (:mod:`fedkb.server.privacy`).
+
+    Attributes:
+        mechanism: None (off), ``fedavg`` (DP-FedAvg, McMahan et al. 2018: Gaussian noise
+            on each round's clipped sum) or ``ftrl`` (DP-FTRL, Kairouz et al. 2021: tree
+            noise, added by the ``dpftrl`` strategy).
+        noise_multiplier: z, the noise std on a round's sum in units of its clip (the
+            total z when adaptive clipping takes a share for the count).
+        clip: C, the L2 norm every device delta is clipped to on the phone (the initial
+            clip when ``adaptive``).
+        adaptive: quantile-adaptive clipping (Andrew et al. 2021) towards
+            ``target_quantile`` of the update norms, at ``clip_learning_rate``.
+        target_epsilon: stop training before the round that would take epsilon past this.
+        delta: the delta of the guarantee (None: ``min(1e-5, 1/(N ln N))``, N the
+            registered training population; see
+            :func:`fedkb.server.privacy.accounting.default_delta`).
+        population: N, the training population the cohorts are drawn from (None: the
+            training devices registered when a round opens).
+        noise_cohort: pfl-research's ``noise_cohort_size``: noise as if each round had
+            this many devices; the epsilon that budget and reports use is then that of
+            the pretended deployment, labelled "hypothetical population".
+    """
+
+    mechanism: str | None = None
+    noise_multiplier: float = 1.0
+    clip: float = 1.0
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    target_epsilon: float | None = None
+    delta: float | None = None
+    population: int | None = None
+    noise_cohort: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "privacy")
+        if self.mechanism is not None and self.mechanism not in DP_MECHANISMS:
+            raise ConfigError(f"privacy.mechanism must be one of {', '.join(DP_MECHANISMS)} "
+                              f"(or absent), not {self.mechanism!r}")
+        if self.noise_multiplier < 0:
+            raise ConfigError(f"privacy.noise_multiplier must be >= 0, got "
+                              f"{self.noise_multiplier}")
+        _positive(self, "clip")
+        if not 0 <= self.target_quantile <= 1 or self.clip_learning_rate < 0:
+            raise ConfigError("privacy.target_quantile must be in [0, 1] and "
+                              "clip_learning_rate >= 0")
+        if self.target_epsilon is not None:
+            _positive(self, "target_epsilon")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+        if self.population is not None and self.population < 2:
+            raise ConfigError("privacy.population must be >= 2")
+        if self.noise_cohort is not None:
+            _positive(self, "noise_cohort")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mechanism is not None
+
+    def replace(self, **changes: Any) -> PrivacyConfig:
+        return _replace(self, "privacy", changes)
+
+
+def check_privacy(privacy: PrivacyConfig, rounds: RoundConfig, strategy: StrategyConfig
+                  ) -> None:
+    """The checks that need more than the ``[privacy]`` table: m <= N, the strategy
+    DP-FTRL needs, and for adaptive clipping z < 2 sigma_b (sigma_b = m/20)."""
+    if not privacy.enabled:
+        return
+    m = rounds.report_goal
+    if privacy.population is not None and m > privacy.population:
+        raise ConfigError(f"round.report_goal ({m}) exceeds privacy.population "
+                          f"({privacy.population}): a cohort cannot be larger than the "
+                          "population it is drawn from")
+    if privacy.mechanism == "ftrl" and strategy.name != DP_FTRL_STRATEGY:
+        raise ConfigError(f"privacy.mechanism ftrl needs strategy.name "
+                          f"{DP_FTRL_STRATEGY!r} (it adds the tree noise)")
+    if privacy.mechanism == "fedavg" and strategy.name == DP_FTRL_STRATEGY:
+        raise ConfigError("the dpftrl strategy is for privacy.mechanism ftrl")
+    if privacy.adaptive:
+        from fedkb.server.privacy.adaptive_clip import default_count_stddev, split_noise
+        from fedkb.server.privacy.errors import PrivacyConfigError
+
+        z = privacy.noise_multiplier * (m / privacy.noise_cohort if privacy.noise_cohort
+                                        else 1.0)
+        try:
+            split_noise(z, default_count_stddev(m))
+        except PrivacyConfigError as exc:
+            raise ConfigError(f"privacy.adaptive: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs.
@@ -282,8 +381,8 @@ class ServerConfig:
             descriptor limit); at the limit the longest-idle connection with no request
             being answered is closed for each new one (:mod:`fedkb.server.wsgi`), so idle
             connections can never lock phones out.
-        round, client, strategy, predict: the per-layer configs (the config file's
-            tables).
+        round, client, strategy, predict, privacy: the per-layer configs (the config
+            file's tables).
     """
 
     state_dir: Path = Path("fedkb-state")
@@ -306,8 +405,10 @@ class ServerConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
+        check_privacy(self.privacy, self.round, self.strategy)
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if self.model is not None:
             object.__setattr__(self, "model", Path(self.model))
@@ -425,8 +526,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     client_cfg = client_config_from_dict(ClientConfig(), raw.pop("client", {}) or {})
     strategy_cfg = StrategyConfig().replace(**_table(raw.pop("strategy", {}) or {}, "strategy"))
     predict_cfg = PredictConfig().replace(**_table(raw.pop("predict", {}) or {}, "predict"))
+    privacy_cfg = PrivacyConfig().replace(**_table(raw.pop("privacy", {}) or {}, "privacy"))
     cfg = ServerConfig(round=round_cfg, client=client_cfg, strategy=strategy_cfg,
-                       predict=predict_cfg).replace(**raw)
+                       predict=predict_cfg, privacy=privacy_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}
     if "max_rounds" in extra:
         cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))

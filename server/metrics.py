@@ -44,6 +44,11 @@ class ServerMetrics:
         self.devices = Gauge("fedkb_devices", "Registered devices", registry=r)
         self.shed = Counter("fedkb_requests_shed", "Requests refused under load (503 "
                             "overloaded)", ["endpoint"], registry=r)
+        self.privacy_epsilon = Gauge(
+            "fedkb_privacy_epsilon", "Epsilon spent by the DP rounds so far, at the run's "
+            "delta (+Inf: noise multiplier 0)", registry=r)
+        self.privacy_clip = Gauge("fedkb_privacy_clip",
+                                  "The L2 clip the next DP round's plan carries", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -46,8 +46,10 @@ def _ref(name: str) -> dict[str, str]:
 
 def _type_schema(hint: Any) -> dict[str, Any]:
     """JSON Schema of one type hint (str, int, float, bool, Literal, X | None, dict[str,
-    X], a dataclass)."""
+    X], a dataclass, Any)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:  # free-form JSON (a DP round's recorded event: its shape is the event's)
+        return {}
     if hint is type(None):
         return {"type": "null"}
     if origin in (typing.Union, types.UnionType):

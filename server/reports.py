@@ -125,7 +125,11 @@ class Reporting:
             "state": "reported", "finished_at": now, "upload_sha256": digest,
             "response": json.dumps(response), "num_examples": meta.num_examples})
         try:
-            if rnd.aggregator is not None:
+            # a DP stage takes the phone's unclipped bit and gives every update weight 1
+            dp_fold = getattr(rnd.aggregator, "accumulate_report", None)
+            if dp_fold is not None:
+                dp_fold(arrays, meta.unclipped)
+            elif rnd.aggregator is not None:
                 rnd.aggregator.accumulate(arrays, float(meta.num_examples))
         except BaseException:
             self.db.update("tasks", "id", task.id, {

@@ -48,6 +48,7 @@ and the model, the strategy's state and the checkpoints stay as they were.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -55,7 +56,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedkb.artifact import Artifact
 from fedkb.server.aggregate import derived_update_norm
@@ -84,7 +85,11 @@ from fedkb.server.storage import PendingRows, best_effort, is_storage_full, refu
 from fedkb.server.strategy import Strategy
 from fedkb.server.tasks import TaskBook, wire_task
 from fedkb.server.uploads import UploadLimits, examples_budget, upload_fingerprint
-from fedkb.wire import AbortResult, CheckinResponse, Conditions, UploadResult
+from fedkb.wire import AbortResult, CheckinResponse, Conditions, Plan, UploadResult
+
+if TYPE_CHECKING:
+    from fedkb.server.aggregate import Aggregator
+    from fedkb.server.privacy.dp_rounds import PrivacyRounds
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +99,9 @@ class RoundMachine:
 
     def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
                  strategy: Strategy, metrics: ServerMetrics, clock: Callable[[], float],
-                 rng: random.Random) -> None:
+                 rng: random.Random, privacy: PrivacyRounds | None = None) -> None:
         self.cfg, self.db, self.devices, self.strategy = cfg, db, devices, strategy
+        self.privacy = privacy  # [privacy] on: DP stages, clip in the plan, the budget
         self.metrics, self.clock = metrics, clock
         self.lock = threading.RLock()
         # notified when a round is configured or closes: held check-ins (wait_for_claim)
@@ -207,7 +213,8 @@ class RoundMachine:
         if (self.training_enabled and not self._enough_rounds(len(trains))
                 and self.devices.count(POPULATION_OF[TRAIN]) >= self.cfg.min_registered
                 and not any(r.state == SELECTING for r in trains)
-                and len(trains) < (2 if self.cfg.pipeline else 1)):
+                and len(trains) < (2 if self.cfg.pipeline else 1)
+                and self._privacy_allows(trains)):
             # with ``pipeline`` a round opens while the one before it still trains: it
             # selects its devices now and is configured when that round closes
             self._open_round(TRAIN, self.cfg.report_goal, now, configured=not trains)
@@ -215,6 +222,29 @@ class RoundMachine:
             version = self._eval_queue.pop(0)
             self.db.put("eval_queue", self._eval_queue)
             self._open_round(EVALUATE, self.cfg.eval_goal, now, version)
+
+    def _privacy_allows(self, trains: list[RoundState]) -> bool:
+        """With ``[privacy]``: the budget has room for one more round (counting the open
+        ones), and enough training devices are registered to draw a cohort from."""
+        if self.privacy is None:
+            return True
+        pending = [e for e in (getattr(r.aggregator, "event", None) for r in trains)
+                   if e is not None]
+        return self.privacy.allows(self.cfg.report_goal,
+                                   self.devices.count(POPULATION_OF[TRAIN]), pending)
+
+    def _training_setup(self, kind: str, goal: int) -> tuple[Plan, Aggregator | None]:
+        """A new round's plan and aggregator: the strategy's, and with ``[privacy]`` a
+        training round's DP stage and the clip its phones apply (this round's C_t)."""
+        assert self.artifact is not None
+        plan = self.strategy.configure(kind, self.artifact.batch_size)
+        if kind != TRAIN:
+            return plan, None
+        if self.privacy is None:
+            return plan, self.strategy.aggregator(self.artifact.specs)
+        agg = self.privacy.aggregator(self.artifact.specs, goal,
+                                      self.devices.count(POPULATION_OF[TRAIN]))
+        return dataclasses.replace(plan, clip=self.privacy.clip), agg
 
     def _enough_rounds(self, open_train: int) -> bool:
         limit = self.cfg.max_rounds
@@ -228,12 +258,11 @@ class RoundMachine:
                     configured: bool = True) -> None:
         assert self.artifact is not None and self.model is not None
         rid = self._next_round
+        plan, aggregator = self._training_setup(kind, goal)
         rnd = RoundState(
             id=rid, kind=kind, base_version=self.model.version if version is None else version,
-            goal=goal, target=self.cfg.target(goal), opened_at=now,
-            plan=self.strategy.configure(kind, self.artifact.batch_size),
-            aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None,
-            phases=round_phases(self.cfg, goal), configured=configured)
+            goal=goal, target=self.cfg.target(goal), opened_at=now, plan=plan,
+            aggregator=aggregator, phases=round_phases(self.cfg, goal), configured=configured)
         # the id is taken only once its row is written: a full disk skips no round id
         if not best_effort(lambda: self.db.insert("rounds", rnd.row()), f"round {rid}"):
             return
@@ -248,6 +277,11 @@ class RoundMachine:
         """
         assert self.model is not None
         rnd.configured, rnd.base_version = True, self.model.version
+        if self.privacy is not None and rnd.kind == TRAIN and self.artifact is not None:
+            # its clip and DP stage: C_t as the round before it left it (adaptive)
+            rnd.plan = dataclasses.replace(rnd.plan, clip=self.privacy.clip)
+            rnd.aggregator = self.privacy.aggregator(
+                self.artifact.specs, rnd.goal, self.devices.count(POPULATION_OF[TRAIN]))
         rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
         rnd.phase_deadline = max(rnd.phase_deadline, rnd.claim_deadline)
         best_effort(lambda: self.db.update("rounds", "id", rnd.id, rnd.row()),
@@ -271,6 +305,9 @@ class RoundMachine:
         if result.value is None:
             self._abandon(rnd, now, "no_weight")
             return
+        event = getattr(rnd.aggregator, "event", None)
+        if self.privacy is not None and event is not None:  # its noise is drawn: counted
+            rnd.stats.privacy = self.privacy.record(event, result.measurements)
         before = self.strategy.state()
         try:
             version = self.models.next_version()

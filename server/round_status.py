@@ -37,7 +37,9 @@ def status(m: RoundMachine) -> dict[str, Any]:
         trains = sorted((r for r in m.open.values() if r.kind == TRAIN), key=lambda r: r.id)
         done = m.cfg.max_rounds is not None and \
             counts.get((TRAIN, COMMITTED), 0) >= m.cfg.max_rounds
-        return {
+        if m.privacy is not None and m.privacy.stopped is not None and not trains:
+            done = True  # the privacy budget is spent: no training round opens again
+        out = {
             "model_version": m.model.version if m.model else None,
             "rounds_committed": counts.get((TRAIN, COMMITTED), 0),
             "rounds_abandoned": counts.get((TRAIN, ABANDONED), 0),
@@ -52,3 +54,6 @@ def status(m: RoundMachine) -> dict[str, Any]:
             "strategy": m.strategy.name,
             "time": m.clock(),
         }
+        if m.privacy is not None:
+            out["privacy"] = m.privacy.status()
+        return out

@@ -40,6 +40,8 @@ class RoundStats:
     measurements: dict[str, float | int] = field(default_factory=dict)  # the aggregator's
     durations: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # a DP round's event, delta and the run's epsilon after it (fedkb.server.privacy)
+    privacy: dict[str, Any] | None = None
 
     def count(self, what: str, reason: str) -> None:
         d = getattr(self, what)

@@ -16,6 +16,7 @@ from pathlib import Path
 from fedkb.errors import UserError
 from fedkb.metrics import EngineReport
 from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.simulation.dp_flags import add_dp_arguments, privacy_config, refuse_dp
 from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
 
 NO_CAP = 1_000_000  # the fleet's max_steps without --max-steps (a plan needs a number)
@@ -30,7 +31,9 @@ def strategy_names() -> tuple[str, ...]:
 
 
 def _strategy(args: argparse.Namespace) -> StrategyConfig:
-    return StrategyConfig(name=args.strategy, server_lr=args.server_lr,
+    from fedkb.simulation.dp_flags import strategy_name
+
+    return StrategyConfig(name=strategy_name(args), server_lr=args.server_lr,
                           clip_norm=args.clip_norm,
                           decay_rounds=args.rounds if args.lr_decay else 0)
 
@@ -57,7 +60,8 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
         # no cap unless asked, like the TFF engine
         client=ClientConfig(lr=_client_lr(args), epochs=max(1, int(args.epochs)),
                             max_steps=args.max_steps if args.max_steps is not None else NO_CAP),
-        strategy=_strategy(args), faults=_faults(args))
+        strategy=_strategy(args), faults=_faults(args),
+        privacy=privacy_config(args))
 
 
 def _faults(args: argparse.Namespace):
@@ -96,6 +100,8 @@ def central_config(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> EngineReport:
     from fedkb.simulation import engines
 
+    if args.engine != "fleet":
+        refuse_dp(args, args.engine)
     progress = not args.json
     runs: dict[str, Callable[[], EngineReport]] = {
         "ngram": lambda: engines.run_ngram(args.data),
@@ -173,6 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fleet: phones misbehave on purpose, per task (e.g. boost=0.05; "
                         "see `fedkb fleet --help`)")
     p.add_argument("--json", action="store_true")
+    add_dp_arguments(p)
     p.set_defaults(func=_simulate)
 
 
@@ -196,4 +203,8 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"{report.engine}: top-1 recall {h['top1_recall']:.2%}, top-3 recall "
           f"{h['top3_recall']:.2%} on {h['users']} held-out users "
           f"({h['iv_targets']:,} targets) in {report.wall_s:.1f}s")
+    if report.privacy is not None:
+        from fedkb.simulation.dp_flags import epsilon_text
+
+        print(epsilon_text(report.privacy))
     return 0

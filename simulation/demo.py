@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.server.config import ClientConfig, PrivacyConfig, StrategyConfig
 from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
 
 # The demo's recipe. Emulated phones share this machine's cores, so rounds are made short:
@@ -43,16 +43,19 @@ DEMO_CENTRAL_OPTIMIZER = "adam"  # a server-side trainer's choice for the baseli
 
 def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                 clients_per_round: int, workers: int, preset: str, strategy: str,
-                lr: float, server_lr: float) -> FleetRunConfig:
+                lr: float, server_lr: float, privacy: PrivacyConfig | None = None
+                ) -> FleetRunConfig:
     """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
-    federated evaluation round every eighth of the run, the server lr decayed over it."""
+    federated evaluation round every eighth of the run, the server lr decayed over it;
+    ``privacy`` the server's ``[privacy]`` table (``--dp ...``)."""
     return FleetRunConfig(
         data=data, preset=preset, devices=devices, workers=workers, artifact=artifact,
         round=DEMO_ROUND.replace(max_rounds=rounds, report_goal=clients_per_round,
                                  eval_every=max(1, rounds // 8)),
         client=DEMO_CLIENT.replace(lr=lr),
         strategy=DEMO_STRATEGY.replace(name=strategy, server_lr=server_lr,
-                                       decay_rounds=rounds))
+                                       decay_rounds=rounds),
+        privacy=privacy or PrivacyConfig())
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-lr", type=float, default=DEMO_STRATEGY.server_lr,
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
     p.add_argument("--no-serve", action="store_true", help="exit when done")
+    from fedkb.simulation.dp_flags import add_dp_arguments
+
+    add_dp_arguments(p)
     p.set_defaults(func=_demo)
 
 
@@ -132,8 +138,11 @@ def _demo(args: argparse.Namespace) -> int:
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
                  f"{args.rounds} rounds of {args.clients_per_round}")
+    from fedkb.simulation.dp_flags import privacy_config, strategy_name
+
     cfg = demo_config(data, artifact, devices, args.rounds, args.clients_per_round,
-                      args.workers, args.preset, args.strategy, args.lr, args.server_lr)
+                      args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
+                      privacy_config(args))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=round_bar(args.rounds),
                                            keep_server=not args.no_serve)
@@ -167,6 +176,8 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedkb.simulation.dp_flags import epsilon_text
+
     out.mkdir(parents=True, exist_ok=True)
     c = run.fleet["tasks"]
     rows = [("federated (fleet)", fed), (f"central ({central.config.get('optimizer', 'sgd')})",
@@ -184,7 +195,8 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
               f"rounds {len(fed.rounds)}, phones {run.fleet['phones']}, "
               f"tasks {c['received']} (completed {c['completed']}, aborted {c['aborted']}, "
               f"late {c['late']}, "
-              f"failed {c['failed']}), simulated {run.fleet['simulated_hours']} h", ""]
+              f"failed {c['failed']}), simulated {run.fleet['simulated_hours']} h",
+              f"privacy: {epsilon_text(fed.privacy)}", ""]
     table = "\n".join(lines)
 
     evals = sorted(run.evaluations, key=lambda e: e["model_version"])
@@ -217,6 +229,7 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
     plt.close(fig)
 
     doc = {"federated": fed.to_dict(), "central": central.to_dict(), "ngram": ngram.to_dict(),
-           "fleet": run.fleet, "evaluations": evals, "table": table}
+           "fleet": run.fleet, "evaluations": evals, "table": table,
+           "privacy": fed.privacy}
     (out / "report.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return doc

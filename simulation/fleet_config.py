@@ -28,6 +28,7 @@ from fedkb.device_runtime.faults import FaultSpec
 from fedkb.server.config import (
     ClientConfig,
     ConfigError,
+    PrivacyConfig,
     RoundConfig,
     ServerConfig,
     StrategyConfig,
@@ -65,6 +66,8 @@ class FleetRunConfig:
             rounds for a decay over the whole run).
         faults: phones that misbehave on purpose (:mod:`fedkb.device_runtime.faults`);
             None: every phone is honest.
+        privacy: the server's ``[privacy]`` table (off unless ``mechanism``); its
+            ``population`` defaults to the fleet's training phones.
     """
 
     data: Path
@@ -81,6 +84,7 @@ class FleetRunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     faults: FaultSpec | None = None
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
@@ -160,11 +164,17 @@ def server_config(cfg: FleetRunConfig, train_phones: int,
     (:func:`registrations_per_minute`) and its ``round``, ``client`` and ``strategy``
     tables, each the :func:`dataclasses.asdict` of the server's own config object."""
     limit = registrations_per_minute(cfg)
-    return {"registrations_per_minute_per_address": limit,
-            "registrations_per_minute": limit,
-            "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
-            "client": dataclasses.asdict(cfg.client),
-            "strategy": dataclasses.asdict(cfg.strategy)}
+    doc = {"registrations_per_minute_per_address": limit,
+           "registrations_per_minute": limit,
+           "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
+           "client": dataclasses.asdict(cfg.client),
+           "strategy": dataclasses.asdict(cfg.strategy)}
+    if cfg.privacy.enabled:  # the cohorts are drawn from the fleet's training phones
+        privacy = cfg.privacy if cfg.privacy.population is not None else \
+            cfg.privacy.replace(population=train_phones)
+        doc["privacy"] = {k: v for k, v in dataclasses.asdict(privacy).items()
+                          if v is not None}
+    return doc
 
 
 def write_server_config(cfg: FleetRunConfig, path: Path, train_phones: int,
@@ -200,4 +210,5 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "eval_every": rc.eval_every, "eval_goal": rc.eval_goal, "seed": cfg.seed,
             "artifact": None if cfg.artifact is None else str(cfg.artifact),
             "rejoin_after_rounds": cfg.rejoin_after_rounds,
-            "faults": cfg.faults.text() if cfg.faults is not None else None}
+            "faults": cfg.faults.text() if cfg.faults is not None else None,
+            "dp": cfg.privacy.mechanism}

@@ -110,6 +110,9 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
                "train_loss": r["metrics"].get("loss"),
                "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
                                    ("selection_s", "reporting_s", "commit_s")), 3)}
+        if r.get("privacy"):  # the run's epsilon after this round, and its clip
+            row["epsilon"] = r["privacy"].get("epsilon")
+            row["clip"] = r["privacy"].get("clip")
         if accepted is not None:
             row["participants"] = sorted(by_round.get(r["id"], []))
         out.append(row)
@@ -119,6 +122,7 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
 def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
                      on_progress: Callable | None = None, keep_server: bool = False):
     """Train with server + fleet; returns (EngineReport, FederatedRun, ServerProcess|None)."""
+    from fedkb.simulation.dp_flags import privacy_report
     from fedkb.simulation.fleet_run import TrainingStalled, run_federated, stall_diagnosis
     from fedkb.simulation.server_process import ServerProcess
 
@@ -168,7 +172,8 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         engine="fleet", data=str(cfg.data),
         heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
         wall_s=round(time.perf_counter() - t0, 3),
-        config=config, rounds=round_rows(run.rounds, run.accepted))
+        config=config, rounds=round_rows(run.rounds, run.accepted),
+        privacy=privacy_report(run.status))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

@@ -100,8 +100,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
         elif stall_rounds is not None and abandoned - progress["abandoned"] >= stall_rounds:
             progress["stalled"] = True
             return True
-        if committed < rounds:
-            return False
+        if committed < rounds and status.get("training") != "finished":
+            return False  # ("finished" early: the privacy budget stopped training)
         if not final_eval:
             return True
         trained_at.append(time.monotonic()) if not trained_at else None

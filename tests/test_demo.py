@@ -28,3 +28,22 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
         assert 0.0 <= report[engine]["heldout"]["top1_recall"] <= 1.0
     assert (work / "report" / "learning_curves.png").stat().st_size > 10_000
     assert "top-1 recall" in proc.stdout
+
+
+def test_demo_with_dp_shows_epsilon_in_its_table_and_report(tmp_path):
+    work = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedkb", "demo", "--workdir", str(work), "--preset", "tiny",
+         "--rounds", "2", "--devices", "40", "--clients-per-round", "3",
+         "--central-epochs", "0.05", "--workers", "1", "--no-serve",
+         "--dp", "fedavg", "--dp-noise", "1.0", "--dp-clip", "0.5"],
+        capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((work / "report" / "report.json").read_text())
+    p = report["privacy"]
+    assert (p["mechanism"], p["noise_multiplier"], p["clip"], p["rounds"]) == (
+        "fedavg", 1.0, 0.5, 2)
+    assert p["epsilon"] > 0 and p["delta"] <= 1e-5
+    assert report["federated"]["privacy"] == p
+    assert f"epsilon {p['epsilon']:.3g} at delta" in report["table"]
+    assert "privacy: DP-fedavg" in proc.stdout

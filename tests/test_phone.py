@@ -102,3 +102,19 @@ def test_no_data_is_an_abort_not_a_crash(model):
     out = run_task(Phone(_profile(ALWAYS)), _task(), 0.0, model,
                    np.zeros((0, 11), np.int32))
     assert (out.kind, out.reason) == ("abort", "no_data")
+
+
+def test_a_dp_plan_makes_the_phone_clip_and_report_its_bit(model, windows):
+    from fedkb.clipping import global_norm
+
+    free = run_task(Phone(_profile(ALWAYS)), _task(), 0.0, model, windows)
+    meta, delta = wire.decode_upload(free.body)
+    norm = global_norm(delta)
+    assert meta.unclipped is None  # no clip in the plan: nothing to report
+    for clip, bit in ((norm / 4, False), (norm * 4, True)):
+        plan = wire.Plan("train", 0.5, 8, 1, 0, clip=clip)
+        task = wire.Task("t1", 7, 3, plan, "/w", "/a", 60.0)
+        out = run_task(Phone(_profile(ALWAYS)), task, 0.0, model, windows)
+        meta, sent = wire.decode_upload(out.body)
+        assert meta.unclipped is bit
+        assert global_norm(sent) == pytest.approx(min(norm, clip), rel=1e-5)

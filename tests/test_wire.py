@@ -108,3 +108,18 @@ def test_wire_imports_neither_flask_nor_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert wire.UPLOAD_CONTENT_TYPE == "application/x-fedkb-update"
+
+
+def test_plan_clip_and_the_unclipped_bit_round_trip_and_are_checked():
+    from fedkb.wire import Plan, UploadMetadata, WireError
+
+    plan = Plan("train", 0.5, 8, 1, 10, seed=3, clip=0.75)
+    assert Plan.from_json(plan.to_json()) == plan
+    assert Plan.from_json({k: v for k, v in plan.to_json().items() if k != "clip"}).clip is None
+    for bad in (0.0, -1.0, "1"):
+        with pytest.raises(WireError):
+            Plan.from_json({**plan.to_json(), "clip": bad})
+    meta = UploadMetadata("t", 1, 5, 1.0, {}, {}, False)
+    assert UploadMetadata.from_json(meta.to_json()) == meta
+    with pytest.raises(WireError, match=r"unclipped must be bool"):
+        UploadMetadata.from_json({**meta.to_json(), "unclipped": 1})

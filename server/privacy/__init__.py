@@ -12,6 +12,9 @@
   generator.
 - :mod:`~fedkb.server.privacy.tree` the binary-tree prefix-sum noise of DP-FTRL.
 - :mod:`~fedkb.server.privacy.plan_cli` ``fedkb privacy plan``.
-
-Not wired into the rounds yet.
+- :mod:`~fedkb.server.privacy.dp_mean` the DP aggregation stages: the clipped
+  unweighted sum and DP-FedAvg's noised mean over the report goal.
+- :mod:`~fedkb.server.privacy.dp_rounds` what the round machine asks with ``[privacy]``
+  on: the plan's clip, each round's stage and recorded event, the budget, status.
+- :mod:`~fedkb.server.privacy.ledger` ε recomputed fast at every commit.
 """

@@ -24,7 +24,22 @@
     $("s-current").textContent = cur ? `${cur.id}: ${cur.reported}/${cur.goal} reported` : "none";
     $("s-devices").textContent = Object.entries(s.devices || {})
       .map(([k, v]) => `${v} ${k}`).join(", ");
+    $("s-privacy").textContent = privacyText(s.privacy);
     $("s-updated").textContent = new Date().toLocaleTimeString();
+  }
+
+  function privacyText(p) {
+    if (!p) return "off";
+    const eps = p.epsilon === null ? "∞ (z = 0)" : p.epsilon.toFixed(2);
+    const delta = p.delta === null ? "–" : p.delta.toExponential(0);
+    let text = `${eps} at ${delta}, ${p.rounds} rounds (${p.mechanism})`;
+    if (p.hypothetical_population) {
+      const h = p.hypothetical_population;
+      text += `; hypothetical population ${h.noise_cohort}/round: ` +
+        (h.epsilon === null ? "∞" : h.epsilon.toFixed(2));
+    }
+    if (p.stopped) text += `; stopped: ${p.stopped.reason}`;
+    return text;
   }
 
   function charts(rounds, evaluations) {
@@ -64,6 +79,20 @@
       xLabel: "round", yFormat: (v) => v.toFixed(2),
       series: [{ name: "loss", color: "#cf222e",
                  points: loss.map((r) => [r.id, r.metrics.loss]) }],
+    });
+    // ε after each DP round (null: z = 0, no guarantee, not drawn)
+    const dp = train.filter((r) => r.privacy && typeof r.privacy.epsilon === "number");
+    const hyp = train.filter((r) => r.privacy &&
+      typeof r.privacy.hypothetical_epsilon === "number");
+    const series = [{ name: "epsilon", color: "#8250df",
+                      points: dp.map((r) => [r.id, r.privacy.epsilon]) }];
+    if (hyp.length) {
+      series.push({ name: "hypothetical population", color: "#bf8700",
+                    points: hyp.map((r) => [r.id, r.privacy.hypothetical_epsilon]) });
+    }
+    FedkbCharts.lineChart(svg("epsilon"), {
+      xLabel: "round", yMin: 0, yFormat: (v) => v.toFixed(1),
+      empty: "no differential privacy on this server", series,
     });
   }
 
