@@ -165,7 +165,12 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
         config.registrations_per_minute_per_address, config.registrations_per_minute, clock))
     metrics.devices.set_function(devices.count)
     client_cfg = _restored(db, config.client, "client", client_config_from_dict)
-    strategy = make_strategy(config.strategy, client_cfg)
+    if config.privacy.mechanism == "ftrl":  # DP-FTRL's strategy carries its privacy
+        from fedkb.server.privacy.ftrl import ftrl_strategy
+
+        strategy = ftrl_strategy(config.strategy, client_cfg, config.privacy, round_cfg)
+    else:
+        strategy = make_strategy(config.strategy, client_cfg)
     privacy = None
     if config.privacy.enabled:
         from fedkb.server.privacy.dp_rounds import PrivacyRounds

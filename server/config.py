@@ -284,6 +284,8 @@ class PrivacyConfig:
         noise_cohort: pfl-research's ``noise_cohort_size``: noise as if each round had
             this many devices; the epsilon that budget and reports use is then that of
             the pretended deployment, labelled "hypothetical population".
+        restart_every: DP-FTRL (``ftrl``) only: rounds per noise tree (None: one tree for
+            the whole run; Kairouz et al. 2021's tree restarts).
     """
 
     mechanism: str | None = None
@@ -296,6 +298,7 @@ class PrivacyConfig:
     delta: float | None = None
     population: int | None = None
     noise_cohort: int | None = None
+    restart_every: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "privacy")
@@ -317,6 +320,8 @@ class PrivacyConfig:
             raise ConfigError("privacy.population must be >= 2")
         if self.noise_cohort is not None:
             _positive(self, "noise_cohort")
+        if self.restart_every is not None:
+            _positive(self, "restart_every")
 
     @property
     def enabled(self) -> bool:
@@ -342,6 +347,9 @@ def check_privacy(privacy: PrivacyConfig, rounds: RoundConfig, strategy: Strateg
                           f"{DP_FTRL_STRATEGY!r} (it adds the tree noise)")
     if privacy.mechanism == "fedavg" and strategy.name == DP_FTRL_STRATEGY:
         raise ConfigError("the dpftrl strategy is for privacy.mechanism ftrl")
+    if privacy.mechanism == "ftrl" and (privacy.adaptive or privacy.noise_cohort is not None):
+        raise ConfigError("privacy.adaptive and privacy.noise_cohort are DP-FedAvg's "
+                          "(mechanism fedavg); DP-FTRL here noises a fixed clip")
     if privacy.adaptive:
         from fedkb.server.privacy.adaptive_clip import default_count_stddev, split_noise
         from fedkb.server.privacy.errors import PrivacyConfigError

@@ -306,12 +306,17 @@ class RoundMachine:
             self._abandon(rnd, now, "no_weight")
             return
         event = getattr(rnd.aggregator, "event", None)
-        if self.privacy is not None and event is not None:  # its noise is drawn: counted
+        # a strategy that adds the noise (DP-FTRL) knows the round's event once it has
+        # aggregated it (its place in a tree); otherwise the stage drew the noise: counted
+        late_event = getattr(self.strategy, "round_event", None)
+        if self.privacy is not None and event is not None and late_event is None:
             rnd.stats.privacy = self.privacy.record(event, result.measurements)
         before = self.strategy.state()
         try:
             version = self.models.next_version()
             new = self.strategy.aggregate(self.model.weights, result, version)
+            if self.privacy is not None and event is not None and late_event is not None:
+                rnd.stats.privacy = self.privacy.record(late_event(), result.measurements)
             unsafe = unsafe_weights(new, self.cfg.max_weight_abs)
             if unsafe is None:
                 file_sha, ckpt = self.models.write(version, new, self.strategy.state())

@@ -13,7 +13,9 @@ per user, the demo's round, client and server recipe) for ``--rounds`` rounds;
 privacy). A fleet run that stalls (rounds abandoned for want of eligible phones) is
 still audited: the model it reached, with ``stalled`` and ``rounds_committed`` saying
 so; each inserted canary's ``user_reports`` counts the committed rounds its user's
-report went into (a canary whose phone never trained tests nothing). The method and
+report went into (a canary whose phone never trained tests nothing). ``--dp ...`` (the
+flags of `fedkb simulate`) trains the fleet with DP; the report's ``privacy`` is then
+the run's (epsilon, delta), beside the exposures it is meant to bound. The method and
 its definition of exposure: :mod:`fedkb.simulation.audit`.
 The subcommand sits beside `fedkb privacy plan` (:mod:`fedkb.server.privacy.plan_cli`);
 it lives here because it trains, which only the simulation layer may.
@@ -29,10 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from fedkb.errors import UserError
+from fedkb.server.config import PrivacyConfig
 from fedkb.simulation.audit import CanaryConfig
-
-DP_FLAGS = ("dp", "dp_noise", "dp_clip", "dp_adaptive", "dp_target_epsilon",
-            "dp_noise_cohort")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class AuditConfig:
     central_epochs: float = 1.0
     central_optimizer: str = "adam"
     central_lr: float | None = None
-    dp: dict[str, Any] = field(default_factory=dict)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # --dp: the fleet's
 
 
 def run_audit(cfg: AuditConfig) -> dict[str, Any]:
@@ -66,11 +66,8 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     )
     from fedkb.simulation.engines import open_dataset, preset_config
 
-    if cfg.dp:
-        raise UserError(
-            "--dp needs DP training in the fleet engine (issue 16's DP-FedAvg / DP-FTRL "
-            "wiring: the [privacy] table and `fedkb simulate --dp`), which this build does "
-            "not have yet; run the audit without --dp for the baseline")
+    if cfg.privacy.enabled and cfg.engine != "fleet":
+        raise UserError("--dp trains on the fleet engine (phones clip, the server noises)")
     src = open_dataset(cfg.data)
     model_cfg = preset_config(cfg.preset).fit_to_data(len(src.vocab), src.seq_len)
     users = _training_users(cfg, src)
@@ -92,7 +89,8 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
             r["user_reports"] = report["reports"].get(r["user"], 0) if r["inserted"] else None
     return {"engine": cfg.engine, "preset": model_cfg.name, "data": str(cfg.data),
             "canary": config_json(cfg.canary), "canaries": rows, "summary": summary(rows),
-            "dp": None, "train_s": round(train_s, 1), "heldout": report.get("heldout"),
+            "privacy": report.get("privacy"), "train_s": round(train_s, 1),
+            "heldout": report.get("heldout"),
             "train_config": report.get("config"), "stalled": report.get("stalled"),
             "rounds_committed": report.get("rounds_committed")}
 
@@ -130,6 +128,7 @@ def _train_fleet(cfg: AuditConfig, data: Path) -> tuple[list[Any], dict[str, Any
     from safetensors.numpy import load_file
 
     from fedkb.artifact import Artifact
+    from fedkb.server.config import DP_FTRL_STRATEGY
     from fedkb.simulation.demo import DEMO_CLIENT, DEMO_STRATEGY, demo_config
     from fedkb.simulation.engines import open_dataset
     from fedkb.simulation.fleet_engine import ensure_artifact, run_fleet_engine
@@ -138,9 +137,10 @@ def _train_fleet(cfg: AuditConfig, data: Path) -> tuple[list[Any], dict[str, Any
     ds = open_dataset(data)
     artifact = ensure_artifact(data, cfg.preset, cfg.workdir / f"model-{cfg.preset}")
     devices = cfg.devices or len(ds.users)
+    strategy = DP_FTRL_STRATEGY if cfg.privacy.mechanism == "ftrl" else DEMO_STRATEGY.name
     run_cfg = demo_config(data, artifact, devices, cfg.rounds, cfg.clients_per_round,
-                          cfg.workers, cfg.preset, DEMO_STRATEGY.name, DEMO_CLIENT.lr,
-                          DEMO_STRATEGY.server_lr)
+                          cfg.workers, cfg.preset, strategy, DEMO_CLIENT.lr,
+                          DEMO_STRATEGY.server_lr, cfg.privacy)
     try:
         doc = run_fleet_engine(run_cfg, workdir=cfg.workdir / "federated")[0].to_dict()
         stalled = None
@@ -154,11 +154,13 @@ def _train_fleet(cfg: AuditConfig, data: Path) -> tuple[list[Any], dict[str, Any
         for user, _seed in row.get("participants", []):
             reports[user] = reports.get(user, 0) + 1
     return weights, {"heldout": doc["heldout"], "config": doc["config"], "reports": reports,
-                     "stalled": stalled, "rounds_committed": len(doc["rounds"])}
+                     "stalled": stalled, "rounds_committed": len(doc["rounds"]),
+                     "privacy": doc.get("privacy")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fedkb.server.privacy.plan_cli import privacy_actions
+    from fedkb.simulation.dp_flags import add_dp_arguments
 
     p = privacy_actions(sub).add_parser(
         "audit", help="memorisation: canaries inserted, trained on, their exposure",
@@ -185,29 +187,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--central-epochs", type=float, default=d.central_epochs)
     p.add_argument("--central-lr", type=float, default=None)
-    p.add_argument("--dp", choices=("fedavg", "ftrl"), default=None,
-                   help="train with DP (needs issue 16's DP wiring of the fleet engine)")
-    p.add_argument("--dp-noise", type=float, default=None)
-    p.add_argument("--dp-clip", type=float, default=None)
-    p.add_argument("--dp-adaptive", action="store_true")
-    p.add_argument("--dp-target-epsilon", type=float, default=None)
-    p.add_argument("--dp-noise-cohort", type=int, default=None)
+    add_dp_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedkb.simulation.dp_flags import privacy_config
+
     try:
         canary = CanaryConfig(canaries=args.canaries, repeats=args.repeats,
                               length=args.length, candidates=args.candidates, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    dp = {k: getattr(args, k) for k in DP_FLAGS if getattr(args, k) not in (None, False)}
     cfg = AuditConfig(data=args.data, workdir=args.workdir, canary=canary,
                       engine=args.engine, preset=args.preset, rounds=args.rounds,
                       clients_per_round=args.clients_per_round, devices=args.devices,
                       workers=args.workers, central_epochs=args.central_epochs,
-                      central_lr=args.central_lr, dp=dp)
+                      central_lr=args.central_lr, privacy=privacy_config(args))
     doc = run_audit(cfg)
     print(json.dumps(doc, indent=2) if args.json else table(doc))
     return 0

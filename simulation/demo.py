@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedkb.server.config import ClientConfig, PrivacyConfig, StrategyConfig
+from fedkb.server.config import DP_FTRL_STRATEGY, ClientConfig, PrivacyConfig, StrategyConfig
 from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
 
 # The demo's recipe. Emulated phones share this machine's cores, so rounds are made short:
@@ -46,15 +46,18 @@ def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                 lr: float, server_lr: float, privacy: PrivacyConfig | None = None
                 ) -> FleetRunConfig:
     """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
-    federated evaluation round every eighth of the run, the server lr decayed over it;
+    federated evaluation round every eighth of the run, the server lr decayed over it
+    (not DP-FTRL's);
     ``privacy`` the server's ``[privacy]`` table (``--dp ...``)."""
     return FleetRunConfig(
         data=data, preset=preset, devices=devices, workers=workers, artifact=artifact,
         round=DEMO_ROUND.replace(max_rounds=rounds, report_goal=clients_per_round,
                                  eval_every=max(1, rounds // 8)),
         client=DEMO_CLIENT.replace(lr=lr),
+        # DP-FTRL rescales the whole noisy sum: its server lr stays constant
         strategy=DEMO_STRATEGY.replace(name=strategy, server_lr=server_lr,
-                                       decay_rounds=rounds),
+                                       decay_rounds=0 if strategy == DP_FTRL_STRATEGY
+                                       else rounds),
         privacy=privacy or PrivacyConfig())
 
 

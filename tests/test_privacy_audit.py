@@ -69,12 +69,13 @@ def test_a_canary_trained_on_is_exposed_and_a_control_is_not(tiny_data, tmp_path
     assert math.isfinite(rows[0]["log_likelihood"])
 
 
-def test_dp_is_refused_until_the_engine_can_train_with_it(tiny_data, tmp_path):
+def test_dp_audits_train_on_the_fleet_only(tiny_data, tmp_path):
+    from fedkb.server.config import PrivacyConfig
     from fedkb.simulation.audit_cli import AuditConfig, run_audit
 
-    with pytest.raises(UserError, match="--dp needs DP training"):
+    with pytest.raises(UserError, match="fleet engine"):
         run_audit(AuditConfig(data=tiny_data, workdir=tmp_path, engine="central",
-                              preset="tiny", dp={"dp": "ftrl", "dp_noise": 1.0}))
+                              preset="tiny", privacy=PrivacyConfig(mechanism="ftrl")))
 
 
 def test_the_audit_sits_beside_the_plan_in_the_cli():
@@ -83,6 +84,9 @@ def test_the_audit_sits_beside_the_plan_in_the_cli():
     args = build_parser().parse_args(["privacy", "audit", "--data", "d", "--canaries", "3",
                                       "--dp", "ftrl", "--dp-noise", "0.5", "--json"])
     assert (args.canaries, args.dp, args.dp_noise, args.engine) == (3, "ftrl", 0.5, "fleet")
+    from fedkb.simulation.dp_flags import privacy_config
+
+    assert privacy_config(args).mechanism == "ftrl"
     plan = build_parser().parse_args(["privacy", "plan", "--population", "10",
                                       "--clients-per-round", "2", "--rounds", "3",
                                       "--noise", "1"])

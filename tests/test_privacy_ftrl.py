@@ -13,7 +13,6 @@ from fedkb.server.aggregate import AggregateResult
 from fedkb.server.config import ConfigError, RoundConfig, StrategyConfig
 from fedkb.server.privacy.ftrl import (
     DPFTRL,
-    FixedDenominatorMean,
     FtrlConfig,
     check_round,
     enforced_separation,
@@ -154,16 +153,29 @@ def test_state_is_public_counters_and_loading_it_restarts_the_tree_under_a_new_i
 
 
 def test_the_aggregate_is_the_unweighted_clipped_sum_over_the_fixed_denominator():
-    s = ftrl(clip=1.0, m=4)
+    s = ftrl(clip=1.0, m=4)  # z = 0, no momentum, lr 1: the step is the mean itself
     agg = s.aggregator(SPECS)
     agg.accumulate([np.full(sh, 10.0, np.float32) for sh in SHAPES], weight=50.0)  # clipped
     agg.accumulate([np.full(sh, 0.01, np.float32) for sh in SHAPES], weight=1.0)
     res = agg.result()
     norm = float(np.sqrt(sum(np.prod(sh) for sh in SHAPES)))
-    np.testing.assert_allclose(res.value[0], (1.0 / norm + 0.01) / 4, rtol=1e-5)
-    assert (res.measurements["clipped"], res.measurements["count"],
-            res.measurements["denominator"]) == (1, 2, 4)
-    assert FixedDenominatorMean(SPECS, 3).result().value is None
+    np.testing.assert_allclose(res.value[0], 1.0 / norm + 0.01, rtol=1e-5)  # the sum
+    assert (res.measurements["count"], res.measurements["denominator"]) == (2, 4)
+    w0 = start()
+    w1 = s.aggregate(w0, res, 1)  # divided by m = 4, not by the 2 that came, nor by weight
+    np.testing.assert_allclose(w1[0] - w0[0], (1.0 / norm + 0.01) / 4, rtol=1e-5)
+    assert s.aggregator(SPECS).result().value is None
+
+
+def test_the_event_of_the_next_round_predicts_its_tree():
+    s = ftrl(z=1.0, restart=2)
+    w = start()
+    predicted = []
+    for t in range(1, 6):
+        predicted.append(s.dp_event(2.0, 4, 100).tree)
+        w = s.aggregate(w, AggregateResult(pull(w, t)), t)
+        assert s.round_event().tree == predicted[-1]
+    assert predicted == [0, 0, 1, 1, 2]
 
 
 def test_its_round_events_give_the_planners_epsilon():

@@ -236,3 +236,42 @@ def test_a_pipelined_round_gets_the_clip_the_round_before_it_left(tmp_path):
     grown = h.client.get("/v1/rounds/1").get_json()["measurements"]["next_clip"]
     assert grown > 1.0
     assert devs[3].task()["plan"]["clip"] == pytest.approx(grown)
+
+
+def test_dp_ftrl_through_the_server_records_tree_events_and_enforces_the_separation(
+        tmp_path):
+    """``mechanism = "ftrl"``: the dpftrl strategy noises the prefix sums, each committed
+    round records its tree event (with the separation the server's rest enforces), and
+    the epsilon in status is the accountant's for exactly those events."""
+    from fedkb.server.privacy.ftrl import DPFTRL
+
+    h = dp_harness(tmp_path, PrivacyConfig(mechanism="ftrl", noise_multiplier=0.0,
+                                           clip=1.0, restart_every=2, population=50),
+                   StrategyConfig(name="dpftrl", momentum=0.0), rejoin_after_rounds=3)
+    assert isinstance(h.state.machine.strategy, DPFTRL)
+    assert h.state.machine.strategy.privacy.min_separation == 2
+    devs = [h.register() for _ in range(6)]
+    w0 = initial_weights()
+    for _ in range(3):  # three rounds of two reports; a phone rests after it trained
+        got = [(d, t["task"]) for d, t in ((d, d.checkin()) for d in devs) if "task" in t][:2]
+        assert len(got) == 2
+        for d, t in got:
+            assert t["plan"]["clip"] == 1.0
+            assert upload(h, d, t, deltas(0.1), True).status_code == 200
+    events = recorded_events(h.state.db)
+    assert [(e.mechanism, e.tree, e.min_separation) for e in events] == [
+        ("tree", 0, 2), ("tree", 0, 2), ("tree", 1, 2)]
+    # z = 0, no momentum, lr 1: three FTRL steps of the unclipped mean 0.1-deltas
+    # (a restart after two keeps the model: it restarts the sum at the current one)
+    want = [w + 3 * d for w, d in zip(w0, deltas(0.1), strict=True)]
+    for got_w, w in zip(h.global_weights(), want, strict=True):
+        np.testing.assert_allclose(got_w, w, atol=1e-5)
+    s = h.status()["privacy"]
+    assert s["mechanism"] == "ftrl" and s["rounds"] == 3 and s["epsilon"] is None  # z = 0
+
+
+def test_dp_ftrl_refuses_what_it_does_not_do(tmp_path):
+    for bad in (dict(adaptive=True), dict(noise_cohort=100)):
+        with pytest.raises(ConfigError, match="DP-FedAvg's"):
+            dp_harness(tmp_path, PrivacyConfig(mechanism="ftrl", clip=1.0, **bad),
+                       StrategyConfig(name="dpftrl", momentum=0.0))

@@ -6,7 +6,8 @@ accounting; real check-ins are not uniform samples (Gboard's reason to move to D
 Xu et al. 2023). DP-FTRL instead releases the *prefix sums* of the rounds' mean clipped
 deltas, each with the binary-tree noise of :class:`~.tree.TreeNoise`, and the model is
 a function of those sums alone: with ``Δ_s`` the mean clipped delta of round ``s``
-(unweighted, over the fixed denominator ``m``: :class:`FixedDenominatorMean`),
+(unweighted, over the fixed denominator ``m``: the round's
+:class:`~.dp_mean.ClippedSum`, divided here),
 
     S_t = Σ_{s≤t} Δ_s + tree noise (std ``σ = z·C/m`` per node on the mean, ``z·C`` on
           the sum; ``popcount(t)`` nodes in the prefix of ``t`` rounds)
@@ -42,8 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedkb.server.aggregate import AggregateResult, Aggregator, Arrays, Clipped, Measurements
-from fedkb.server.config import ClientConfig, ConfigError, RoundConfig, StrategyConfig
+from fedkb.server.aggregate import AggregateResult, Aggregator, Arrays
+from fedkb.server.config import (
+    ClientConfig,
+    ConfigError,
+    PrivacyConfig,
+    RoundConfig,
+    StrategyConfig,
+)
+from fedkb.server.privacy.dp_mean import ClippedSum
 from fedkb.server.privacy.errors import PrivacyConfigError
 from fedkb.server.privacy.noise import NormalSource
 from fedkb.server.privacy.tree import TreeNoise
@@ -127,46 +135,6 @@ def check_round(rc: RoundConfig, privacy: FtrlConfig) -> None:
                           f"(set it to {privacy.min_separation + 1})")
 
 
-class FixedDenominatorMean:
-    """``Σ Δᵢ / m``: every device weight 1, divided by the fixed ``m`` however many came.
-
-    The sensitivity of the sum to one device is then its clip ``C`` (wrap this in
-    :class:`~fedkb.server.aggregate.Clipped`); a weighted mean (``Σ wᵢΔᵢ / Σ wᵢ``) would
-    let one device's weight move it without bound.
-    """
-
-    def __init__(self, specs: Sequence[WeightSpec], denominator: int) -> None:
-        if denominator < 1:
-            raise ValueError(f"the denominator must be >= 1, got {denominator}")
-        self._specs = list(specs)
-        self._m = denominator
-        self._sum: Arrays | None = None
-        self._count = 0
-
-    def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
-        del weight  # unweighted: one device, one vote
-        if self._sum is None:
-            self._sum = [np.zeros(s.shape, np.float64) for s in self._specs]
-        for acc, x in zip(self._sum, arrays, strict=True):
-            acc += x
-        self._count += 1
-
-    def result(self) -> AggregateResult:
-        measured: Measurements = {"count": self._count, "total_weight": float(self._count),
-                                  "denominator": self._m}
-        if self._sum is None:
-            return AggregateResult(None, measured)
-        return AggregateResult([(a / self._m).astype(np.float32) for a in self._sum], measured)
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    @property
-    def total_weight(self) -> float:
-        return float(self._count)
-
-
 class DPFTRL(FedAvg):
     """DP-FTRL with momentum and tree restarts (see the module docstring).
 
@@ -199,14 +167,19 @@ class DPFTRL(FedAvg):
         self.last_round: dict[str, Any] = {}
 
     def aggregator(self, specs: Sequence[WeightSpec]) -> Aggregator:
-        return Clipped(FixedDenominatorMean(specs, self.privacy.clients_per_round),
-                       self.privacy.clip)
+        """The clipped unweighted sum (the server builds the same stage, with the round's
+        DP event, through :class:`~.dp_rounds.PrivacyRounds`)."""
+        return ClippedSum(specs, self.privacy.clip, self.privacy.clients_per_round)
 
     def aggregate(self, weights: Sequence[np.ndarray], result: AggregateResult,
                   version: int = 1) -> Arrays:
+        """One FTRL step from the round's aggregate: a :class:`~.dp_mean.ClippedSum`
+        result (its ``denominator`` measurement m: the value is the sum, divided here),
+        or a mean already divided (no ``denominator``)."""
         if result.value is None:
             raise ValueError("no update to apply: the aggregate has no weight")
-        delta = result.value
+        m = result.measurements.get("denominator")
+        delta = result.value if m is None else [np.asarray(d) / m for d in result.value]
         if self._tree is None:
             self._tree = TreeNoise([np.shape(d) for d in delta], self.privacy.node_std,
                                    self.privacy.restart_every, self._source)
@@ -225,6 +198,25 @@ class DPFTRL(FedAvg):
             new.append((self._theta0[i] + lr * step).astype(np.asarray(w).dtype))
         self.last_round = {**measured, "tree": self._trees_before + measured["tree"]}
         return new
+
+    def dp_event(self, clip: float, clients_per_round: int, population: int) -> RoundEvent:
+        """The event of the next round to open (``PrivacyRounds``' budget check): its tree
+        is predicted from the rounds aggregated so far. The event recorded for a round
+        is :meth:`round_event`, made once the round has taken its place in a tree."""
+        from fedkb.server.privacy.accounting import TREE, RoundEvent
+
+        del population  # tree accounting assumes no sampling
+        p = self.privacy
+        return RoundEvent(TREE, noise_multiplier=p.noise_multiplier, clip=clip,
+                          clients_per_round=clients_per_round, tree=self._next_tree(),
+                          min_separation=p.min_separation)
+
+    def _next_tree(self) -> int:
+        if self._tree is None or self._tree.step == 0:
+            return self._trees_before + (0 if self._tree is None else self._tree.tree)
+        every = self.privacy.restart_every
+        full = every is not None and self._tree.step >= every
+        return self._trees_before + self._tree.tree + (1 if full else 0)
 
     def round_event(self) -> RoundEvent:
         """The DP event of the round :meth:`aggregate` last made (for the accounting)."""
@@ -260,3 +252,14 @@ class DPFTRL(FedAvg):
 
 
 STRATEGIES[DPFTRL.name] = DPFTRL
+
+
+def ftrl_strategy(cfg: StrategyConfig, client: ClientConfig, privacy: PrivacyConfig,
+                  rounds: RoundConfig) -> DPFTRL:
+    """The server's DP-FTRL strategy for ``[privacy] mechanism = "ftrl"``: its noise and
+    clip from the table, ``m`` the report goal, the separation its rest enforces
+    (:func:`~fedkb.server.config.check_privacy` has refused what DP-FTRL does not do)."""
+    ftrl = FtrlConfig(privacy.noise_multiplier, privacy.clip, rounds.report_goal,
+                      privacy.restart_every, enforced_separation(rounds))
+    check_round(rounds, ftrl)
+    return DPFTRL(cfg, client, privacy=ftrl)
