@@ -59,7 +59,8 @@ class EngineReport:
     """What `fedkb simulate --engine ...` prints (``--json``): one schema for every engine.
 
     ``heldout`` is measured on users that never trained. ``rounds`` lists per-round
-    figures for federated engines (empty for the baselines).
+    figures for federated engines (empty for the baselines). ``communication`` is the
+    bytes a fleet run measured on the wire (uplink per update, downlink per task).
     """
 
     engine: str
@@ -68,6 +69,8 @@ class EngineReport:
     wall_s: float
     config: dict[str, Any] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    # bytes on the wire (the fleet engine: fedkb.simulation.communication); None elsewhere
+    communication: dict[str, Any] | None = None
 
     @staticmethod
     def heldout_figures(counts: RecallCounts, users: int, loss: float | None = None

@@ -239,14 +239,42 @@ class Plan(_Message):
     epochs: int
     max_steps: int
     seed: int = 0  # batch-order seed (fedkb.device_runtime.batching.batch_plan)
+    # How the update travels (fedkb.compression.plan): the uplink encoding, whether it is
+    # rotated first (with this task's rotation seed, which the server keeps with the task)
+    # and the dtype of the global weights the phone downloads. Left out of the JSON at
+    # their defaults, so an uncompressed plan reads as before.
+    uplink: str = "float32"
+    rotate: bool = False
+    rotation_seed: int | None = None
+    downlink: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, default in _PLAN_DEFAULTS.items():
+            if d[k] == default:
+                del d[k]
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> Plan:
         d = _obj(d, "plan")
+        seed = _get(d, "rotation_seed", int, "plan", None)
+        if seed is not None and not 0 <= seed < 1 << 64:
+            raise WireError("plan.rotation_seed must be in [0, 2**64)")
         return cls(_choice(_get(d, "kind", str, "plan"), TASK_KINDS, "plan.kind"),  # type: ignore[arg-type]
                    _get(d, "lr", float, "plan"), _get(d, "batch_size", int, "plan"),
                    _get(d, "epochs", int, "plan"), _get(d, "max_steps", int, "plan"),
-                   _get(d, "seed", int, "plan", 0))
+                   _get(d, "seed", int, "plan", 0),
+                   _choice(_get(d, "uplink", str, "plan", "float32"), UPLINKS, "plan.uplink"),
+                   _get(d, "rotate", bool, "plan", False), seed,
+                   _choice(_get(d, "downlink", str, "plan", "float32"), DOWNLINKS,
+                           "plan.downlink"))
+
+
+UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.compression.encoding.NAMES
+DOWNLINKS = ("float32", "float16")
+_PLAN_DEFAULTS = {"uplink": "float32", "rotate": False, "rotation_seed": None,
+                  "downlink": "float32"}
 
 
 @dataclass(frozen=True)
@@ -265,6 +293,9 @@ class Task(_Message):
     weights_url: str
     artifact_url: str
     deadline_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "plan": self.plan.to_json()}
 
     @classmethod
     def from_json(cls, d: Any) -> Task:
@@ -432,5 +463,5 @@ def decode_upload(body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
 MESSAGES = (RegisterRequest, RegisterResponse, Conditions, CheckinRequest, Plan, Task,
             CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody)
 __all__ = [c.__name__ for c in MESSAGES] + [
-    "ABORT_REASONS", "OTHER_REASON", "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload",
-    "encode_upload", "frame_upload", "split_upload"]
+    "ABORT_REASONS", "DOWNLINKS", "OTHER_REASON", "UPLINKS", "UPLOAD_CONTENT_TYPE",
+    "WireError", "decode_upload", "encode_upload", "frame_upload", "split_upload"]

@@ -7,14 +7,15 @@ Three layers, each a frozen dataclass passed explicitly (never read from globals
   reporting deadline, minimum fraction, pace steering, eligibility.
 - :class:`ClientConfig`: what a training task asks of a phone (lr, epochs, steps).
 - :class:`StrategyConfig`: which server optimizer turns the mean delta into a new model.
+- :class:`CompressionConfig`: how updates and weights travel (uplink encoding, downlink).
 - :class:`ServerConfig`: where state lives, tokens, limits, and the two above.
 
 A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
-``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` tables; unknown keys are
-refused. Every value is checked where the dataclass is built (``__post_init__``): the
-type of its field (a whole number for an ``int``, never a boolean; ``true``/``false`` for
-a ``bool``), finite, and within range, so a config file, an admin PATCH and an override
-read back from the database all pass the same gate.
+``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` / ``[compression]`` tables;
+unknown keys are refused. Every value is checked where the dataclass is built
+(``__post_init__``): the type of its field (a whole number for an ``int``, never a
+boolean; ``true``/``false`` for a ``bool``), finite, and within range, so a config file,
+an admin PATCH and an override read back from the database all pass the same gate.
 """
 
 from __future__ import annotations
@@ -243,6 +244,46 @@ class PredictConfig:
         return _replace(self, "predict", changes)
 
 
+UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.wire.UPLINKS
+DOWNLINKS = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How training updates and global weights travel (:mod:`fedkb.compression.plan`).
+
+    Attributes:
+        uplink: the encoding every training task's plan asks for: ``float32`` (codec
+            arrays, as before), or ``q8`` / ``q4`` / ``q2`` (b-bit stochastic quantization
+            on per-chunk min/max grids; tensors under 20,000 values stay float32).
+        rotate: a randomized Hadamard rotation before quantizing, with a seed per task.
+        downlink: ``float16``: training phones download the global weights as float16
+            (half the bytes) and train in float32 from them; the server keeps and
+            updates its exact float32 model. Evaluation tasks always get float32.
+    """
+
+    uplink: str = "float32"
+    rotate: bool = False
+    downlink: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "compression")
+        if self.uplink not in UPLINKS:
+            raise ConfigError(f"compression.uplink must be one of {', '.join(UPLINKS)}, "
+                              f"not {self.uplink!r}")
+        if self.downlink not in DOWNLINKS:
+            raise ConfigError(f"compression.downlink must be one of {', '.join(DOWNLINKS)}, "
+                              f"not {self.downlink!r}")
+
+    @property
+    def label(self) -> str:
+        """The uplink encoding as reports name it, e.g. ``q4`` or ``q4+rotate``."""
+        return self.uplink + ("+rotate" if self.rotate else "")
+
+    def replace(self, **changes: Any) -> CompressionConfig:
+        return _replace(self, "compression", changes)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs.
@@ -262,8 +303,8 @@ class ServerConfig:
             ``POST /v1/devices`` from one client address, and from all addresses, in any
             60 s (429 ``rate_limited`` with ``Retry-After`` beyond; None: no limit). An
             honest phone registers once; the fleet engine raises both for its fleet.
-        round, client, strategy, predict: the per-layer configs (the config file's
-            tables).
+        round, client, strategy, predict, compression: the per-layer configs (the config
+            file's tables).
     """
 
     state_dir: Path = Path("fedkb-state")
@@ -283,6 +324,7 @@ class ServerConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
@@ -399,8 +441,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     client_cfg = client_config_from_dict(ClientConfig(), raw.pop("client", {}) or {})
     strategy_cfg = StrategyConfig().replace(**_table(raw.pop("strategy", {}) or {}, "strategy"))
     predict_cfg = PredictConfig().replace(**_table(raw.pop("predict", {}) or {}, "predict"))
+    compression_cfg = CompressionConfig().replace(
+        **_table(raw.pop("compression", {}) or {}, "compression"))
     cfg = ServerConfig(round=round_cfg, client=client_cfg, strategy=strategy_cfg,
-                       predict=predict_cfg).replace(**raw)
+                       predict=predict_cfg, compression=compression_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}
     if "max_rounds" in extra:
         cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))

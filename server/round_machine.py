@@ -58,7 +58,8 @@ from typing import Any
 from fedkb.artifact import Artifact
 from fedkb.server.aggregate import derived_update_norm
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
-from fedkb.server.config import ClientConfig, RoundConfig
+from fedkb.server.compression import round_bytes, with_compression
+from fedkb.server.config import ClientConfig, CompressionConfig, RoundConfig
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import ApiError
@@ -91,8 +92,9 @@ class RoundMachine:
 
     def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
                  strategy: Strategy, metrics: ServerMetrics, clock: Callable[[], float],
-                 rng: random.Random) -> None:
+                 rng: random.Random, compression: CompressionConfig | None = None) -> None:
         self.cfg, self.db, self.devices, self.strategy = cfg, db, devices, strategy
+        self.compression = compression or CompressionConfig()
         self.metrics, self.clock = metrics, clock
         self.lock = threading.RLock()
         # notified when a round is configured or closes: held check-ins (wait_for_claim)
@@ -108,6 +110,7 @@ class RoundMachine:
         self._eval_queue: list[int] = list(db.get("eval_queue", []))
         self._next_round = 1 + int(db.one("SELECT COALESCE(MAX(id), 0) m FROM rounds")["m"])
         self._derived_update_norm: float | None = None  # from the artifact, on attach
+        self.last_round_bytes: dict[str, int] = {}  # of the last committed training round
 
     @property
     def artifact(self) -> Artifact | None:
@@ -224,7 +227,8 @@ class RoundMachine:
         rnd = RoundState(
             id=rid, kind=kind, base_version=self.model.version if version is None else version,
             goal=goal, target=self.cfg.target(goal), opened_at=now,
-            plan=self.strategy.configure(kind, self.artifact.batch_size),
+            plan=with_compression(self.strategy.configure(kind, self.artifact.batch_size),
+                                  self.compression),
             aggregator=self.strategy.aggregator(self.artifact.specs) if kind == TRAIN else None,
             phases=round_phases(self.cfg, goal), configured=configured)
         self.db.insert("rounds", rnd.row())
@@ -289,6 +293,9 @@ class RoundMachine:
         start = rnd.selection_closed_at
         self.selection.round_took(0.0 if start is None else now - start)
         self._record_metrics(rnd)
+        self.last_round_bytes = round_bytes(rnd.stats)
+        self.metrics.round_bytes.labels("up").set(self.last_round_bytes["upload_bytes"])
+        self.metrics.round_bytes.labels("down").set(self.last_round_bytes["download_bytes"])
         if self.cfg.eval_every and version % self.cfg.eval_every == 0:
             self._queue_eval(version)
 
@@ -378,7 +385,7 @@ class RoundMachine:
             if prior is not None:
                 return prior
             rnd = self.reports.open_round(task, self.open)
-            folded = self.reports.fold(task, rnd, meta, arrays, digest, now)
+            folded = self.reports.fold(task, rnd, meta, arrays, digest, now, len(body))
             if rnd.kind == TRAIN:
                 self.selection.trained(device_id, task.model_version)
             self.metrics.fold.observe(time.perf_counter() - t0)

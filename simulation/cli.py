@@ -15,7 +15,13 @@ from pathlib import Path
 
 from fedkb.errors import UserError
 from fedkb.metrics import EngineReport
-from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.server.config import (
+    DOWNLINKS,
+    UPLINKS,
+    ClientConfig,
+    CompressionConfig,
+    StrategyConfig,
+)
 from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
 
 NO_CAP = 1_000_000  # the fleet's max_steps without --max-steps (a plan needs a number)
@@ -57,7 +63,26 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
         # no cap unless asked, like the TFF engine
         client=ClientConfig(lr=_client_lr(args), epochs=max(1, int(args.epochs)),
                             max_steps=args.max_steps if args.max_steps is not None else NO_CAP),
-        strategy=_strategy(args))
+        strategy=_strategy(args), compression=compression_config(args))
+
+
+def compression_config(args: argparse.Namespace) -> CompressionConfig:
+    """The server's ``[compression]`` table from ``--uplink``, ``--rotate``, ``--downlink``."""
+    return CompressionConfig(uplink=args.uplink, rotate=args.rotate, downlink=args.downlink)
+
+
+def add_compression_flags(p: argparse.ArgumentParser, default_uplink: str) -> None:
+    """``--uplink``, ``--rotate`` and ``--downlink`` (`fedkb simulate` and `fedkb demo`)."""
+    p.add_argument("--uplink", choices=UPLINKS, default=default_uplink,
+                   help="fleet: how phones encode their update (b-bit stochastic "
+                        "quantization, per-chunk grids; small tensors stay float32)")
+    p.add_argument("--rotate", action="store_true",
+                   help="fleet: randomized Hadamard rotation before quantizing (a seed "
+                        "per task)")
+    p.add_argument("--downlink", choices=DOWNLINKS,
+                   default=default_of(CompressionConfig, "downlink"),
+                   help="fleet: dtype of the global weights training phones download "
+                        "(they train in float32; the server's model stays float32)")
 
 
 def tff_config(args: argparse.Namespace):
@@ -157,6 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", type=Path, default=None,
                    help="tff: train the clients of each round of this federated report "
                         "(`--json` output, e.g. of --engine fleet) instead of sampling")
+    add_compression_flags(p, default_of(CompressionConfig, "uplink"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.server.config import ClientConfig, CompressionConfig, StrategyConfig
 from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
 
 # The demo's recipe. Emulated phones share this machine's cores, so rounds are made short:
@@ -39,11 +39,15 @@ DEMO_ROUND = FLEET_ROUND.replace(max_rounds=200, selection_window_s=3.0, pace_ma
 DEMO_CLIENT = ClientConfig(lr=1.0)
 DEMO_STRATEGY = StrategyConfig(name="fedavgm", server_lr=0.7, clip_norm=4.0)
 DEMO_CENTRAL_OPTIMIZER = "adam"  # a server-side trainer's choice for the baseline
+# The demo's uplink encoding, chosen from the measurements in bench/README.md
+# ("Communication efficiency"): see there for the bytes and the recall cost of each.
+DEMO_COMPRESSION = CompressionConfig(uplink="float32")
 
 
 def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                 clients_per_round: int, workers: int, preset: str, strategy: str,
-                lr: float, server_lr: float) -> FleetRunConfig:
+                lr: float, server_lr: float,
+                compression: CompressionConfig = DEMO_COMPRESSION) -> FleetRunConfig:
     """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
     federated evaluation round every eighth of the run, the server lr decayed over it."""
     return FleetRunConfig(
@@ -52,12 +56,13 @@ def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                                  eval_every=max(1, rounds // 8)),
         client=DEMO_CLIENT.replace(lr=lr),
         strategy=DEMO_STRATEGY.replace(name=strategy, server_lr=server_lr,
-                                       decay_rounds=rounds))
+                                       decay_rounds=rounds),
+        compression=compression)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fedkb.model.central import OPTIMIZERS, CentralConfig
-    from fedkb.simulation.cli import strategy_names
+    from fedkb.simulation.cli import add_compression_flags, strategy_names
 
     p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
@@ -84,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SGD learning rate on the phones")
     p.add_argument("--server-lr", type=float, default=DEMO_STRATEGY.server_lr,
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
+    add_compression_flags(p, DEMO_COMPRESSION.uplink)
     p.add_argument("--no-serve", action="store_true", help="exit when done")
     p.set_defaults(func=_demo)
 
@@ -100,6 +106,7 @@ def _done(t0: float, text: str = "") -> None:
 def _demo(args: argparse.Namespace) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
     from fedkb.model.central import CentralConfig
+    from fedkb.simulation.cli import compression_config
     from fedkb.simulation.engines import central_lr, run_central, run_ngram
     from fedkb.simulation.fleet_engine import ensure_artifact, run_fleet_engine
     from fedkb.simulation.progress import round_bar
@@ -133,7 +140,8 @@ def _demo(args: argparse.Namespace) -> int:
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
                  f"{args.rounds} rounds of {args.clients_per_round}")
     cfg = demo_config(data, artifact, devices, args.rounds, args.clients_per_round,
-                      args.workers, args.preset, args.strategy, args.lr, args.server_lr)
+                      args.workers, args.preset, args.strategy, args.lr, args.server_lr,
+                      compression_config(args))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=round_bar(args.rounds),
                                            keep_server=not args.no_serve)
@@ -160,6 +168,15 @@ def _demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
+def communication_line(comm: dict[str, Any] | None) -> str:
+    """The summary table's line on bytes: uplink per update, downlink per task."""
+    if not comm or not comm.get("uplink_bytes_per_update"):
+        return "bytes on the wire: not measured"
+    return (f"bytes on the wire ({comm['encoding']}, downlink {comm['downlink']}): "
+            f"{comm['uplink_bytes_per_update'] / 1e6:.2f} MB up per update, "
+            f"{(comm['downlink_bytes_per_task'] or 0) / 1e6:.2f} MB down per task")
+
+
 def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
     """The JSON report, the PNG learning curves and the summary table."""
     import matplotlib
@@ -184,7 +201,8 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
               f"rounds {len(fed.rounds)}, phones {run.fleet['phones']}, "
               f"tasks {c['received']} (completed {c['completed']}, aborted {c['aborted']}, "
               f"late {c['late']}, "
-              f"failed {c['failed']}), simulated {run.fleet['simulated_hours']} h", ""]
+              f"failed {c['failed']}), simulated {run.fleet['simulated_hours']} h",
+              communication_line(fed.communication), ""]
     table = "\n".join(lines)
 
     evals = sorted(run.evaluations, key=lambda e: e["model_version"])

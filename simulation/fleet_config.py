@@ -26,6 +26,7 @@ from typing import Any
 from fedkb.datasets.store import Dataset
 from fedkb.server.config import (
     ClientConfig,
+    CompressionConfig,
     ConfigError,
     RoundConfig,
     ServerConfig,
@@ -62,6 +63,8 @@ class FleetRunConfig:
         client: what each training task asks of a phone.
         strategy: the server optimizer; ``decay_rounds`` as the server takes it (the run's
             rounds for a decay over the whole run).
+        compression: the server's ``[compression]`` table (uplink encoding, rotation,
+            downlink dtype), which every training task's plan then asks for.
     """
 
     data: Path
@@ -77,6 +80,7 @@ class FleetRunConfig:
     round: RoundConfig = FLEET_ROUND
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
@@ -153,14 +157,16 @@ def registrations_per_minute(cfg: FleetRunConfig) -> int:
 def server_config(cfg: FleetRunConfig, train_phones: int,
                   heldout_phones: int | None = None) -> dict[str, Any]:
     """The server's config file for this run: the registration limits the fleet needs
-    (:func:`registrations_per_minute`) and its ``round``, ``client`` and ``strategy``
-    tables, each the :func:`dataclasses.asdict` of the server's own config object."""
+    (:func:`registrations_per_minute`) and its ``round``, ``client``, ``strategy`` and
+    ``compression`` tables, each the :func:`dataclasses.asdict` of the server's own
+    config object."""
     limit = registrations_per_minute(cfg)
     return {"registrations_per_minute_per_address": limit,
             "registrations_per_minute": limit,
             "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
             "client": dataclasses.asdict(cfg.client),
-            "strategy": dataclasses.asdict(cfg.strategy)}
+            "strategy": dataclasses.asdict(cfg.strategy),
+            "compression": dataclasses.asdict(cfg.compression)}
 
 
 def write_server_config(cfg: FleetRunConfig, path: Path, train_phones: int,
@@ -195,4 +201,6 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "clip_norm": sc.clip_norm, "lr_decay": sc.decay_rounds > 0,
             "eval_every": rc.eval_every, "eval_goal": rc.eval_goal, "seed": cfg.seed,
             "artifact": None if cfg.artifact is None else str(cfg.artifact),
-            "rejoin_after_rounds": cfg.rejoin_after_rounds}
+            "rejoin_after_rounds": cfg.rejoin_after_rounds,
+            "uplink": cfg.compression.uplink, "rotate": cfg.compression.rotate,
+            "downlink": cfg.compression.downlink}

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedkb.datasets.store import Dataset
 from fedkb.metrics import EngineReport, RecallCounts
+from fedkb.simulation.communication import communication
 from fedkb.simulation.fleet_config import (
     FleetRunConfig,
     report_config,
@@ -109,7 +110,9 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
                "aborted": sum(r["aborted"].values()),
                "train_loss": r["metrics"].get("loss"),
                "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
-                                   ("selection_s", "reporting_s", "commit_s")), 3)}
+                                   ("selection_s", "reporting_s", "commit_s")), 3),
+               "upload_bytes": sum(r.get("upload_bytes") or []),
+               "download_bytes": r.get("download_bytes") or 0}
         if accepted is not None:
             row["participants"] = sorted(by_round.get(r["id"], []))
         out.append(row)
@@ -162,13 +165,16 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         msg = stall_diagnosis(run.rounds)
         raise TrainingStalled(msg, {"engine": "fleet", "data": str(cfg.data), "error": msg,
                                     "heldout": None, "config": config,
-                                    "rounds": round_rows(run.rounds, run.accepted)})
+                                    "rounds": round_rows(run.rounds, run.accepted),
+                                    "communication": communication(run.rounds,
+                                                                   cfg.compression)})
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
     report = EngineReport(
         engine="fleet", data=str(cfg.data),
         heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
         wall_s=round(time.perf_counter() - t0, 3),
-        config=config, rounds=round_rows(run.rounds, run.accepted))
+        config=config, rounds=round_rows(run.rounds, run.accepted),
+        communication=communication(run.rounds, cfg.compression))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)
