@@ -256,7 +256,8 @@ class CompressionConfig:
         uplink: the encoding every training task's plan asks for: ``float32`` (codec
             arrays, as before), or ``q8`` / ``q4`` / ``q2`` (b-bit stochastic quantization
             on per-chunk min/max grids; tensors under 20,000 values stay float32).
-        rotate: a randomized Hadamard rotation before quantizing, with a seed per task.
+        rotate: a randomized Hadamard rotation before quantizing, with a seed per task
+            (a quantized uplink only: rotated float32 is padded, so only larger).
         downlink: ``float16``: training phones download the global weights as float16
             (half the bytes) and train in float32 from them; the server keeps and
             updates its exact float32 model. Evaluation tasks always get float32.
@@ -271,6 +272,8 @@ class CompressionConfig:
         if self.uplink not in UPLINKS:
             raise ConfigError(f"compression.uplink must be one of {', '.join(UPLINKS)}, "
                               f"not {self.uplink!r}")
+        if self.rotate and self.uplink == "float32":  # padded float32: only more bytes
+            raise ConfigError("compression.rotate is for a quantized uplink (q8, q4, q2)")
         if self.downlink not in DOWNLINKS:
             raise ConfigError(f"compression.downlink must be one of {', '.join(DOWNLINKS)}, "
                               f"not {self.downlink!r}")

@@ -201,7 +201,8 @@ def test_the_compression_table_is_checked_like_the_others(tmp_path):
     f.write_text('[compression]\nuplink = "q2"\nrotate = true\ndownlink = "float16"\n')
     assert load_config(f).compression == CompressionConfig("q2", True, "float16")
     assert load_config(None).compression == CompressionConfig()
-    for bad in ('uplink = "q3"', 'rotate = 1', 'downlink = "bf16"', 'chunk = 1024'):
+    for bad in ('uplink = "q3"', 'rotate = 1', 'downlink = "bf16"', 'chunk = 1024',
+                'uplink = "float32"\nrotate = true'):
         f.write_text(f"[compression]\n{bad}\n")
         with pytest.raises(ConfigError):
             load_config(f)
