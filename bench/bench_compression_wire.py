@@ -100,8 +100,9 @@ def bench(preset: str, runs: int) -> list[dict]:
             plan = Task.from_json(task).plan
             enc_s, dec_s, fold_s = [], [], []
             for _ in range(runs):
-                payload, s = encode_delta(delta, plan)
-                enc_s.append(s)
+                t0 = time.process_time()
+                payload, _wall = encode_delta(delta, plan)
+                enc_s.append(time.process_time() - t0)
             meta = UploadMetadata(task["task_id"], task["round_id"], 16, 5.0, {},
                                   {"download_bytes": 0.0})
             body = frame_upload(meta, payload)

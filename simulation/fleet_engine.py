@@ -112,7 +112,10 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
                "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
                                    ("selection_s", "reporting_s", "commit_s")), 3),
                "upload_bytes": sum(r.get("upload_bytes") or []),
-               "download_bytes": r.get("download_bytes") or 0}
+               "download_bytes": r.get("download_bytes") or 0,
+               # the reporting phones' simulated upload and encode seconds (their mean)
+               "upload_s": r["metrics"].get("timing_upload_s"),
+               "encode_s": r["metrics"].get("timing_encode_s")}
         if accepted is not None:
             row["participants"] = sorted(by_round.get(r["id"], []))
         out.append(row)

@@ -232,3 +232,27 @@ def test_the_flags_reach_the_servers_config_file(tiny_data, tmp_path):
                        a.preset, a.strategy, a.lr, a.server_lr)
     assert dcfg.compression == DEMO_COMPRESSION == CompressionConfig(
         a.uplink, a.rotate, a.downlink)
+
+
+def test_the_reports_communication_object_and_the_progress_line_read_the_rounds():
+    from fedkb.simulation.communication import communication
+    from fedkb.simulation.progress import bytes_postfix
+
+    rounds = [{"kind": "train", "state": "committed", "reported": 2,
+               "upload_bytes": [700, 720], "download_bytes": 9000},
+              {"kind": "train", "state": "committed", "reported": 3,
+               "upload_bytes": [710, 730, 690], "download_bytes": 1000},
+              {"kind": "train", "state": "abandoned", "reported": 1,
+               "upload_bytes": [1], "download_bytes": 5},
+              {"kind": "evaluate", "state": "committed", "reported": 4,
+               "upload_bytes": [300] * 4, "download_bytes": 40}]
+    comm = communication(rounds, CompressionConfig("q4", True))
+    assert comm["uplink_bytes_per_update"] == 710  # the median of the five accepted
+    assert comm["downlink_bytes_per_task"] == 2000 and comm["encoding"] == "q4+rotate"
+    assert (comm["updates"], comm["uplink_bytes_per_round"]) == (5, 1775)
+    assert communication([], CompressionConfig())["uplink_bytes_per_update"] is None
+    status = {"communication": {"encoding": "q4", "float32_update_bytes": 7100,
+                                "last_round": {"upload_bytes_median": 710,
+                                               "download_bytes": 2_500_000}}}
+    assert bytes_postfix(status) == " | q4 up 0.00 MB/update (10.0x less) down 2.5 MB/round"
+    assert bytes_postfix(None) == "" and bytes_postfix({"communication": {}}) == ""

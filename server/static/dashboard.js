@@ -25,6 +25,9 @@
     $("s-devices").textContent = Object.entries(s.devices || {})
       .map(([k, v]) => `${v} ${k}`).join(", ");
     $("s-updated").textContent = new Date().toLocaleTimeString();
+    const comm = s.communication || {};
+    $("s-encoding").textContent = `uplink ${comm.encoding || "float32"}, ` +
+      `downlink ${comm.downlink || "float32"}`;
   }
 
   function charts(rounds, evaluations) {
@@ -64,6 +67,15 @@
       xLabel: "round", yFormat: (v) => v.toFixed(2),
       series: [{ name: "loss", color: "#cf222e",
                  points: loss.map((r) => [r.id, r.metrics.loss]) }],
+    });
+    const mb = (b) => b / 1e6;
+    FedkbCharts.lineChart(svg("bytes"), {
+      xLabel: "round", yMin: 0, yFormat: (v) => v.toFixed(1),
+      series: [
+        { name: "up", color: "#1f6feb",
+          points: pts((r) => mb((r.upload_bytes || []).reduce((a, b) => a + b, 0))) },
+        { name: "down", color: "#1a7f37", points: pts((r) => mb(r.download_bytes || 0)) },
+      ],
     });
   }
 
