@@ -5,8 +5,8 @@ The phone's timeline is in simulated seconds (see :mod:`fedkb.device_runtime.clo
     t_task (check-in answered with a task)
       + download: bytes not already cached / download bandwidth
     t_train
-      + compute: sum over steps of (measured LiteRT step time x the tier's compute factor),
-        and the update's encoding as the plan asks (measured, x the same factor)
+      + compute: sum over steps of (measured LiteRT step time x the tier's compute factor)
+      + encode: the update encoded as the plan asks (measured, x the same factor)
     t_done
       + upload: bytes / upload bandwidth
     t_report
@@ -130,12 +130,12 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
                                    {"loss": ev.mean_loss, "top1_recall": ev.top1_recall,
                                     "top3_recall": ev.top3_recall}, {})
         update = None
+    timings["compute_s"] = compute
     payload = b""
     if update is not None:  # encoded as the plan asks (fedkb.compression.plan)
         payload, encode_s = encode_delta(update, plan)
-        compute += encode_s * factor
-        timings["encode_s"] = encode_s * factor  # a part of compute_s
-    timings["compute_s"] = compute
+        timings["encode_s"] = encode_s * factor
+        compute += timings["encode_s"]  # the phone's time, not in compute_s (training)
     upload_bytes = len(payload) + 1024  # + the framed JSON header (under 1 kB)
     upload_s = prof.upload_s(upload_bytes)
     timings["upload_s"] = upload_s
