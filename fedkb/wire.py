@@ -22,7 +22,10 @@ Binary upload framing (content type :data:`UPLOAD_CONTENT_TYPE`), one body::
     b"FKBU" | u32 little-endian n | n bytes of UTF-8 JSON (UploadMetadata) | codec bytes
 
 The codec bytes are :func:`fedkb.codec.encode_arrays` of the update (a *delta*:
-new local weights minus the task's global weights, float32, in the model's weight order).
+new local weights minus the task's global weights, float32, in the model's weight order),
+or, when the task's :class:`Plan` asks for a compressed ``uplink`` (``q8``/``q4``/``q2``,
+``rotate``), the ``FKBQ`` body of :mod:`fedkb.compression.encoding`
+(:func:`fedkb.compression.plan.encode_delta`; the server refuses any other).
 An evaluation task uploads metrics only: the codec part is empty (zero bytes).
 Use :func:`encode_upload` / :func:`decode_upload`; the server decodes the arrays itself
 (after size and ownership checks), so :func:`split_upload` returns them still encoded.
