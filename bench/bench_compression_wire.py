@@ -40,7 +40,6 @@ import numpy as np
 from fedkb.artifact import MODEL_FILE, WEIGHTS_FILE, initial_weights_file
 from fedkb.artifact import write_artifact as write_artifact_files
 from fedkb.codec import encode_arrays
-from fedkb.compression.plan import encode_delta, float16_weights
 from fedkb.compression.quantize import (
     codes_to_ints,
     dequantize,
@@ -50,6 +49,7 @@ from fedkb.compression.quantize import (
 )
 from fedkb.model.config import get_preset
 from fedkb.model.weights import weight_specs
+from fedkb.plan_codec import encode_delta, float16_weights
 from fedkb.server.aggregate import mean_factory
 from fedkb.server.app import create_app
 from fedkb.server.config import CompressionConfig, RoundConfig, ServerConfig, StrategyConfig

@@ -15,9 +15,9 @@ from typing import Any
 from fedkb import wire
 from fedkb.artifact import METADATA_FILE, Artifact
 from fedkb.codec import decode_arrays
-from fedkb.compression.plan import as_float32
 from fedkb.device_runtime.client import DeviceClient, Retry
 from fedkb.device_runtime.phone import ModelFiles
+from fedkb.plan_codec import as_float32
 
 
 class ModelCache:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedkb import wire
-from fedkb.compression.plan import encode_delta
 from fedkb.device_runtime.profile import DeviceProfile
+from fedkb.plan_codec import encode_delta
 
 
 @dataclass(slots=True)
@@ -132,7 +132,7 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
         update = None
     timings["compute_s"] = compute
     payload = b""
-    if update is not None:  # encoded as the plan asks (fedkb.compression.plan)
+    if update is not None:  # encoded as the plan asks (fedkb.plan_codec)
         payload, encode_s = encode_delta(update, plan)
         timings["encode_s"] = encode_s * factor
         compute += timings["encode_s"]  # the phone's time, not in compute_s (training)

@@ -25,7 +25,7 @@ The codec bytes are :func:`fedkb.codec.encode_arrays` of the update (a *delta*:
 new local weights minus the task's global weights, float32, in the model's weight order),
 or, when the task's :class:`Plan` asks for a compressed ``uplink`` (``q8``/``q4``/``q2``,
 ``rotate``), the ``FKBQ`` body of :mod:`fedkb.compression.encoding`
-(:func:`fedkb.compression.plan.encode_delta`; the server refuses any other).
+(:func:`fedkb.plan_codec.encode_delta`; the server refuses any other).
 An evaluation task uploads metrics only: the codec part is empty (zero bytes).
 Use :func:`encode_upload` / :func:`decode_upload`; the server decodes the arrays itself
 (after size and ownership checks), so :func:`split_upload` returns them still encoded.
@@ -242,7 +242,7 @@ class Plan(_Message):
     epochs: int
     max_steps: int
     seed: int = 0  # batch-order seed (fedkb.device_runtime.batching.batch_plan)
-    # How the update travels (fedkb.compression.plan): the uplink encoding, whether it is
+    # How the update travels (fedkb.plan_codec): the uplink encoding, whether it is
     # rotated first (with this task's rotation seed, which the server keeps with the task)
     # and the dtype of the global weights the phone downloads. Left out of the JSON at
     # their defaults, so an uncompressed plan reads as before.

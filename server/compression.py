@@ -4,7 +4,7 @@
 :class:`~fedkb.wire.Plan` (the uplink encoding, the rotation, the downlink dtype);
 :meth:`fedkb.server.tasks.TaskBook.assign` gives each rotating task its own rotation
 seed, stored with the task, which is how the server knows it when the upload comes
-(:func:`fedkb.compression.plan.decode_delta`, outside the round lock). Evaluation
+(:func:`fedkb.plan_codec.decode_delta`, outside the round lock). Evaluation
 rounds keep a plain plan: a held-out phone evaluates the exact float32 model and
 uploads no update.
 
@@ -22,7 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 from fedkb.codec import encode_arrays
-from fedkb.compression.plan import float16_weights
+from fedkb.plan_codec import float16_weights
 from fedkb.server.checkpoints import Checkpoint
 from fedkb.server.config import CompressionConfig
 from fedkb.server.rounds import RoundStats

@@ -250,7 +250,7 @@ DOWNLINKS = ("float32", "float16")
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """How training updates and global weights travel (:mod:`fedkb.compression.plan`).
+    """How training updates and global weights travel (:mod:`fedkb.plan_codec`).
 
     Attributes:
         uplink: the encoding every training task's plan asks for: ``float32`` (codec

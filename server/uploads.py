@@ -30,7 +30,7 @@ import numpy as np
 
 from fedkb.codec import CodecError
 from fedkb.compression.encoding import EncodingError
-from fedkb.compression.plan import decode_delta
+from fedkb.plan_codec import decode_delta
 from fedkb.server.aggregate import global_norm64
 from fedkb.server.errors import BadRequest, NotFound, Unprocessable
 from fedkb.weights import WeightsError, WeightSpec, check_weights
@@ -104,7 +104,7 @@ def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
     that match ``specs`` (count, shapes, dtypes), are all finite and whose global norm is
     at most ``limits.max_update_norm``; an evaluation report carries no arrays and no
     more than ``limits.max_examples`` examples. The arrays are encoded as the task's
-    ``plan`` asks (:func:`fedkb.compression.plan.decode_delta`; None: float32 codec
+    ``plan`` asks (:func:`fedkb.plan_codec.decode_delta`; None: float32 codec
     arrays); any other encoding is refused (``wrong_encoding``), a broken one too
     (``malformed_encoding``).
     """

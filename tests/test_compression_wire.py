@@ -22,7 +22,7 @@ from fedkb.artifact import MODEL_FILE, WEIGHTS_FILE, initial_weights_file
 from fedkb.artifact import write_artifact as write_artifact_files
 from fedkb.codec import decode_arrays, encode_arrays
 from fedkb.compression.encoding import Encoding, encode_update
-from fedkb.compression.plan import decode_delta, encode_delta, float16_weights
+from fedkb.plan_codec import decode_delta, encode_delta, float16_weights
 from fedkb.server.app import create_app
 from fedkb.server.config import (
     CompressionConfig,

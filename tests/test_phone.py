@@ -119,7 +119,7 @@ def test_the_upload_is_encoded_as_the_plan_asks(model, windows):
     import dataclasses
 
     from fedkb.codec import decode_arrays
-    from fedkb.compression.plan import decode_delta
+    from fedkb.plan_codec import decode_delta
 
     task = _task()
     task = dataclasses.replace(task, plan=dataclasses.replace(task.plan, uplink="q8"))

@@ -7,10 +7,11 @@ extensions plug in"), as pure NumPy function pairs a phone (encode) and the serv
 - :mod:`~fedkb.compression.rotate`: randomized Hadamard rotation in power-of-two blocks;
 - :mod:`~fedkb.compression.field`: shared-grid codes as residues mod 2^k for secure
   aggregation, with the headroom that keeps the sum exact;
-- :mod:`~fedkb.compression.encoding`: the versioned, self-describing encoded update;
-- :mod:`~fedkb.compression.plan`: the task plan's encoding applied, the phone's
-  :func:`~fedkb.compression.plan.encode_delta` and the server's
-  :func:`~fedkb.compression.plan.decode_delta` (and the float16 downlink).
+- :mod:`~fedkb.compression.encoding`: the versioned, self-describing encoded update.
+
+:mod:`fedkb.plan_codec` (outside this package, which imports nothing else of fedkb)
+applies a task plan's encoding: the phone's ``encode_delta``, the server's
+``decode_delta``, and the float16 downlink.
 
 NumPy and the standard library only, so a phone can import it.
 """
