@@ -44,9 +44,9 @@ DEMO_CENTRAL_OPTIMIZER = "adam"  # a server-side trainer's choice for the baseli
 # 5.42 MB per update (3.9x); its error on real phone deltas (0.4-1.4%) is far below the
 # seeds' spread, its 20x20 fleet runs' recall is float32's within that spread, and it
 # costs less CPU per run than float32 (encode ~7 ms a phone; the server reads 3.9x fewer
-# bytes). q4 (7.5x) meets the byte goal but one of its seeds fell to 5.4% top-1 (no
-# float32 seed below 9.9%); q4 with the rotation halves its error but costs ~60 ms of CPU
-# per update on the two ends, ~4 CPU minutes over the demo's 4,000 updates.
+# bytes). q4 (7.5x) meets the byte goal but one of its seeds fell to 5.4% top-1 (float32's
+# lowest: 8.5%); q4 with the rotation halves its error but costs ~60 ms of CPU per
+# update on the two ends, ~4 CPU minutes over the demo's 4,000 updates.
 DEMO_COMPRESSION = CompressionConfig(uplink="q8")
 
 
