@@ -2,7 +2,8 @@
 
 Every phone of a worker shares it (a phone's own cache is simulated: see
 :mod:`fedkb.device_runtime.phone`); each file is downloaded once and checked against the
-SHA-256 its manifest lists.
+SHA-256 its manifest lists. The weights come as the task's plan says: float32, or
+float16 (``downlink``), widened to float32 for training.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fedkb.artifact import METADATA_FILE, Artifact
 from fedkb.codec import decode_arrays
 from fedkb.device_runtime.client import DeviceClient, Retry
 from fedkb.device_runtime.phone import ModelFiles
+from fedkb.plan_codec import as_float32
 
 
 class ModelCache:
@@ -28,7 +30,7 @@ class ModelCache:
 
     def __init__(self, server_url: str) -> None:
         self.client = DeviceClient(server_url)  # the training thread's own HTTP session
-        self._models: dict[tuple[str, int], ModelFiles] = {}
+        self._models: dict[tuple[str, int, str], ModelFiles] = {}
         self._trainers: dict[str, tuple[Any, int]] = {}
 
     def close(self) -> None:
@@ -36,7 +38,7 @@ class ModelCache:
 
     def get(self, task: wire.Task) -> ModelFiles:
         """The trainer and global weights for a task's model version."""
-        key = (task.artifact_url, task.model_version)
+        key = (task.artifact_url, task.model_version, task.plan.downlink)
         if key in self._models:
             return self._models[key]
         from fedkb.device_runtime.trainer import Trainer
@@ -54,8 +56,11 @@ class ModelCache:
             self._trainers[model_rec["sha256"]] = (Trainer(artifact),
                                                    len(model_bytes) + len(meta_raw))
         trainer, artifact_bytes = self._trainers[model_rec["sha256"]]
-        raw = self._fetch(manifest["weights"])
-        self._models = {key: ModelFiles(trainer, decode_arrays(raw), len(raw), artifact_bytes)}
+        # a float16 broadcast (plan.downlink) is half the bytes; training is float32
+        rec = manifest["weights_float16" if task.plan.downlink == "float16" else "weights"]
+        raw = self._fetch(rec)
+        self._models = {key: ModelFiles(trainer, as_float32(decode_arrays(raw)), len(raw),
+                                        artifact_bytes)}
         return self._models[key]
 
     def _fetch(self, rec: dict[str, Any]) -> bytes:

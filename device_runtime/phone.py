@@ -6,6 +6,7 @@ The phone's timeline is in simulated seconds (see :mod:`fedkb.device_runtime.clo
       + download: bytes not already cached / download bandwidth
     t_train
       + compute: sum over steps of (measured LiteRT step time x the tier's compute factor)
+      + encode: the update encoded as the plan asks (measured, x the same factor)
     t_done
       + upload: bytes / upload bandwidth
     t_report
@@ -31,8 +32,8 @@ import numpy as np
 
 from fedkb import wire
 from fedkb.clipping import clip_update
-from fedkb.codec import encode_arrays
 from fedkb.device_runtime.profile import DeviceProfile
+from fedkb.plan_codec import encode_delta
 
 
 @dataclass(slots=True)
@@ -135,7 +136,11 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
                                     "top3_recall": ev.top3_recall}, {})
         update = None
     timings["compute_s"] = compute
-    payload = encode_arrays(update) if update is not None else b""
+    payload = b""
+    if update is not None:  # encoded as the plan asks (fedkb.plan_codec)
+        payload, encode_s = encode_delta(update, plan)
+        timings["encode_s"] = encode_s * factor
+        compute += timings["encode_s"]  # the phone's time, not in compute_s (training)
     upload_bytes = len(payload) + 1024  # + the framed JSON header (under 1 kB)
     upload_s = prof.upload_s(upload_bytes)
     timings["upload_s"] = upload_s

@@ -59,7 +59,8 @@ class EngineReport:
     """What `fedkb simulate --engine ...` prints (``--json``): one schema for every engine.
 
     ``heldout`` is measured on users that never trained. ``rounds`` lists per-round
-    figures for federated engines (empty for the baselines).
+    figures for federated engines (empty for the baselines). ``communication`` is the
+    bytes a fleet run measured on the wire (uplink per update, downlink per task).
     """
 
     engine: str
@@ -71,6 +72,8 @@ class EngineReport:
     # differential privacy (fleet engine with --dp): mechanism, noise_multiplier, clip,
     # epsilon (None: no guarantee, z = 0), delta, rounds, ...; None without DP
     privacy: dict[str, Any] | None = None
+    # bytes on the wire (the fleet engine: fedkb.simulation.communication); None elsewhere
+    communication: dict[str, Any] | None = None
 
     @staticmethod
     def heldout_figures(counts: RecallCounts, users: int, loss: float | None = None

@@ -22,7 +22,10 @@ Binary upload framing (content type :data:`UPLOAD_CONTENT_TYPE`), one body::
     b"FKBU" | u32 little-endian n | n bytes of UTF-8 JSON (UploadMetadata) | codec bytes
 
 The codec bytes are :func:`fedkb.codec.encode_arrays` of the update (a *delta*:
-new local weights minus the task's global weights, float32, in the model's weight order).
+new local weights minus the task's global weights, float32, in the model's weight order),
+or, when the task's :class:`Plan` asks for a compressed ``uplink`` (``q8``/``q4``/``q2``,
+``rotate``), the ``FKBQ`` body of :mod:`fedkb.compression.encoding`
+(:func:`fedkb.plan_codec.encode_delta`; the server refuses any other).
 An evaluation task uploads metrics only: the codec part is empty (zero bytes).
 Use :func:`encode_upload` / :func:`decode_upload`; the server decodes the arrays itself
 (after size and ownership checks), so :func:`split_upload` returns them still encoded.
@@ -242,18 +245,47 @@ class Plan(_Message):
     # differential privacy: the phone clips its delta to this L2 norm before upload and
     # reports whether it was within it (UploadMetadata.unclipped); None: no clip
     clip: float | None = None
+    # How the update travels (fedkb.plan_codec): the uplink encoding, whether it is
+    # rotated first (with this task's rotation seed, which the server keeps with the task)
+    # and the dtype of the global weights the phone downloads. Left out of the JSON at
+    # their defaults (as is a clip of None), so a plain plan reads as before.
+    uplink: str = "float32"
+    rotate: bool = False
+    rotation_seed: int | None = None
+    downlink: str = "float32"
 
     def __post_init__(self) -> None:
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
             raise WireError(f"plan.clip must be a positive number, got {self.clip}")
 
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, default in _PLAN_DEFAULTS.items():
+            if d[k] == default:
+                del d[k]
+        return d
+
     @classmethod
     def from_json(cls, d: Any) -> Plan:
         d = _obj(d, "plan")
+        seed = _get(d, "rotation_seed", int, "plan", None)
+        if seed is not None and not 0 <= seed < 1 << 64:
+            raise WireError("plan.rotation_seed must be in [0, 2**64)")
         return cls(_choice(_get(d, "kind", str, "plan"), TASK_KINDS, "plan.kind"),  # type: ignore[arg-type]
                    _get(d, "lr", float, "plan"), _get(d, "batch_size", int, "plan"),
                    _get(d, "epochs", int, "plan"), _get(d, "max_steps", int, "plan"),
-                   _get(d, "seed", int, "plan", 0), _get(d, "clip", float, "plan", None))
+                   _get(d, "seed", int, "plan", 0), clip=_get(d, "clip", float, "plan", None),
+                   uplink=_choice(_get(d, "uplink", str, "plan", "float32"), UPLINKS,
+                                  "plan.uplink"),
+                   rotate=_get(d, "rotate", bool, "plan", False), rotation_seed=seed,
+                   downlink=_choice(_get(d, "downlink", str, "plan", "float32"), DOWNLINKS,
+                                    "plan.downlink"))
+
+
+UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.compression.encoding.NAMES
+DOWNLINKS = ("float32", "float16")
+_PLAN_DEFAULTS = {"clip": None, "uplink": "float32", "rotate": False, "rotation_seed": None,
+                  "downlink": "float32"}
 
 
 @dataclass(frozen=True)
@@ -272,6 +304,9 @@ class Task(_Message):
     weights_url: str
     artifact_url: str
     deadline_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "plan": self.plan.to_json()}
 
     @classmethod
     def from_json(cls, d: Any) -> Task:
@@ -443,5 +478,5 @@ def decode_upload(body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
 MESSAGES = (RegisterRequest, RegisterResponse, Conditions, CheckinRequest, Plan, Task,
             CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody)
 __all__ = [c.__name__ for c in MESSAGES] + [
-    "ABORT_REASONS", "OTHER_REASON", "UPLOAD_CONTENT_TYPE", "WireError", "decode_upload",
-    "encode_upload", "frame_upload", "split_upload"]
+    "ABORT_REASONS", "DOWNLINKS", "OTHER_REASON", "UPLINKS", "UPLOAD_CONTENT_TYPE",
+    "WireError", "decode_upload", "encode_upload", "frame_upload", "split_upload"]

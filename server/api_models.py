@@ -4,29 +4,42 @@
 ``GET /v1/models``                   ``{"latest": v, "versions": [...]}`` (not cached)
 ``GET /v1/models/<v>``               manifest: URLs, hashes and sizes of weights and files
 ``GET /v1/models/<v>/weights``       the global weights of version v (fedkb.codec bytes)
+``GET /v1/models/<v>/weights?dtype=float16``  the same rounded to float16 (half the bytes)
 ``GET /v1/models/<v>/files/<name>``  an artifact file (model.tflite, metadata.json, ...)
 ===================================  =====================================================
 
 The artifact files are the same for every version (only the weights change), but their
 URLs carry the version so that a phone caches everything of one version together.
+Every answer carries an ETag (the SHA-256 of its bytes): a phone that sends it back in
+``If-None-Match`` gets a bodyless 304. Bytes sent with a 200 are counted in
+``fedkb_downlink_bytes{what=weights|weights_float16|manifest|file}``.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import Blueprint, Response, jsonify, request
 
 from fedkb.server.app import server_state
-from fedkb.server.errors import NotFound
+from fedkb.server.errors import BadRequest, NotFound
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def _immutable(data: bytes, etag: str, mimetype: str) -> Response:
+def _immutable(data: bytes, etag: str, mimetype: str, what: str) -> Response:
     resp = Response(data, mimetype=mimetype)
     resp.set_etag(etag)
     resp.headers["Cache-Control"] = IMMUTABLE
-    return resp.make_conditional(request)
+    return _counted(resp.make_conditional(request), what)
+
+
+def _counted(resp: Response, what: str) -> Response:
+    if resp.status_code == 200:
+        server_state().metrics.downlink_bytes.labels(what).inc(resp.calculate_content_length()
+                                                               or 0)
+    return resp
 
 
 def _artifact():
@@ -51,23 +64,37 @@ def manifest(version: int):
     art = _artifact()
     ckpt = server_state().machine.weights(version)
     base = f"/v1/models/{version}"
-    body = {
+    s = server_state()
+    body: dict = {
         "version": version,
         "weights": {"url": f"{base}/weights", "sha256": ckpt.sha256,
                     "bytes": len(ckpt.weights_bytes)},
         "files": {name: {"url": f"{base}/files/{name}", "sha256": f.sha256, "bytes": len(f.data)}
                   for name, f in art.files.items()},
     }
+    etag = ckpt.sha256
+    if s.config.compression.downlink == "float16":
+        data16, sha16 = s.float16.get(ckpt)
+        body["weights_float16"] = {"url": f"{base}/weights?dtype=float16", "sha256": sha16,
+                                   "bytes": len(data16)}
+        etag = hashlib.sha256(f"{ckpt.sha256}:{sha16}".encode()).hexdigest()
     resp = jsonify(body)
-    resp.set_etag(ckpt.sha256)
+    resp.set_etag(etag)
     resp.headers["Cache-Control"] = IMMUTABLE
-    return resp.make_conditional(request)
+    return _counted(resp.make_conditional(request), "manifest")
 
 
 @bp.get("/<int:version>/weights")
 def weights(version: int):
-    ckpt = server_state().machine.weights(version)
-    return _immutable(ckpt.weights_bytes, ckpt.sha256, "application/octet-stream")
+    s = server_state()
+    ckpt = s.machine.weights(version)
+    dtype = request.args.get("dtype", "float32")
+    if dtype == "float16":
+        data, sha = s.float16.get(ckpt)
+        return _immutable(data, sha, "application/octet-stream", "weights_float16")
+    if dtype != "float32":
+        raise BadRequest("dtype must be float32 or float16", "bad_query")
+    return _immutable(ckpt.weights_bytes, ckpt.sha256, "application/octet-stream", "weights")
 
 
 @bp.get("/<int:version>/files/<name>")
@@ -78,4 +105,4 @@ def artifact_file(version: int, name: str):
     if f is None:
         raise NotFound(f"the artifact has no file {name!r}")
     mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
-    return _immutable(f.data, f.sha256, mimetype)
+    return _immutable(f.data, f.sha256, mimetype, "file")

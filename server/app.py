@@ -32,6 +32,7 @@ from flask import Flask, Request, current_app, g, request
 from fedkb.artifact import METADATA_FILE, Artifact, ArtifactError
 from fedkb.server.auth import DeviceTokens, bearer, resolve_admin_token, resolve_secret_key
 from fedkb.server.checkpoints import CheckpointStore
+from fedkb.server.compression import Float16Weights
 from fedkb.server.config import (
     ClientConfig,
     RoundConfig,
@@ -72,6 +73,7 @@ class ServerState:
     metrics: ServerMetrics
     admin_token: str
     clock: Callable[[], float]
+    float16: Float16Weights = field(default_factory=Float16Weights)  # the float16 downlink
     _stop: threading.Event = field(default_factory=threading.Event)
     _ticker: threading.Thread | None = None
     # WSGI threads that may hold a check-in open (CheckinRequest.wait_s); a few always
@@ -178,7 +180,7 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
         privacy = PrivacyRounds(config.privacy, db, metrics,
                                 event_source=getattr(strategy, "dp_event", None))
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
-                           random.Random(config.seed), privacy)
+                           random.Random(config.seed), privacy, config.compression)
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
                         machine, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR

@@ -9,14 +9,16 @@ Three layers, each a frozen dataclass passed explicitly (never read from globals
 - :class:`StrategyConfig`: which server optimizer turns the mean delta into a new model.
 - :class:`PrivacyConfig`: user-level differential privacy of training rounds
   (DP-FedAvg, DP-FTRL; :mod:`fedkb.server.privacy`).
-- :class:`ServerConfig`: where state lives, tokens, limits, and the two above.
+- :class:`CompressionConfig`: how updates and weights travel (uplink encoding, downlink).
+- :class:`ServerConfig`: where state lives, tokens, limits, and the tables above.
 
 A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
-``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` / ``[privacy]`` tables; unknown keys are
-refused. Every value is checked where the dataclass is built (``__post_init__``): the
-type of its field (a whole number for an ``int``, never a boolean; ``true``/``false`` for
-a ``bool``), finite, and within range, so a config file, an admin PATCH and an override
-read back from the database all pass the same gate.
+``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` / ``[privacy]`` /
+``[compression]`` tables; unknown keys are refused. Every value is checked where the
+dataclass is built (``__post_init__``): the type of its field (a whole number for an
+``int``, never a boolean; ``true``/``false`` for a ``bool``), finite, and within range,
+so a config file, an admin PATCH and an override read back from the database all pass
+the same gate.
 """
 
 from __future__ import annotations
@@ -362,6 +364,49 @@ def check_privacy(privacy: PrivacyConfig, rounds: RoundConfig, strategy: Strateg
             raise ConfigError(f"privacy.adaptive: {exc}") from exc
 
 
+UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.wire.UPLINKS
+DOWNLINKS = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How training updates and global weights travel (:mod:`fedkb.plan_codec`).
+
+    Attributes:
+        uplink: the encoding every training task's plan asks for: ``float32`` (codec
+            arrays, as before), or ``q8`` / ``q4`` / ``q2`` (b-bit stochastic quantization
+            on per-chunk min/max grids; tensors under 20,000 values stay float32).
+        rotate: a randomized Hadamard rotation before quantizing, with a seed per task
+            (a quantized uplink only: rotated float32 is padded, so only larger).
+        downlink: ``float16``: training phones download the global weights as float16
+            (half the bytes) and train in float32 from them; the server keeps and
+            updates its exact float32 model. Evaluation tasks always get float32.
+    """
+
+    uplink: str = "float32"
+    rotate: bool = False
+    downlink: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "compression")
+        if self.uplink not in UPLINKS:
+            raise ConfigError(f"compression.uplink must be one of {', '.join(UPLINKS)}, "
+                              f"not {self.uplink!r}")
+        if self.rotate and self.uplink == "float32":  # padded float32: only more bytes
+            raise ConfigError("compression.rotate is for a quantized uplink (q8, q4, q2)")
+        if self.downlink not in DOWNLINKS:
+            raise ConfigError(f"compression.downlink must be one of {', '.join(DOWNLINKS)}, "
+                              f"not {self.downlink!r}")
+
+    @property
+    def label(self) -> str:
+        """The uplink encoding as reports name it, e.g. ``q4`` or ``q4+rotate``."""
+        return self.uplink + ("+rotate" if self.rotate else "")
+
+    def replace(self, **changes: Any) -> CompressionConfig:
+        return _replace(self, "compression", changes)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs.
@@ -389,8 +434,8 @@ class ServerConfig:
             descriptor limit); at the limit the longest-idle connection with no request
             being answered is closed for each new one (:mod:`fedkb.server.wsgi`), so idle
             connections can never lock phones out.
-        round, client, strategy, predict, privacy: the per-layer configs (the config
-            file's tables).
+        round, client, strategy, predict, privacy, compression: the per-layer configs
+            (the config file's tables).
     """
 
     state_dir: Path = Path("fedkb-state")
@@ -414,6 +459,7 @@ class ServerConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         check_privacy(self.privacy, self.round, self.strategy)
@@ -535,8 +581,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     strategy_cfg = StrategyConfig().replace(**_table(raw.pop("strategy", {}) or {}, "strategy"))
     predict_cfg = PredictConfig().replace(**_table(raw.pop("predict", {}) or {}, "predict"))
     privacy_cfg = PrivacyConfig().replace(**_table(raw.pop("privacy", {}) or {}, "privacy"))
+    compression_cfg = CompressionConfig().replace(
+        **_table(raw.pop("compression", {}) or {}, "compression"))
     cfg = ServerConfig(round=round_cfg, client=client_cfg, strategy=strategy_cfg,
-                       predict=predict_cfg, privacy=privacy_cfg).replace(**raw)
+                       predict=predict_cfg, privacy=privacy_cfg,
+                       compression=compression_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}
     if "max_rounds" in extra:
         cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))

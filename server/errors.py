@@ -14,8 +14,11 @@ code                        status  meaning
 ``invalid_message``         400     JSON that does not match :mod:`fedkb.wire`
 ``malformed_upload``        400     upload framing or codec bytes broken
 ``round_mismatch``          400     the upload names another round than its task's
-``bad_query``               400     ``limit`` / ``before`` in a listing not integers, or
-                                    a query parameter the listing does not take
+``bad_query``               400     ``limit`` / ``before`` in a listing not integers, a
+                                    query parameter the listing does not take, or a
+                                    weights ``dtype`` other than float32/float16
+``malformed_encoding``      400     an encoded (FKBQ) update that is truncated,
+                                    over-long, corrupt or has a broken grid
 ``bad_text``/``bad_k``      400     ``/v1/predict``: text missing or not a string; k
                                     not an integer in 1..max_k
 ``text_too_long``           400     ``/v1/predict``: text over ``predict.max_text_chars``
@@ -48,6 +51,8 @@ code                        status  meaning
 ``update_too_large``        422     an update whose global L2 norm is over the round's
                                     bound (``round.max_update_norm``, or derived)
 ``missing_update``          422     a training report without update arrays
+``wrong_encoding``          422     an update not encoded as its task's plan asks
+                                    (encoding, format version or rotation seed)
 ``unexpected_update``       422     update arrays in an evaluation report
 ``bad_config``              422     admin config PATCH with a value that cannot be used
 ``bad_artifact``            422     admin publish of a directory that is not an artifact

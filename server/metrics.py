@@ -49,6 +49,16 @@ class ServerMetrics:
             "delta (+Inf: noise multiplier 0)", registry=r)
         self.privacy_clip = Gauge("fedkb_privacy_clip",
                                   "The L2 clip the next DP round's plan carries", registry=r)
+        # bytes on the wire (issue 17): accepted uploads' Content-Length; weights and
+        # artifact files served (200s only: a 304 to a cached copy sends no body); and
+        # the last committed training round's totals, up and down
+        self.uplink_bytes = Counter("fedkb_uplink_bytes", "Bytes of accepted uploads",
+                                    ["kind"], registry=r)
+        self.downlink_bytes = Counter("fedkb_downlink_bytes", "Bytes of models served",
+                                      ["what"], registry=r)
+        self.round_bytes = Gauge("fedkb_round_bytes", "Bytes of the last committed "
+                                 "training round (up: uploads; down: the phones' downloads)",
+                                 ["direction"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

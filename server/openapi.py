@@ -46,7 +46,7 @@ def _ref(name: str) -> dict[str, str]:
 
 def _type_schema(hint: Any) -> dict[str, Any]:
     """JSON Schema of one type hint (str, int, float, bool, Literal, X | None, dict[str,
-    X], a dataclass, Any)."""
+    X], list[X], a dataclass, Any)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:  # free-form JSON (a DP round's recorded event: its shape is the event's)
         return {}
@@ -58,6 +58,8 @@ def _type_schema(hint: Any) -> dict[str, Any]:
         return {"enum": list(args)}
     if origin is dict:
         return {"type": "object", "additionalProperties": _type_schema(args[1])}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(args[0])}
     if dataclasses.is_dataclass(hint):
         return _ref(hint.__name__)
     simple = {bool: {"type": "boolean"}, int: INT64, float: NUMBER, str: {"type": "string"}}

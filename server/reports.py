@@ -3,11 +3,13 @@
 An upload is checked against its task (owner, state, an identical retry gets the earlier
 answer), decoded and validated (:meth:`Reporting.decode`, which the round machine runs
 outside its lock), then folded into its round's streaming aggregator
-(:meth:`Reporting.fold`, under the lock). The fold returns a :class:`Report`: whether
-the round still wants reports (:attr:`Outcome.FOLDED`) or this one completed its goal
-(:attr:`Outcome.GOAL_REACHED`); the machine acts on it, and commits. A report for a
-round that has closed is refused and counted (late, or round abandoned) in that round's
-stats, as is every other refusal: failures are data.
+(:meth:`Reporting.fold`, under the lock), which also records the upload's size on the
+wire (its Content-Length) and the bytes the phone says it downloaded for the task. The
+fold returns a :class:`Report`: whether the round still wants reports
+(:attr:`Outcome.FOLDED`) or this one completed its goal (:attr:`Outcome.GOAL_REACHED`);
+the machine acts on it, and commits. A report for a round that has closed is refused
+and counted (late, or round abandoned) in that round's stats, as is every other
+refusal: failures are data.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from fedkb.server.db import Database, row_dict
 from fedkb.server.errors import Conflict, Forbidden, NotFound
 from fedkb.server.metrics import ServerMetrics
-from fedkb.server.rounds import ABANDONED, COMMITTED, RoundState, RoundStats
+from fedkb.server.rounds import ABANDONED, COMMITTED, RoundState, RoundStats, count_bytes
 from fedkb.server.tasks import TaskBook, TaskRecord
 from fedkb.server.uploads import UploadLimits, parse_upload
 from fedkb.weights import WeightSpec
@@ -108,10 +110,10 @@ class Reporting:
         """Parse and validate an upload (the expensive part: run it outside the lock)."""
         return parse_upload(body, task.id, task.round_id, task.kind, specs,
                             lambda rid: self.db.one("SELECT 1 FROM rounds WHERE id = ?",
-                                                    (rid,)) is not None, limits)
+                                                    (rid,)) is not None, limits, task.plan)
 
     def fold(self, task: TaskRecord, rnd: RoundState, meta: UploadMetadata,
-             arrays: list[np.ndarray], digest: str, now: float) -> Report:
+             arrays: list[np.ndarray], digest: str, now: float, nbytes: int = 0) -> Report:
         """Fold a decoded upload into its open round (O(model)) and record the task.
 
         One step that happens completely or not at all: the task's row is written first
@@ -144,6 +146,8 @@ class Reporting:
         self.tasks.answered(task)
         rnd.stats.reported += 1
         rnd.stats.num_examples += meta.num_examples
+        count_bytes(rnd.stats, nbytes, meta.timings)
+        self.metrics.uplink_bytes.labels(rnd.kind).inc(nbytes)
         self.metrics.reports.labels(rnd.kind).inc()
         done = rnd.stats.reported >= rnd.goal
         return Report(Outcome.GOAL_REACHED if done else Outcome.FOLDED, answer)

@@ -61,7 +61,8 @@ from typing import TYPE_CHECKING, Any
 from fedkb.artifact import Artifact
 from fedkb.server.aggregate import derived_update_norm
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
-from fedkb.server.config import ClientConfig, RoundConfig
+from fedkb.server.compression import round_bytes, with_compression
+from fedkb.server.config import ClientConfig, CompressionConfig, RoundConfig
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
 from fedkb.server.errors import ApiError
@@ -99,9 +100,11 @@ class RoundMachine:
 
     def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
                  strategy: Strategy, metrics: ServerMetrics, clock: Callable[[], float],
-                 rng: random.Random, privacy: PrivacyRounds | None = None) -> None:
+                 rng: random.Random, privacy: PrivacyRounds | None = None,
+                 compression: CompressionConfig | None = None) -> None:
         self.cfg, self.db, self.devices, self.strategy = cfg, db, devices, strategy
         self.privacy = privacy  # [privacy] on: DP stages, clip in the plan, the budget
+        self.compression = compression or CompressionConfig()
         self.metrics, self.clock = metrics, clock
         self.lock = threading.RLock()
         # notified when a round is configured or closes: held check-ins (wait_for_claim)
@@ -118,6 +121,7 @@ class RoundMachine:
         self._next_round = 1 + int(db.one("SELECT COALESCE(MAX(id), 0) m FROM rounds")["m"])
         self._derived_update_norm: float | None = None  # from the artifact, on attach
         self.unsaved = PendingRows()  # closed rounds' rows a full disk kept from the db
+        self.last_round_bytes: dict[str, int] = {}  # of the last committed training round
 
     @property
     def artifact(self) -> Artifact | None:
@@ -234,10 +238,12 @@ class RoundMachine:
                                    self.devices.count(POPULATION_OF[TRAIN]), pending)
 
     def _training_setup(self, kind: str, goal: int) -> tuple[Plan, Aggregator | None]:
-        """A new round's plan and aggregator: the strategy's, and with ``[privacy]`` a
-        training round's DP stage and the clip its phones apply (this round's C_t)."""
+        """A new round's plan and aggregator: the strategy's, with the ``[compression]``
+        encodings, and with ``[privacy]`` a training round's DP stage and the clip its
+        phones apply (this round's C_t)."""
         assert self.artifact is not None
-        plan = self.strategy.configure(kind, self.artifact.batch_size)
+        plan = with_compression(self.strategy.configure(kind, self.artifact.batch_size),
+                                self.compression)
         if kind != TRAIN:
             return plan, None
         if self.privacy is None:
@@ -348,6 +354,9 @@ class RoundMachine:
         start = rnd.selection_closed_at
         self.selection.round_took(0.0 if start is None else now - start)
         self._record_metrics(rnd)
+        self.last_round_bytes = round_bytes(rnd.stats)
+        self.metrics.round_bytes.labels("up").set(self.last_round_bytes["upload_bytes"])
+        self.metrics.round_bytes.labels("down").set(self.last_round_bytes["download_bytes"])
         if self.cfg.eval_every and version % self.cfg.eval_every == 0:
             self._queue_eval(version)
 
@@ -443,7 +452,8 @@ class RoundMachine:
                 return prior
             rnd = self.reports.open_round(task, self.open)
             try:  # the task's row first: a full disk folds nothing (507, retry later)
-                folded = self.reports.fold(task, rnd, meta, arrays, digest, now)
+                folded = self.reports.fold(task, rnd, meta, arrays, digest, now,
+                                           len(body))
             except (OSError, sqlite3.OperationalError) as exc:
                 if is_storage_full(exc):
                     self.reports.reject(task.round_id, "storage_full", self.open)

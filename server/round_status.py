@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedkb.server.compression import communication_status
 from fedkb.server.db import row_dict
 from fedkb.server.errors import NotFound
 from fedkb.server.round_machine import RoundMachine
@@ -52,6 +53,9 @@ def status(m: RoundMachine) -> dict[str, Any]:
             "devices": {p: m.devices.count(p) for p in POPULATION_OF.values()},
             "damaged_versions": m.models.damaged_versions,
             "strategy": m.strategy.name,
+            "communication": communication_status(
+                m.compression, m.last_round_bytes,
+                m.artifact.update_bytes if m.artifact else None),
             "time": m.clock(),
         }
         if m.privacy is not None:

@@ -42,6 +42,10 @@ class RoundStats:
     metrics: dict[str, float] = field(default_factory=dict)
     # a DP round's event, delta and the run's epsilon after it (fedkb.server.privacy)
     privacy: dict[str, Any] | None = None
+    # bytes on the wire: each accepted upload's Content-Length, and the sum of what the
+    # reporting phones downloaded for their tasks (their ``download_bytes`` timing)
+    upload_bytes: list[int] = field(default_factory=list)
+    download_bytes: int = 0
 
     def count(self, what: str, reason: str) -> None:
         d = getattr(self, what)
@@ -53,6 +57,18 @@ class RoundStats:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RoundStats:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+MAX_DOWNLOAD_CLAIM = 1 << 40  # a phone's download_bytes timing beyond this is not counted
+
+
+def count_bytes(stats: RoundStats, upload_bytes: int, timings: dict[str, float]) -> None:
+    """Count one accepted report's bytes: its upload's length on the wire and the
+    download the phone reports (a claim; absurd values are ignored)."""
+    stats.upload_bytes.append(int(upload_bytes))
+    down = timings.get("download_bytes", 0.0)
+    if 0 <= down < MAX_DOWNLOAD_CLAIM:
+        stats.download_bytes += int(down)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from fedkb.server.rounds import RoundState
 from fedkb.wire import Plan, Task
 
 SEED_BITS = 31  # a non-negative int32: every runtime's integer, and any RNG's seed
+ROTATION_SEED_BITS = 63  # fedkb.compression.rotate takes 64 bits; SQLite's JSON keeps 63
 
 
 def new_seed() -> int:
@@ -73,6 +74,8 @@ class TaskBook:
         """A task of ``rnd`` for ``device_id``: the round's plan on the round's base model,
         with a seed of its own."""
         plan = dataclasses.replace(rnd.plan, seed=new_seed())
+        if plan.rotate:  # the rotation's signs: a seed per task, kept here with the plan
+            plan = dataclasses.replace(plan, rotation_seed=secrets.randbits(ROTATION_SEED_BITS))
         rec = TaskRecord(TaskRecord.new_id(), rnd.id, device_id, rnd.kind, rnd.base_version,
                          plan, now)
         self._db.insert("tasks", rec.row())

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedkb.codec import CodecError, decode_arrays
+from fedkb.codec import CodecError
+from fedkb.compression.encoding import EncodingError
+from fedkb.plan_codec import decode_delta
 from fedkb.server.aggregate import global_norm64
 from fedkb.server.errors import BadRequest, NotFound, Unprocessable
 from fedkb.weights import WeightsError, WeightSpec, check_weights
@@ -39,10 +41,19 @@ UPDATE_ERROR_CODES = {"bad_count": "bad_shape", "bad_name": "bad_shape",
                       "not_array": "bad_dtype", "bad_dtype": "bad_dtype",
                       "bad_shape": "bad_shape", "non_finite": "non_finite"}
 
+# EncodingError reason -> the API error code: an encoding the plan did not ask for is
+# refused as such (422); a body of the right kind that is broken is malformed (400)
+ENCODING_ERROR_CODES = {"wrong_encoding": "wrong_encoding", "wrong_version": "wrong_encoding",
+                        "wrong_seed": "wrong_encoding", "shape_mismatch": "bad_shape",
+                        "bad_value": "non_finite", "malformed": "malformed_encoding",
+                        "truncated": "malformed_encoding", "oversized": "malformed_encoding",
+                        "corrupt": "malformed_encoding", "bad_scale": "malformed_encoding"}
+
 
 # the most examples any report may claim (exact as a float; sums of them fit SQLite's
 # 64-bit integers); an evaluation report, which is not capped by steps, is held to this
 MAX_CLAIMED_EXAMPLES = 2**53
+_FLOAT32_PLAN = Plan("train", 1.0, 1, 1, 1)  # a plan that asks for plain float32 arrays
 
 
 @dataclass(frozen=True)
@@ -86,13 +97,16 @@ def upload_fingerprint(body: bytes) -> str:
 def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
                  specs: Sequence[WeightSpec],
                  round_exists: Callable[[int], bool], limits: UploadLimits,
-                 ) -> tuple[UploadMetadata, list[np.ndarray]]:
+                 plan: Plan | None = None) -> tuple[UploadMetadata, list[np.ndarray]]:
     """The metadata and update arrays of ``body`` for task ``task_id``, or a named error.
 
     A training report carries ``1 <= num_examples <= limits.max_examples`` and arrays
     that match ``specs`` (count, shapes, dtypes), are all finite and whose global norm is
     at most ``limits.max_update_norm``; an evaluation report carries no arrays and no
-    more than ``limits.max_examples`` examples.
+    more than ``limits.max_examples`` examples. The arrays are encoded as the task's
+    ``plan`` asks (:func:`fedkb.plan_codec.decode_delta`; None: float32 codec
+    arrays); any other encoding is refused (``wrong_encoding``), a broken one too
+    (``malformed_encoding``).
     """
     try:
         meta, payload = split_upload(body)
@@ -117,9 +131,14 @@ def parse_upload(body: bytes, task_id: str, round_id: int, kind: str,
     if not len(payload):
         raise Unprocessable("a training report needs the update arrays", "missing_update")
     try:
-        arrays = decode_arrays(payload)
+        arrays = decode_delta(payload, plan or _FLOAT32_PLAN, [s.shape for s in specs])
     except CodecError as exc:
         raise BadRequest(f"update bytes: {exc}", "malformed_upload") from exc
+    except EncodingError as exc:
+        code = ENCODING_ERROR_CODES[exc.reason]
+        if code in ("wrong_encoding", "bad_shape", "non_finite"):
+            raise Unprocessable(f"encoded update: {exc}", code) from exc
+        raise BadRequest(f"encoded update: {exc}", code) from exc
     try:
         arrays = check_weights(specs, arrays)
     except WeightsError as exc:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from fedkb.errors import UserError
 from fedkb.metrics import EngineReport
-from fedkb.server.config import ClientConfig, StrategyConfig
+from fedkb.server.config import (
+    DOWNLINKS,
+    UPLINKS,
+    ClientConfig,
+    CompressionConfig,
+    StrategyConfig,
+)
 from fedkb.simulation.dp_flags import add_dp_arguments, privacy_config, refuse_dp
 from fedkb.simulation.fleet_config import FLEET_ROUND, FleetRunConfig, default_of
 
@@ -61,7 +67,7 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
         client=ClientConfig(lr=_client_lr(args), epochs=max(1, int(args.epochs)),
                             max_steps=args.max_steps if args.max_steps is not None else NO_CAP),
         strategy=_strategy(args), faults=_faults(args),
-        privacy=privacy_config(args))
+        privacy=privacy_config(args), compression=compression_config(args))
 
 
 def _faults(args: argparse.Namespace):
@@ -74,6 +80,25 @@ def _faults(args: argparse.Namespace):
         return parse_faults(args.faults)
     except FaultError as exc:
         raise UserError(f"--faults: {exc}") from None
+
+
+def compression_config(args: argparse.Namespace) -> CompressionConfig:
+    """The server's ``[compression]`` table from ``--uplink``, ``--rotate``, ``--downlink``."""
+    return CompressionConfig(uplink=args.uplink, rotate=args.rotate, downlink=args.downlink)
+
+
+def add_compression_flags(p: argparse.ArgumentParser, default_uplink: str) -> None:
+    """``--uplink``, ``--rotate`` and ``--downlink`` (`fedkb simulate` and `fedkb demo`)."""
+    p.add_argument("--uplink", choices=UPLINKS, default=default_uplink,
+                   help="fleet: how phones encode their update (b-bit stochastic "
+                        "quantization, per-chunk grids; small tensors stay float32)")
+    p.add_argument("--rotate", action="store_true",
+                   help="fleet: randomized Hadamard rotation before quantizing (a seed "
+                        "per task)")
+    p.add_argument("--downlink", choices=DOWNLINKS,
+                   default=default_of(CompressionConfig, "downlink"),
+                   help="fleet: dtype of the global weights training phones download "
+                        "(they train in float32; the server's model stays float32)")
 
 
 def tff_config(args: argparse.Namespace):
@@ -178,6 +203,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faults", default=None, metavar="KIND=RATE,...",
                    help="fleet: phones misbehave on purpose, per task (e.g. boost=0.05; "
                         "see `fedkb fleet --help`)")
+    add_compression_flags(p, default_of(CompressionConfig, "uplink"))
     p.add_argument("--json", action="store_true")
     add_dp_arguments(p)
     p.set_defaults(func=_simulate)

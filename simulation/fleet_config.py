@@ -27,6 +27,7 @@ from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.faults import FaultSpec
 from fedkb.server.config import (
     ClientConfig,
+    CompressionConfig,
     ConfigError,
     PrivacyConfig,
     RoundConfig,
@@ -68,6 +69,8 @@ class FleetRunConfig:
             None: every phone is honest.
         privacy: the server's ``[privacy]`` table (off unless ``mechanism``); its
             ``population`` defaults to the fleet's training phones.
+        compression: the server's ``[compression]`` table (uplink encoding, rotation,
+            downlink dtype), which every training task's plan then asks for.
     """
 
     data: Path
@@ -85,6 +88,7 @@ class FleetRunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     faults: FaultSpec | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
@@ -161,14 +165,16 @@ def registrations_per_minute(cfg: FleetRunConfig) -> int:
 def server_config(cfg: FleetRunConfig, train_phones: int,
                   heldout_phones: int | None = None) -> dict[str, Any]:
     """The server's config file for this run: the registration limits the fleet needs
-    (:func:`registrations_per_minute`) and its ``round``, ``client`` and ``strategy``
-    tables, each the :func:`dataclasses.asdict` of the server's own config object."""
+    (:func:`registrations_per_minute`) and its ``round``, ``client``, ``strategy`` and
+    ``compression`` tables, each the :func:`dataclasses.asdict` of the server's own
+    config object."""
     limit = registrations_per_minute(cfg)
     doc = {"registrations_per_minute_per_address": limit,
            "registrations_per_minute": limit,
            "round": dataclasses.asdict(server_round(cfg, train_phones, heldout_phones)),
            "client": dataclasses.asdict(cfg.client),
-           "strategy": dataclasses.asdict(cfg.strategy)}
+           "strategy": dataclasses.asdict(cfg.strategy),
+           "compression": dataclasses.asdict(cfg.compression)}
     if cfg.privacy.enabled:  # the cohorts are drawn from the fleet's training phones
         privacy = cfg.privacy if cfg.privacy.population is not None else \
             cfg.privacy.replace(population=train_phones)
@@ -211,4 +217,6 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "artifact": None if cfg.artifact is None else str(cfg.artifact),
             "rejoin_after_rounds": cfg.rejoin_after_rounds,
             "faults": cfg.faults.text() if cfg.faults is not None else None,
-            "dp": cfg.privacy.mechanism}
+            "dp": cfg.privacy.mechanism,
+            "uplink": cfg.compression.uplink, "rotate": cfg.compression.rotate,
+            "downlink": cfg.compression.downlink}

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedkb.datasets.store import Dataset
 from fedkb.metrics import EngineReport, RecallCounts
+from fedkb.simulation.communication import communication
 from fedkb.simulation.fleet_config import (
     FleetRunConfig,
     report_config,
@@ -109,7 +110,12 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
                "aborted": sum(r["aborted"].values()),
                "train_loss": r["metrics"].get("loss"),
                "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
-                                   ("selection_s", "reporting_s", "commit_s")), 3)}
+                                   ("selection_s", "reporting_s", "commit_s")), 3),
+               "upload_bytes": sum(r.get("upload_bytes") or []),
+               "download_bytes": r.get("download_bytes") or 0,
+               # the reporting phones' simulated upload and encode seconds (their mean)
+               "upload_s": r["metrics"].get("timing_upload_s"),
+               "encode_s": r["metrics"].get("timing_encode_s")}
         if r.get("privacy"):  # the run's epsilon after this round, and its clip
             row["epsilon"] = r["privacy"].get("epsilon")
             row["clip"] = r["privacy"].get("clip")
@@ -166,14 +172,17 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         msg = stall_diagnosis(run.rounds)
         raise TrainingStalled(msg, {"engine": "fleet", "data": str(cfg.data), "error": msg,
                                     "heldout": None, "config": config,
-                                    "rounds": round_rows(run.rounds, run.accepted)})
+                                    "rounds": round_rows(run.rounds, run.accepted),
+                                    "communication": communication(run.rounds,
+                                                                   cfg.compression)})
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
     report = EngineReport(
         engine="fleet", data=str(cfg.data),
         heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
         wall_s=round(time.perf_counter() - t0, 3),
         config=config, rounds=round_rows(run.rounds, run.accepted),
-        privacy=privacy_report(run.status))
+        privacy=privacy_report(run.status),
+        communication=communication(run.rounds, cfg.compression))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

@@ -28,6 +28,11 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
         assert 0.0 <= report[engine]["heldout"]["top1_recall"] <= 1.0
     assert (work / "report" / "learning_curves.png").stat().st_size > 10_000
     assert "top-1 recall" in proc.stdout
+    from fedkb.simulation.demo import DEMO_COMPRESSION
+
+    comm = report["federated"]["communication"]  # measured on the wire, the demo's default
+    assert comm["encoding"] == DEMO_COMPRESSION.label and comm["uplink_bytes_per_update"] > 0
+    assert "bytes on the wire" in proc.stdout
 
 
 def test_demo_with_dp_shows_epsilon_in_its_table_and_report(tmp_path):

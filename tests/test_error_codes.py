@@ -16,7 +16,7 @@ from pathlib import Path
 from fedkb.server import errors
 from fedkb.server.predictor import ModelUnavailable
 from fedkb.server.storage import StorageFull
-from fedkb.server.uploads import UPDATE_ERROR_CODES
+from fedkb.server.uploads import ENCODING_ERROR_CODES, UPDATE_ERROR_CODES
 
 SERVER = Path(__file__).resolve().parents[1] / "server"
 CLASSES = {c.__name__: c.code for c in (
@@ -41,7 +41,8 @@ def raised_codes() -> set[str]:
                 codes.add(arg.value)
             # a code held in a variable comes from a mapping counted below
     http = {*errors.HTTP_ERROR_CODES.values(), "http_error"}  # the fallback of the handler
-    return codes | set(UPDATE_ERROR_CODES.values()) | http
+    mapped = {*UPDATE_ERROR_CODES.values(), *ENCODING_ERROR_CODES.values()}
+    return codes | mapped | http
 
 
 def table_codes() -> set[str]:

@@ -80,7 +80,8 @@ def test_the_server_config_file_is_what_load_config_reads_back(tiny_data, tmp_pa
         "registrations_per_minute_per_address": back.registrations_per_minute_per_address,
         "registrations_per_minute": back.registrations_per_minute,
         "round": dataclasses.asdict(back.round), "client": dataclasses.asdict(back.client),
-        "strategy": dataclasses.asdict(back.strategy)}
+        "strategy": dataclasses.asdict(back.strategy),
+        "compression": dataclasses.asdict(back.compression)}
 
 
 def test_a_fleet_run_needs_its_number_of_rounds(tiny_data):
@@ -205,7 +206,8 @@ def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
         "server_lr", "strategy", "devices", "workers", "speedup", "start_hour",
         "selection_window_s", "reporting_deadline_s", "pipeline", "claim_poll_s",
         "claim_hold_s", "overselect", "pace_margin", "clip_norm", "lr_decay", "eval_every",
-        "eval_goal", "seed", "artifact", "rejoin_after_rounds", "faults", "dp"]
+        "eval_goal", "seed", "artifact", "rejoin_after_rounds", "faults", "dp", "uplink",
+        "rotate", "downlink"]
     assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
         (20, 20, True, "fedavg")
     json.dumps(doc)  # plain JSON

@@ -193,6 +193,8 @@ def test_dashboard_draws_charts_and_refreshes_live(browser, live):
         assert points("failures") == 3 * n
         assert points("recall") == 2 * fleet.rounds  # top-1 and top-3 per evaluated version
         assert points("loss") == fleet.rounds  # committed rounds carry the mean loss
+        assert points("bytes") == 2 * n  # bytes up and down per closed training round
+        assert page.text_content("#s-encoding") == "uplink float32, downlink float32"
         assert page.locator("[data-chart=recall] polyline").count() == 2
         assert page.text_content("#s-version") == str(fleet.rounds)
         assert page.locator("#rounds tbody tr").count() >= n

@@ -55,7 +55,9 @@ def test_completed_task_timeline_adds_bandwidth_and_tier_time(model, windows):
     assert t["download_bytes"] == 240_000 and t["download_s"] == pytest.approx(0.24)
     assert t["upload_s"] == pytest.approx(t["upload_bytes"] / 2.5e5)
     assert t["compute_s"] > 0
-    assert out.due == pytest.approx(1000.0 + t["download_s"] + t["compute_s"] + t["upload_s"])
+    assert t["encode_s"] >= 0
+    assert out.due == pytest.approx(1000.0 + t["download_s"] + t["compute_s"] + t["encode_s"]
+                                    + t["upload_s"])
     meta, delta = wire.decode_upload(out.body)
     assert meta.task_id == "t1" and meta.num_examples == len(windows)
     assert len(delta) == len(model.weights) and any(np.abs(d).max() > 0 for d in delta)
@@ -118,3 +120,33 @@ def test_a_dp_plan_makes_the_phone_clip_and_report_its_bit(model, windows):
         meta, sent = wire.decode_upload(out.body)
         assert meta.unclipped is bit
         assert global_norm(sent) == pytest.approx(min(norm, clip), rel=1e-5)
+
+
+def test_the_artifact_is_downloaded_once_and_weights_once_per_version(model, windows):
+    phone = Phone(_profile(ALWAYS))
+    first = run_task(phone, _task(version=3), 1000.0, model, windows)
+    same = run_task(phone, _task(version=3), 2000.0, model, windows)
+    newer = run_task(phone, _task(version=4), 3000.0, model, windows)
+    assert [o.timings["download_bytes"] for o in (first, same, newer)] == [
+        240_000, 0, 40_000]  # artifact + weights, nothing, the new weights only
+
+
+def test_the_upload_is_encoded_as_the_plan_asks(model, windows):
+    import dataclasses
+
+    from fedkb.codec import decode_arrays
+    from fedkb.plan_codec import decode_delta
+
+    task = _task()
+    task = dataclasses.replace(task, plan=dataclasses.replace(task.plan, uplink="q8"))
+    out = run_task(Phone(_profile(ALWAYS)), task, 1000.0, model, windows)
+    meta, payload = wire.split_upload(out.body)
+    assert bytes(payload[:4]) == b"FKBQ" and "encode_s" in meta.timings
+    assert out.timings["upload_bytes"] == len(payload) + 1024
+    shapes = [s.shape for s in model.trainer.artifact.specs]
+    plain = run_task(Phone(_profile(ALWAYS)), _task(), 1000.0, model, windows)
+    _, raw = wire.split_upload(plain.body)
+    # the tiny model's tensors are all under the threshold: float32 inside the FKBQ body
+    for a, b in zip(decode_delta(payload, task.plan, shapes), decode_arrays(raw),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)  # the same seed: the same training

@@ -9,6 +9,10 @@ extensions plug in"), as pure NumPy function pairs a phone (encode) and the serv
   aggregation, with the headroom that keeps the sum exact;
 - :mod:`~fedkb.compression.encoding`: the versioned, self-describing encoded update.
 
+:mod:`fedkb.plan_codec` (outside this package, which imports nothing else of fedkb)
+applies a task plan's encoding: the phone's ``encode_delta``, the server's
+``decode_delta``, and the float16 downlink.
+
 NumPy and the standard library only, so a phone can import it.
 """
 

@@ -26,6 +26,9 @@
       .map(([k, v]) => `${v} ${k}`).join(", ");
     $("s-privacy").textContent = privacyText(s.privacy);
     $("s-updated").textContent = new Date().toLocaleTimeString();
+    const comm = s.communication || {};
+    $("s-encoding").textContent = `uplink ${comm.encoding || "float32"}, ` +
+      `downlink ${comm.downlink || "float32"}`;
   }
 
   function privacyText(p) {
@@ -93,6 +96,15 @@
     FedkbCharts.lineChart(svg("epsilon"), {
       xLabel: "round", yMin: 0, yFormat: (v) => v.toFixed(1),
       empty: "no differential privacy on this server", series,
+    });
+    const mb = (b) => b / 1e6;
+    FedkbCharts.lineChart(svg("bytes"), {
+      xLabel: "round", yMin: 0, yFormat: (v) => v.toFixed(1),
+      series: [
+        { name: "up", color: "#1f6feb",
+          points: pts((r) => mb((r.upload_bytes || []).reduce((a, b) => a + b, 0))) },
+        { name: "down", color: "#1a7f37", points: pts((r) => mb(r.download_bytes || 0)) },
+      ],
     });
   }
 
