@@ -82,7 +82,8 @@ def test_a_float32_plan_reads_as_before_and_a_compressed_one_round_trips():
     plain = Plan("train", 0.5, 16, 1, 50, seed=3)
     assert plain.to_json() == {"kind": "train", "lr": 0.5, "batch_size": 16, "epochs": 1,
                                "max_steps": 50, "seed": 3}
-    comp = Plan("train", 0.5, 16, 1, 50, 3, "q4", True, 2**63 - 5, "float16")
+    comp = Plan("train", 0.5, 16, 1, 50, 3, uplink="q4", rotate=True, rotation_seed=2**63 - 5,
+                downlink="float16")
     assert Plan.from_json(json.loads(json.dumps(comp.to_json()))) == comp
     for bad in ({"uplink": "q3"}, {"downlink": "int8"}, {"rotate": 1},
                 {"rotation_seed": -1}, {"rotation_seed": 2**64}):

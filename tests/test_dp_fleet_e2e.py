@@ -16,18 +16,20 @@ from fedkb.simulation.fleet_config import FleetRunConfig, train_phones
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _simulate(tiny_data, *extra: str) -> dict:
+def _simulate(tiny_data, tiny_artifact, *extra: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
          str(tiny_data), "--preset", "tiny", "--clients-per-round", "5", "--devices", "50",
          "--selection-window", "5", "--reporting-deadline", "60", "--max-steps", "5",
+         "--artifact", str(tiny_artifact),  # never an export into the shared tiny_data
          "--json", "--dp", "fedavg", *extra], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
 def test_dp_fleet_run_reports_epsilon_and_adapts_the_clip(tiny_data, tiny_artifact):
-    rep = _simulate(tiny_data, "--rounds", "3", "--dp-noise", "0.3", "--dp-clip", "0.05",
+    rep = _simulate(tiny_data, tiny_artifact, "--rounds", "3", "--dp-noise", "0.3",
+                    "--dp-clip", "0.05",
                     "--dp-adaptive")
     p = rep["privacy"]
     n = train_phones(Dataset.open(tiny_data), FleetRunConfig(data=tiny_data, devices=50))
@@ -47,7 +49,8 @@ def test_dp_target_epsilon_ends_the_fleet_run_before_the_round_over_it(tiny_data
     n = train_phones(Dataset.open(tiny_data), FleetRunConfig(data=tiny_data, devices=50))
     one = RoundEvent("fixed", 1.0, 1.0, population=n, clients_per_round=5)
     e1, e2 = (epsilon([one] * k, default_delta(n)).epsilon for k in (1, 2))
-    rep = _simulate(tiny_data, "--rounds", "5", "--dp-noise", "1.0", "--dp-clip", "0.5",
+    rep = _simulate(tiny_data, tiny_artifact, "--rounds", "5", "--dp-noise", "1.0",
+                    "--dp-clip", "0.5",
                     "--dp-target-epsilon", str((e1 + e2) / 2))
     p = rep["privacy"]
     assert p["rounds"] == len(rep["rounds"]) == 1
