@@ -78,7 +78,9 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     ``stall_rounds``: stop (``stalled``) once that many training rounds in a row were
     abandoned: a diverged model whose phones can no longer finish, or no phone eligible,
     would otherwise keep the run going forever. With it, a committed training round whose
-    loss says the model diverged (:func:`diverged`) stops the run at once.
+    loss says the model diverged (:func:`diverged`) stops the run at once, and so do
+    :data:`DIVERGED_ROUNDS` abandoned rounds in a row whose blown-up updates the server
+    refused (:func:`devices_diverging`).
     ``claim_hold_s``: see :class:`~fedkb.device_runtime.fleet.FleetConfig` (the server
     needs spare WSGI threads: ``ServerProcess(threads=...)``). ``faults``: phones that
     misbehave on purpose (:mod:`fedkb.device_runtime.faults`).
@@ -100,6 +102,13 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
         elif stall_rounds is not None and abandoned - progress["abandoned"] >= stall_rounds:
             progress["stalled"] = True
             return True
+        elif (stall_rounds is not None and abandoned != progress.get("checked")
+              and abandoned - progress["abandoned"] >= min(stall_rounds, DIVERGED_ROUNDS)):
+            progress["checked"] = abandoned  # one look per newly abandoned round
+            if devices_diverging(get_json(url, f"/v1/rounds?limit={DIVERGED_ROUNDS + 2}")
+                                 ["rounds"]):
+                progress["stalled"] = True
+                return True
         if committed < rounds and status.get("training") != "finished":
             return False  # ("finished" early: the privacy budget stopped training)
         if not final_eval:
@@ -137,6 +146,19 @@ class TrainingStalled(UserError):
 # the server's refusals of updates that a diverging device training produces
 DIVERGED_REFUSALS = ("update_too_large", "non_finite")
 DIVERGED_LOSS = 100.0  # a training loss above this (nats per token; ln V ~ 9.2) is a blow-up
+DIVERGED_ROUNDS = 5  # this many abandoned in a row, each with blown-up updates refused
+
+
+def devices_diverging(rounds: list[dict[str, Any]]) -> bool:
+    """Whether the newest :data:`DIVERGED_ROUNDS` training rounds were all abandoned with
+    updates refused as blown up (:data:`DIVERGED_REFUSALS`): the devices' training
+    diverges, and waiting for ``stall_rounds`` abandoned rounds would only lose time."""
+    train = sorted((r for r in rounds if r["kind"] == "train"
+                    and r["state"] in ("abandoned", "committed")),
+                   key=lambda r: r["id"])[-DIVERGED_ROUNDS:]
+    return len(train) == DIVERGED_ROUNDS and all(
+        r["state"] == "abandoned"
+        and any((r.get("rejected") or {}).get(k) for k in DIVERGED_REFUSALS) for r in train)
 
 
 def typical_loss(metrics: dict[str, Any]) -> float | None:

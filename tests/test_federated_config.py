@@ -237,3 +237,18 @@ def test_one_blown_up_device_is_not_a_diverged_model():
     assert diverged(typical_loss(bad.result()))
     # rounds recorded before medians were kept: the mean decides, as it did
     assert typical_loss({"loss": 4e21}) == 4e21 and typical_loss({}) is None
+
+
+def test_rounds_abandoned_with_blown_up_updates_say_the_devices_diverge():
+    from fedkb.simulation.fleet_run import DIVERGED_ROUNDS, devices_diverging
+
+    def rnd(i, state, rejected=None, kind="train"):
+        return {"id": i, "kind": kind, "state": state, "rejected": rejected or {}}
+
+    blown = [rnd(i, "abandoned", {"update_too_large": 2}) for i in range(2, 2 + DIVERGED_ROUNDS)]
+    assert devices_diverging([rnd(1, "committed"), *blown, rnd(99, "training")])
+    assert devices_diverging([*blown, rnd(50, "committed", kind="evaluate")])
+    # one round among them abandoned for want of phones, or a commit: not (yet) diverging
+    assert not devices_diverging([*blown[:-1], rnd(9, "abandoned")])
+    assert not devices_diverging([*blown[1:], rnd(9, "committed")])
+    assert not devices_diverging(blown[:-1])  # too few to tell
