@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the real command line: big tensors in huge pages (fedkb.hugepages)
+        from fedkb.hugepages import reexec_if_needed
+
+        reexec_if_needed([sys.executable, "-m", "fedkb", *sys.argv[1:]])
     # TensorFlow (imported lazily by some commands) logs C++ warnings we cannot act on.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
