@@ -12,7 +12,8 @@ The artifact files are the same for every version (only the weights change), but
 URLs carry the version so that a phone caches everything of one version together.
 Every answer carries an ETag (the SHA-256 of its bytes): a phone that sends it back in
 ``If-None-Match`` gets a bodyless 304. Bytes sent with a 200 are counted in
-``fedkb_downlink_bytes{what=weights|weights_float16|manifest|file}``.
+``fedkb_downlink_bytes{what=weights|weights_float16|manifest|file}``, and each 304 in
+``fedkb_downlink_not_modified{what}``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _immutable(data: bytes, etag: str, mimetype: str, what: str) -> Response:
 
 
 def _counted(resp: Response, what: str) -> Response:
+    metrics = server_state().metrics
     if resp.status_code == 200:
-        server_state().metrics.downlink_bytes.labels(what).inc(resp.calculate_content_length()
-                                                               or 0)
+        metrics.downlink_bytes.labels(what).inc(resp.calculate_content_length() or 0)
+    elif resp.status_code == 304:
+        metrics.downlink_not_modified.labels(what).inc()
     return resp
 
 

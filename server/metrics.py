@@ -56,6 +56,9 @@ class ServerMetrics:
                                     ["kind"], registry=r)
         self.downlink_bytes = Counter("fedkb_downlink_bytes", "Bytes of models served",
                                       ["what"], registry=r)
+        self.downlink_not_modified = Counter(
+            "fedkb_downlink_not_modified", "Model downloads answered 304 Not Modified (the "
+            "phone's cached copy was current: no body sent)", ["what"], registry=r)
         self.round_bytes = Gauge("fedkb_round_bytes", "Bytes of the last committed "
                                  "training round (up: uploads; down: the phones' downloads)",
                                  ["direction"], registry=r)

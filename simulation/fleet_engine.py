@@ -174,7 +174,8 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
                                     "heldout": None, "config": config,
                                     "rounds": round_rows(run.rounds, run.accepted),
                                     "communication": communication(run.rounds,
-                                                                   cfg.compression)})
+                                                                   cfg.compression,
+                                                                   run.served)})
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
     report = EngineReport(
         engine="fleet", data=str(cfg.data),
@@ -182,7 +183,7 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         wall_s=round(time.perf_counter() - t0, 3),
         config=config, rounds=round_rows(run.rounds, run.accepted),
         privacy=privacy_report(run.status),
-        communication=communication(run.rounds, cfg.compression))
+        communication=communication(run.rounds, cfg.compression, run.served))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

@@ -23,6 +23,7 @@ import requests
 from fedkb.codec import decode_arrays
 from fedkb.device_runtime.faults import FaultSpec
 from fedkb.errors import UserError
+from fedkb.simulation.communication import served_downlink
 
 
 def get_json(url: str, path: str) -> Any:
@@ -62,6 +63,8 @@ class FederatedRun:
     # the fleet's log of accepted training reports: [round_id, user, batch_seed] each
     accepted: list[list] = field(repr=False, default_factory=list)
     stalled: bool = False  # stopped: rounds kept being abandoned, or the model diverged
+    # the server's own downlink counters (simulation.communication.served_downlink)
+    served: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
@@ -129,9 +132,11 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     status = get_json(url, "/v1/status")
     rows = get_json(url, "/v1/rounds?limit=1000")["rounds"]
     evals = get_json(url, "/v1/evaluations")["evaluations"]
+    # read before fetching the final weights below, which the server would count too
+    served = served_downlink(requests.get(f"{url}/metrics", timeout=30).text)
     final = get_weights(url, status["model_version"])
     return FederatedRun(url, summary, status, sorted(rows, key=lambda r: r["id"]), evals,
-                        final, wall, fleet.accepted, bool(progress["stalled"]))
+                        final, wall, fleet.accepted, bool(progress["stalled"]), served)
 
 
 class TrainingStalled(UserError):

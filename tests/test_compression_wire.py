@@ -195,6 +195,12 @@ def test_float16_downlink_serves_half_the_bytes_with_an_etag(tmp_path):
     text = h.client.get("/metrics").get_data(as_text=True)
     assert f'fedkb_downlink_bytes_total{{what="weights_float16"}} {float(rec16["bytes"])}' \
         in text  # the 304 sent nothing
+    assert 'fedkb_downlink_not_modified_total{what="weights_float16"} 1.0' in text
+    from fedkb.simulation.communication import served_downlink
+
+    served = served_downlink(text)
+    assert served["sent"]["weights_float16"] == rec16["bytes"]
+    assert served["not_modified"] == {"weights_float16": 1}
 
 
 def test_the_compression_table_is_checked_like_the_others(tmp_path):

@@ -33,6 +33,9 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     comm = report["federated"]["communication"]  # measured on the wire, the demo's default
     assert comm["encoding"] == DEMO_COMPRESSION.label and comm["uplink_bytes_per_update"] > 0
     assert "bytes on the wire" in proc.stdout
+    # what the server counted sending: weights every task, the artifact's files once a phone
+    assert comm["server_sent_bytes_by_what"]["weights"] > 0
+    assert comm["server_sent_bytes"] == sum(comm["server_sent_bytes_by_what"].values())
 
 
 def test_demo_with_dp_shows_epsilon_in_its_table_and_report(tmp_path):
