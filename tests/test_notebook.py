@@ -25,4 +25,5 @@ def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.get("outputs", []))
     assert "rounds in" in outputs and "after:" in outputs
+    assert "DP-FTRL, z = 1" in outputs and "the server's ε after 2 DP rounds" in outputs
     assert os.environ["FEDKB_WALKTHROUGH_FAST"] == "1"
