@@ -22,6 +22,10 @@ stack and TFF drift on the same clients, which is that same chaos, not a bias
 (`bench/bench_chaos.py` measures it). The fleet's model export is made before timing
 starts (the default cache DATA/models/PRESET), as a deployed system reuses its artifact;
 its time is printed apart. ``--out`` keeps every JSON report.
+
+Each run is also set against its compute floor (``bench/compute_floor.py``): its SGD
+steps x the machine's 1-thread step time / cores, measured at start; wall/floor and, for
+a shared machine, the process tree's CPU seconds / the steps' CPU seconds.
 """
 
 from __future__ import annotations
@@ -38,10 +42,15 @@ from pathlib import Path
 
 
 def run(cmd: list[str], keep: Path) -> tuple[dict | None, float]:
-    """The command's JSON report and wall time; None (and its error) when it failed."""
-    t0 = time.perf_counter()
+    """The command's JSON report and wall time; None (and its error) when it failed.
+    The CPU seconds of its process tree go into ``LAST_CPU_S`` (bench/compute_floor.py)."""
+    from compute_floor import children_cpu_s
+
+    t0, c0 = time.perf_counter(), children_cpu_s()
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
+    LAST_CPU_S[0] = children_cpu_s() - c0
+    keep.with_suffix(".cpu").write_text(f"{LAST_CPU_S[0]:.3f}\n", encoding="utf-8")
     if out.returncode != 0:  # e.g. a fleet run whose model diverged: a result, not a crash
         error = (out.stderr.strip().splitlines() or ["?"])[-1]
         keep.with_suffix(".err").write_text(out.stderr, encoding="utf-8")
@@ -53,6 +62,9 @@ def run(cmd: list[str], keep: Path) -> tuple[dict | None, float]:
     keep.write_text(out.stdout, encoding="utf-8")
     keep.with_suffix(".wall").write_text(f"{wall:.3f}\n", encoding="utf-8")
     return json.loads(out.stdout), wall
+
+
+LAST_CPU_S = [0.0]
 
 
 def figures(rep: dict | None) -> str:
@@ -115,8 +127,15 @@ def main() -> int:
     from fedkb.simulation.fleet_engine import default_artifact_dir, ensure_artifact
 
     t0 = time.perf_counter()
-    ensure_artifact(args.data, args.preset, default_artifact_dir(args.data, args.preset))
+    artifact = default_artifact_dir(args.data, args.preset)
+    ensure_artifact(args.data, args.preset, artifact)
     print(f"export (or reuse) of '{args.preset}': {time.perf_counter() - t0:.1f}s", flush=True)
+    from compute_floor import floor_line, measure_step_times
+
+    times = measure_step_times(artifact, args.data)
+    batch = json.loads((artifact / "metadata.json").read_text())["batch_size"]
+    print(f"compute floor from: {times.describe()}", flush=True)
+    floors: dict[str, list[dict]] = {"tff": [], "fleet": []}
 
     common = [sys.executable, "-m", "fedkb", "simulate", "--data", str(args.data),
               "--preset", args.preset, "--rounds", str(args.rounds),
@@ -133,6 +152,8 @@ def main() -> int:
         if not args.skip_tff:
             rep, wall = run([*common, *s, "--engine", "tff"], out / f"tff-{seed}.json")
             if rep is not None:
+                floors["tff"].append(floor_line("tff", rep, wall, LAST_CPU_S[0], times,
+                                                args.data, batch))
                 walls["tff"].append(wall)
                 top1["tff"].append(rep["heldout"]["top1_recall"])
                 loss["tff"].append(rep["heldout"]["loss"])
@@ -144,6 +165,8 @@ def main() -> int:
         print(table[-1], flush=True)
         if rep is None:
             continue
+        floors["fleet"].append(floor_line("fleet", rep, wall, LAST_CPU_S[0], times, args.data,
+                                          batch))
         walls["fleet"].append(wall)
         top1["fleet"].append(rep["heldout"]["top1_recall"])
         loss["fleet"].append(rep["heldout"]["loss"])
@@ -162,6 +185,16 @@ def main() -> int:
 
     print("\n" + "\n".join(table) + "\n")
     summarize(top1, loss, walls, gaps)
+    for name, rows in floors.items():
+        if rows:
+            print(f"{name} over its compute floor (median of {len(rows)}): wall "
+                  f"{median([r['wall_over_floor'] for r in rows]):.2f}x, CPU "
+                  f"{median([r['cpu_over_floor'] for r in rows]):.2f}x; with the held-out "
+                  f"evaluation's floor: wall "
+                  f"{median([r['wall_over_floor_and_eval'] for r in rows]):.2f}x, CPU "
+                  f"{median([r['cpu_over_floor_and_eval'] for r in rows]):.2f}x")
+    (out / "floors.json").write_text(json.dumps({"step_times": times.__dict__, **floors}),
+                                     encoding="utf-8")
     print(f"reports: {out}")
     return 0
 

@@ -108,7 +108,7 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
     if plan.kind == "train":
         session = trainer.start_training(model.weights, windows, epochs=plan.epochs,
                                          max_steps=plan.max_steps or None, lr=plan.lr,
-                                         seed=plan.seed)
+                                         seed=plan.seed, grad_clip=plan.grad_clip)
         compute = 0.0
         wall = time.perf_counter()
         for _ in session:

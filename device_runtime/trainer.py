@@ -50,6 +50,7 @@ class StepInfo:
     epoch: int
     loss: float
     rows: int
+    grad_norm: float = float("nan")  # the step's gradient norm before clipping (nan: unknown)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class TrainResult:
     ``delta`` is new weights minus the weights training started from (metadata order).
     ``num_examples`` counts distinct windows used at least once; ``examples_processed``
     counts every row of every step (epochs included). ``mean_loss`` is the
-    token-weighted mean of the step losses (0.0 when no step ran).
+    token-weighted mean of the step losses (0.0 when no step ran). ``clipped_steps``
+    counts the steps whose gradient norm was over the session's ``grad_clip``.
     """
 
     delta: list[np.ndarray]
@@ -68,6 +70,8 @@ class TrainResult:
     mean_loss: float
     steps: int
     completed: bool  # False when stopped before the planned epochs/steps
+    clipped_steps: int = 0
+    max_grad_norm: float = 0.0  # the largest step gradient norm before clipping
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ class Trainer:
         self._runners = {name: self.interpreter.get_signature_runner(name)
                          for name in self.interpreter.get_signature_list()}
         self._has_weights = False
+        # graph revision 3 on: train(..., grad_clip) -> {loss, grad_norm}
+        self.can_clip = "grad_clip" in self._runners["train"].get_input_details()
+        self.last_grad_norm = float("nan")
 
     # -- weights ----------------------------------------------------------------------
 
@@ -158,16 +165,30 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------
 
-    def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float) -> float:
-        """One SGD step on one fixed-size batch; returns the loss before the step."""
+    def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float,
+             grad_clip: float | None = None) -> float:
+        """One SGD step on one fixed-size batch, its gradient clipped to global L2 norm
+        ``grad_clip`` (None or 0: not clipped); returns the loss before the step and
+        keeps the gradient's norm before clipping in ``last_grad_norm``."""
         self._require_weights()
-        out = self._runners["train"](x=x, y=y, mask=mask, lr=np.float32(lr))
+        clip = _clip_input(grad_clip)
+        if not self.can_clip:
+            if clip > 0:
+                raise ValueError("this artifact's train signature has no grad_clip input "
+                                 "(graph revision < 3): export it again to clip on the device")
+            out = self._runners["train"](x=x, y=y, mask=mask, lr=np.float32(lr))
+            self.last_grad_norm = float("nan")
+            return float(out["loss"])
+        out = self._runners["train"](x=x, y=y, mask=mask, lr=np.float32(lr), grad_clip=clip)
+        self.last_grad_norm = float(out["grad_norm"])
         return float(out["loss"])
 
     def start_training(self, weights: list[np.ndarray] | dict[str, np.ndarray],
                        windows: np.ndarray, epochs: int = 1, max_steps: int | None = None,
-                       lr: float | None = None, seed: int = 0) -> TrainSession:
-        """Set ``weights`` and return a session that trains one step per iteration."""
+                       lr: float | None = None, seed: int = 0,
+                       grad_clip: float | None = None) -> TrainSession:
+        """Set ``weights`` and return a session that trains one step per iteration
+        (each step's gradient clipped to global L2 norm ``grad_clip``; None: not)."""
         if epochs < 1:
             raise ValueError("epochs must be at least 1")
         if max_steps is not None and max_steps < 0:
@@ -175,19 +196,21 @@ class Trainer:
         data = self._check_windows(windows)
         self.set_weights(weights)
         start = [np.array(a, copy=True) for a in check_weights(self.specs, weights)]
+        _clip_input(grad_clip)  # refuse a bad bound before any step
         return TrainSession(self, start, data, epochs, max_steps,
-                            self.artifact.learning_rate if lr is None else float(lr), seed)
+                            self.artifact.learning_rate if lr is None else float(lr), seed,
+                            grad_clip)
 
     def train(self, weights: list[np.ndarray] | dict[str, np.ndarray], windows: np.ndarray,
               epochs: int = 1, max_steps: int | None = None, lr: float | None = None,
               seed: int = 0, should_stop: Callable[[StepInfo], bool] | None = None,
-              ) -> TrainResult:
+              grad_clip: float | None = None) -> TrainResult:
         """Train E epochs (at most ``max_steps`` steps) over a shard's (n, T+1) windows.
 
         ``should_stop(step_info)`` is called after each step; returning True ends
         training early (the result then has ``completed=False``).
         """
-        session = self.start_training(weights, windows, epochs, max_steps, lr, seed)
+        session = self.start_training(weights, windows, epochs, max_steps, lr, seed, grad_clip)
         for info in session:
             if should_stop is not None and should_stop(info):
                 break
@@ -235,9 +258,12 @@ class TrainSession:
     """Iterating over a session runs one training step per item (a :class:`StepInfo`)."""
 
     def __init__(self, trainer: Trainer, start: list[np.ndarray], data: np.ndarray,
-                 epochs: int, max_steps: int | None, lr: float, seed: int):
+                 epochs: int, max_steps: int | None, lr: float, seed: int,
+                 grad_clip: float | None = None):
         self.trainer, self.start, self.data = trainer, start, data
-        self.epochs, self.lr = epochs, lr
+        self.epochs, self.lr, self.grad_clip = epochs, lr, grad_clip
+        self.clipped_steps = 0
+        self.max_grad_norm = 0.0
         self._plan = batch_plan(len(data), trainer.B, epochs, max_steps, seed)
         self.planned_steps = len(self._plan)
         self.steps = 0
@@ -249,14 +275,19 @@ class TrainSession:
     def __iter__(self) -> Iterator[StepInfo]:
         for epoch, idx in self._plan[self.steps :]:
             x, y, mask = self.trainer._batch(self.data[idx])
-            loss = self.trainer.step(x, y, mask, self.lr)
+            loss = self.trainer.step(x, y, mask, self.lr, self.grad_clip)
+            norm = self.trainer.last_grad_norm
+            if self.grad_clip and not norm <= self.grad_clip:
+                self.clipped_steps += 1
+            if norm > self.max_grad_norm or not np.isfinite(norm):
+                self.max_grad_norm = norm
             tokens = float(mask.sum())
             self._loss_tokens += loss * tokens
             self._tokens += tokens
             self._processed += len(idx)
             self._seen[idx] = True
             self.steps += 1
-            yield StepInfo(self.steps - 1, epoch, loss, len(idx))
+            yield StepInfo(self.steps - 1, epoch, loss, len(idx), norm)
 
     def result(self) -> TrainResult:
         """The delta of the current weights against the start (partial if stopped early)."""
@@ -267,4 +298,14 @@ class TrainSession:
         delta = [n - s for n, s in zip(new, self.start, strict=True)]
         mean = self._loss_tokens / self._tokens if self._tokens else 0.0
         return TrainResult(delta, int(self._seen.sum()), self._processed, mean, self.steps,
-                           self.steps >= self.planned_steps)
+                           self.steps >= self.planned_steps, self.clipped_steps,
+                           self.max_grad_norm)
+
+
+def _clip_input(grad_clip: float | None) -> np.float32:
+    """The ``grad_clip`` input of the train signature: 0 means no clipping."""
+    if grad_clip is None or grad_clip == 0:
+        return np.float32(0.0)
+    if not (np.isfinite(grad_clip) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be a positive number or None, got {grad_clip}")
+    return np.float32(grad_clip)

@@ -253,10 +253,16 @@ class Plan(_Message):
     rotate: bool = False
     rotation_seed: int | None = None
     downlink: str = "float32"
+    # each local SGD step's gradient clipped to this global L2 norm inside the LiteRT
+    # train signature (so local training cannot blow up); None: not clipped
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
             raise WireError(f"plan.clip must be a positive number, got {self.clip}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip)
+                                               and self.grad_clip > 0):
+            raise WireError(f"plan.grad_clip must be a positive number, got {self.grad_clip}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -279,13 +285,14 @@ class Plan(_Message):
                                   "plan.uplink"),
                    rotate=_get(d, "rotate", bool, "plan", False), rotation_seed=seed,
                    downlink=_choice(_get(d, "downlink", str, "plan", "float32"), DOWNLINKS,
-                                    "plan.downlink"))
+                                    "plan.downlink"),
+                   grad_clip=_get(d, "grad_clip", float, "plan", None))
 
 
 UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.compression.encoding.NAMES
 DOWNLINKS = ("float32", "float16")
 _PLAN_DEFAULTS = {"clip": None, "uplink": "float32", "rotate": False, "rotation_seed": None,
-                  "downlink": "float32"}
+                  "downlink": "float32", "grad_clip": None}
 
 
 @dataclass(frozen=True)

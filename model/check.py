@@ -124,7 +124,8 @@ def check_artifact(path: str | Path, steps: int = 5, timing_steps: int = 20,
 
     module = TrainingModule(model)
     tlr = tf.constant(lr, tf.float32)
-    tf_graph_s = _median_seconds(lambda: module.train(tx, ty, tm, tlr)["loss"].numpy(),
+    no_clip = tf.constant(0.0, tf.float32)
+    tf_graph_s = _median_seconds(lambda: module.train(tx, ty, tm, tlr, no_clip)["loss"].numpy(),
                                  timing_steps)
     prefix = [1, *list(range(4, min(config.vocab_size, 4 + config.seq_len // 2)))]
     lite_infer = _median_seconds(lambda: trainer.infer(prefix), max(timing_steps, 50))

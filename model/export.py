@@ -46,7 +46,9 @@ from fedkb.model.weights import initial_weights, weight_specs
 
 # The training graph's revision: same signatures and math, a different (faster) graph.
 # 2: hoisted input projection, one-matmul recurrent gradient, SCATTER_ND embedding grad.
-GRAPH_REVISION = 2
+# 3: `train` takes `grad_clip` (per-step global-norm gradient clipping) and returns
+#    `grad_norm`.
+GRAPH_REVISION = 3
 
 
 class FlexOpError(UserError):

@@ -88,6 +88,22 @@ def recurrent_kernel_gradient(taps: list[tuple[tf.Tensor, tf.Tensor]],
     return tf.einsum("bti,btj->ij", r, dq)
 
 
+def global_norm(tensors: list[tf.Tensor]) -> tf.Tensor:
+    """The L2 norm of all ``tensors`` together (``tf.linalg.global_norm``, builtin ops)."""
+    return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
+
+
+def clip_scale(norm: tf.Tensor, clip: tf.Tensor) -> tf.Tensor:
+    """The factor that clips a gradient of L2 norm ``norm`` to ``clip``:
+    ``min(1, clip / norm)``, or 1 when ``clip <= 0`` (no clipping).
+
+    The same rule as :func:`fedkb.clipping.clip_update` on a phone's delta and as the TFF
+    reference's client optimizer (:mod:`fedkb.simulation.tff_optimizers`).
+    """
+    scale = tf.minimum(1.0, clip / tf.maximum(norm, 1e-30))
+    return tf.where(clip > 0.0, scale, tf.ones_like(scale))
+
+
 def mask_special(logits: tf.Tensor) -> tf.Tensor:
     """Logits with the special tokens' entries set to -1e9 (never suggested)."""
     V = logits.shape[-1]

@@ -2,9 +2,14 @@
 
 Signatures (fixed shapes; B = batch_size, T = seq_len, K = infer_k):
 
-- ``train(x[B,T] i32, y[B,T] i32, mask[B,T] f32, lr[] f32) -> {loss}``: one plain SGD
-  step (``v -= lr * grad``) on the masked mean cross-entropy; returns the loss before
-  the step.
+- ``train(x[B,T] i32, y[B,T] i32, mask[B,T] f32, lr[] f32, grad_clip[] f32)
+  -> {loss, grad_norm}``: one plain SGD step (``v -= lr * g``) on the masked mean
+  cross-entropy, where ``g`` is the gradient clipped to global L2 norm ``grad_clip``
+  (``g * min(1, grad_clip / ||g||)``, the norm over all weights together; ``grad_clip
+  <= 0``: no clipping). Returns the loss before the step and the unclipped ``||g||``.
+  A clipped step moves the weights by at most ``lr * grad_clip``, so a phone's local
+  training at plain FedAvg's lr 1.0 cannot blow up (bench/README.md, "The fleet at the
+  compute floor").
 - ``evaluate(x, y, mask) -> {loss_sum, count, iv_count, top1_hits, top3_hits}``: sums
   over the batch (see :mod:`fedkb.model.objective`).
 - ``infer(x[1,T] i32, length[1] i32) -> {ids[1,K] i32, probs[1,K] f32}``: suggestions
@@ -26,7 +31,9 @@ import tensorflow as tf
 
 from fedkb.model.keras_model import NextWordModel
 from fedkb.model.objective import (
+    clip_scale,
     evaluation_sums,
+    global_norm,
     recurrent_kernel_gradient,
     top_suggestions,
     training_loss,
@@ -50,7 +57,8 @@ class TrainingModule(tf.Module):
                  tf.TensorSpec((B, T), tf.int32, name="y"),
                  tf.TensorSpec((B, T), tf.float32, name="mask")]
         self.train = tf.function(self._train, input_signature=[
-            *batch, tf.TensorSpec((), tf.float32, name="lr")])
+            *batch, tf.TensorSpec((), tf.float32, name="lr"),
+            tf.TensorSpec((), tf.float32, name="grad_clip")])
         self.evaluate = tf.function(self._evaluate, input_signature=batch)
         self.infer = tf.function(self._infer, input_signature=[
             tf.TensorSpec((cfg.infer_batch, T), tf.int32, name="x"),
@@ -61,7 +69,7 @@ class TrainingModule(tf.Module):
 
     # -- signature bodies -------------------------------------------------------------
 
-    def _train(self, x, y, mask, lr):
+    def _train(self, x, y, mask, lr, grad_clip):
         variables = self.model.weights_in_order
         w_h = self.model.cell.recurrent_kernel
         with tf.GradientTape() as tape:
@@ -71,9 +79,12 @@ class TrainingModule(tf.Module):
         grads, tap_grads = list(grads[: len(variables)]), grads[len(variables):]
         k = next(i for i, v in enumerate(variables) if v is w_h)
         grads[k] = recurrent_kernel_gradient(taps, tap_grads, w_h)
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        norm = global_norm(grads)
+        step = lr * clip_scale(norm, grad_clip)
         for v, g in zip(variables, grads, strict=True):
-            v.assign_sub(lr * tf.convert_to_tensor(g))
-        return {"loss": loss}
+            v.assign_sub(step * g)
+        return {"loss": loss, "grad_norm": norm}
 
     def _evaluate(self, x, y, mask):
         return evaluation_sums(self.model(x), y, mask)

@@ -157,15 +157,24 @@ class ClientConfig:
         lr: the phone's SGD learning rate.
         epochs: passes over the phone's shard.
         max_steps: at most this many SGD steps per task.
+        grad_clip: each local SGD step's gradient is clipped to this global L2 norm on
+            the phone, inside the LiteRT ``train`` signature (None: not clipped). It
+            bounds how far one step can move the weights (``lr * grad_clip``), so a
+            long shard at a large lr cannot blow up. The default 5 binds on ~1% of the
+            `small` model's steps at lr 1.0 (their norms: median 0.8, p99 4.2;
+            bench/README.md, "The fleet at the compute floor").
     """
 
     lr: float = 0.5
     epochs: int = 1
     max_steps: int = 50
+    grad_clip: float | None = 5.0
 
     def __post_init__(self) -> None:
         check_fields(self, "client")
         _positive(self, "lr", "epochs", "max_steps")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError("client.grad_clip must be positive")
 
     def replace(self, **changes: Any) -> ClientConfig:
         return _replace(self, "client", changes)

@@ -128,7 +128,7 @@ class FedAvg(Strategy):
     def configure(self, kind: str, batch_size: int) -> Plan:
         c = self.client
         return Plan(kind=kind, lr=c.lr, batch_size=batch_size,  # type: ignore[arg-type]
-                    epochs=c.epochs, max_steps=c.max_steps)
+                    epochs=c.epochs, max_steps=c.max_steps, grad_clip=c.grad_clip)
 
     def aggregator(self, specs: Sequence[WeightSpec]) -> Aggregator:
         return mean_factory(specs, self.cfg.clip_norm)

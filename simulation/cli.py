@@ -50,6 +50,11 @@ def _client_lr(args: argparse.Namespace) -> float:
     return args.lr if args.lr is not None else preset_config(args.preset).learning_rate
 
 
+def _grad_clip(args: argparse.Namespace) -> float | None:
+    """``--grad-clip``: 0 turns the phones' per-step gradient clipping off."""
+    return args.grad_clip or None
+
+
 def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
     """The fleet run the flags ask for."""
     from fedkb.simulation.fleet_engine import default_artifact_dir
@@ -65,7 +70,8 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
             pace_margin=args.pace_margin, pipeline=not args.no_pipeline),
         # no cap unless asked, like the TFF engine
         client=ClientConfig(lr=_client_lr(args), epochs=max(1, int(args.epochs)),
-                            max_steps=args.max_steps if args.max_steps is not None else NO_CAP),
+                            max_steps=args.max_steps if args.max_steps is not None else NO_CAP,
+                            grad_clip=_grad_clip(args)),
         strategy=_strategy(args), faults=_faults(args),
         privacy=privacy_config(args), compression=compression_config(args))
 
@@ -108,6 +114,7 @@ def tff_config(args: argparse.Namespace):
     return TffRunConfig(data=args.data, preset=args.preset, rounds=args.rounds,
                         clients_per_round=args.clients_per_round, lr=_client_lr(args),
                         epochs=max(1, int(args.epochs)), max_steps=args.max_steps,
+                        grad_clip=_grad_clip(args),
                         strategy=_strategy(args), seed=args.seed, schedule=args.schedule)
 
 
@@ -161,6 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-norm", type=float, default=default_of(sc, "clip_norm"),
                    metavar="C",
                    help="federated: clip each client's delta to L2 norm C before the mean")
+    p.add_argument("--grad-clip", type=float, default=default_of(ClientConfig, "grad_clip"),
+                   metavar="G",
+                   help="federated: clip each local SGD step's gradient to global L2 norm G "
+                        "on the phone (inside the LiteRT train signature; TFF's clients "
+                        "the same); 0: off")
     p.add_argument("--lr-decay", action="store_true",
                    help="federated: cosine decay of the server lr to a tenth over the rounds")
     p.add_argument("--devices", type=int, default=default_of(fleet, "devices"),

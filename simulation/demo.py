@@ -78,6 +78,7 @@ def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fedkb.model.central import OPTIMIZERS, CentralConfig
+    from fedkb.simulation.budget import parse_budget
     from fedkb.simulation.cli import add_compression_flags, strategy_names
 
     p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
@@ -107,6 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
     add_compression_flags(p, DEMO_COMPRESSION.uplink)
     p.add_argument("--no-serve", action="store_true", help="exit when done")
+    p.add_argument("--budget", default="10m", type=parse_budget,
+                   help="time budget of the whole demo (e.g. 10m, 600s; off: none): on a "
+                        "slower machine the rounds and the central baseline are scaled to "
+                        "fit, and the output says so (fedkb.simulation.budget)")
+    p.add_argument("--budget-step-ms", type=float, default=None, metavar="MS",
+                   help="size the budget for this 1-thread step time instead of the "
+                        "measured one (to see what a slower machine would run)")
     from fedkb.simulation.dp_flags import add_dp_arguments
 
     add_dp_arguments(p)
@@ -145,6 +153,11 @@ def _demo(args: argparse.Namespace) -> int:
     artifact = ensure_artifact(data, args.preset, work / f"model-{args.preset}")
     meta = json.loads((artifact / "metadata.json").read_text())
     _done(t, f"({meta['num_params']:,} parameters, builtin ops only: {meta['builtin_only']})")
+    rounds, central_steps = args.rounds, None
+    if args.budget:
+        from fedkb.simulation.budget import fit_demo
+
+        rounds, central_steps = fit_demo(args, data, artifact, time.perf_counter() - t_all)
 
     t = _step(3, "baselines on the same training users: n-gram, then central training")
     ngram = run_ngram(data)
@@ -152,19 +165,20 @@ def _demo(args: argparse.Namespace) -> int:
         central_lr(args.preset, args.central_optimizer)
     central = run_central(data, args.preset,
                           CentralConfig(epochs=args.central_epochs, learning_rate=lr,
-                                        optimizer=args.central_optimizer), progress=True)
+                                        optimizer=args.central_optimizer,
+                                        max_steps=central_steps), progress=True)
     _done(t)
 
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
-                 f"{args.rounds} rounds of {args.clients_per_round}")
+                 f"{rounds} rounds of {args.clients_per_round}")
     from fedkb.simulation.dp_flags import privacy_config, strategy_name
 
-    cfg = demo_config(data, artifact, devices, args.rounds, args.clients_per_round,
+    cfg = demo_config(data, artifact, devices, rounds, args.clients_per_round,
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
                       privacy_config(args), compression_config(args))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
-                                           on_progress=round_bar(args.rounds),
+                                           on_progress=round_bar(rounds),
                                            keep_server=not args.no_serve)
     _done(t)
     try:

@@ -91,6 +91,8 @@ class TffRunConfig:
         rounds, clients_per_round: clients sampled with ``seed`` per round (or, with
             ``schedule``, those of each round of an earlier run's ``--json`` report).
         lr, epochs, max_steps: the clients' SGD (``max_steps`` None: no cap).
+        grad_clip: each client step's gradient clipped to this L2 norm (None: not), as
+            the phones' LiteRT ``train`` signature does.
         strategy: the fleet server's optimizer; ``decay_rounds`` > 0 decays its lr over
             the run's rounds (a replayed run's planned rounds with ``schedule``).
     """
@@ -102,6 +104,7 @@ class TffRunConfig:
     lr: float = default_of(ClientConfig, "lr")
     epochs: int = default_of(ClientConfig, "epochs")
     max_steps: int | None = None
+    grad_clip: float | None = default_of(ClientConfig, "grad_clip")
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     seed: int = 0
     schedule: Path | None = None
@@ -129,7 +132,8 @@ def run_tff(cfg: TffRunConfig) -> EngineReport:
     if cfg.schedule is not None:
         rounds, planned = replay_schedule(cfg.schedule, ds, {
             "lr": cfg.lr, "server_lr": sc.server_lr, "epochs": cfg.epochs,
-            "strategy": sc.name, "clip_norm": sc.clip_norm, "lr_decay": sc.decay_rounds > 0})
+            "strategy": sc.name, "clip_norm": sc.clip_norm, "lr_decay": sc.decay_rounds > 0,
+            "grad_clip": cfg.grad_clip})
     else:
         rounds = federated_rounds(ds.train_users, cfg.rounds, cfg.clients_per_round, cfg.seed)
         planned = len(rounds)
@@ -143,6 +147,7 @@ def run_tff(cfg: TffRunConfig) -> EngineReport:
             "data": str(cfg.data), "model": model_cfg.to_dict(),
             "weights": str(work / "w0.bin"), "rounds": rounds, "epochs": cfg.epochs,
             "max_steps": cfg.max_steps, "client_lr": cfg.lr, "server_lr": sc.server_lr,
+            "client_grad_clip": cfg.grad_clip,
             "strategy": tff_strategy(sc, planned), "weights_out": str(work / "final.bin")},
             work)
         final = decode_arrays((work / "final.bin").read_bytes())
@@ -157,7 +162,7 @@ def run_tff(cfg: TffRunConfig) -> EngineReport:
                 "clients_per_round": cfg.clients_per_round, "epochs": cfg.epochs,
                 "schedule": None if cfg.schedule is None else str(cfg.schedule),
                 "max_steps": cfg.max_steps, "client_lr": cfg.lr, "server_lr": sc.server_lr,
-                "strategy": sc.name, "clip_norm": sc.clip_norm,
+                "grad_clip": cfg.grad_clip, "strategy": sc.name, "clip_norm": sc.clip_norm,
                 "lr_decay": sc.decay_rounds > 0, "seed": cfg.seed,
                 "tff_setup_s": round(out["setup_s"], 3), "tff_train_s": round(out["train_s"], 3)},
         rounds=out["rounds"])

@@ -14,7 +14,9 @@ its own process group and kills the whole group afterwards, whatever happened.
 Child protocol: ``python -m fedkb.simulation.tff_engine SPEC.json OUT.json`` where SPEC has
 ``data``, ``model`` (a ModelConfig dict), ``weights`` (a codec file of the initial
 weights), ``rounds`` (per round, a list of ``[user, batch_seed]``), ``epochs``,
-``max_steps``, ``client_lr`` and ``server_lr``, and optionally ``strategy`` (``name``,
+``max_steps``, ``client_lr`` and ``server_lr``, and optionally ``client_grad_clip`` (each
+local step's gradient clipped to that global L2 norm, as the phones' LiteRT ``train``
+does; :class:`~fedkb.simulation.tff_optimizers.ClippedClientSGD`) and ``strategy`` (``name``,
 ``lrs``: the server learning rate of each round, ``momentum``, ``nesterov``, ``beta1``,
 ``beta2``, ``tau``, ``clip_norm``: the fleet server's strategy, which then replaces
 ``server_lr``); OUT gets per-round figures and the path of the final weights
@@ -175,9 +177,16 @@ def _child(spec_path: str, out_path: str) -> None:
     weights = decode_arrays(Path(spec["weights"]).read_bytes())
     strategy = spec.get("strategy") or {"name": "fedavg", "lrs": [spec["server_lr"]]}
     clip = strategy.get("clip_norm")
+    grad_clip = spec.get("client_grad_clip")
+    if grad_clip is None:
+        client_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=spec["client_lr"])
+    else:
+        from fedkb.simulation.tff_optimizers import ClippedClientSGD
+
+        client_optimizer = ClippedClientSGD(spec["client_lr"], grad_clip)
     process = tff.learning.algorithms.build_weighted_fed_avg(
         _model_fn_factory(tf, tff, cfg),
-        client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=spec["client_lr"]),
+        client_optimizer_fn=client_optimizer,
         server_optimizer_fn=_server_optimizer(tff, strategy),
         # each client's delta clipped to an L2 norm before the weighted mean, like the
         # server's Clipped aggregator (TFF: the global norm over all tensors, as ours)

@@ -82,3 +82,35 @@ class ServerStrategyOptimizer(tff.learning.optimizers.Optimizer):
 
     def set_hparams(self, state: Any, hparams: Any) -> Any:
         return collections.OrderedDict([*state.items(), *hparams.items()])
+
+
+class ClippedClientSGD(tff.learning.optimizers.Optimizer):
+    """The phones' local step with on-device gradient clipping, for TFF's clients.
+
+    ``w ← w − (η · min(1, C / ‖g‖)) g`` with ‖g‖ the global L2 norm over all weights:
+    the LiteRT ``train`` signature's step with ``grad_clip = C``
+    (:func:`fedkb.model.objective.clip_scale`), in the same order of operations.
+    """
+
+    def __init__(self, learning_rate: float, grad_clip: float) -> None:
+        if not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {grad_clip}")
+        self._lr, self._clip = float(learning_rate), float(grad_clip)
+
+    def initialize(self, specs: Any) -> collections.OrderedDict:
+        return collections.OrderedDict([(LR_KEY, self._lr)])  # a Python float, as build_sgdm's
+
+    def next(self, state: Any, weights: Any, gradients: Any) -> tuple[Any, Any]:
+        from fedkb.model.objective import clip_scale, global_norm
+
+        flat_g = [tf.convert_to_tensor(g) for g in tf.nest.flatten(gradients)]
+        lr = tf.cast(state[LR_KEY], tf.float32)
+        step = lr * clip_scale(global_norm(flat_g), tf.constant(self._clip, tf.float32))
+        new_w = [w - step * g for w, g in zip(tf.nest.flatten(weights), flat_g, strict=True)]
+        return state, tf.nest.pack_sequence_as(weights, new_w)
+
+    def get_hparams(self, state: Any) -> collections.OrderedDict:
+        return collections.OrderedDict([(LR_KEY, state[LR_KEY])])
+
+    def set_hparams(self, state: Any, hparams: Any) -> Any:
+        return collections.OrderedDict([*state.items(), *hparams.items()])

@@ -77,7 +77,8 @@ def test_artifact_files_and_metadata(tiny_artifact, tiny_data):
     assert {o["name"] for o in meta["signatures"]["get_weights"]["outputs"]} == names
     train_in = {i["name"]: i for i in meta["signatures"]["train"]["inputs"]}
     assert train_in["x"]["shape"] == [meta["batch_size"], meta["seq_len"]]
-    assert train_in["lr"]["shape"] == []
+    assert train_in["lr"]["shape"] == [] and train_in["grad_clip"]["shape"] == []
+    assert {o["name"] for o in meta["signatures"]["train"]["outputs"]} == {"loss", "grad_norm"}
     # the initial weights file is the seeded initial weights, readable by plain safetensors
     from safetensors.numpy import load_file
 

@@ -29,7 +29,11 @@ def test_batch_plan_is_seeded_and_covers_each_epoch():
     assert len(batch_plan(10, 4, epochs=2, max_steps=4, seed=3)) == 4
 
 
-def test_tff_round_matches_litert_clients_and_weighted_mean(tiny_data, tiny_artifact, tmp_path):
+@pytest.mark.parametrize("clip_share", [None, 0.5])
+def test_tff_round_matches_litert_clients_and_weighted_mean(clip_share, tiny_data, tiny_artifact,
+                                                            tmp_path):
+    """Exact to 1e-5, also when the phones clip each step's gradient (to half the
+    largest step norm of the first client: some steps of every kind)."""
     from fedkb.device_runtime.trainer import Trainer
     from fedkb.simulation.tff_engine import run_tff_isolated
 
@@ -39,13 +43,21 @@ def test_tff_round_matches_litert_clients_and_weighted_mean(tiny_data, tiny_arti
     w0 = trainer.artifact.initial_weights()
     clients = [[u, 11 + i] for i, u in enumerate(ds.train_users[:4])]
     lr = 0.3
+    grad_clip = None
+    if clip_share is not None:
+        free = trainer.train(w0, ds.shard(clients[0][0]).train, epochs=1, lr=lr,
+                             seed=clients[0][1])
+        grad_clip = clip_share * free.max_grad_norm
 
     # our side: LiteRT training per client, then the example-weighted mean of the deltas
-    deltas, weights = [], []
+    deltas, weights, clipped = [], [], 0
     for user, seed in clients:
-        res = trainer.train(w0, ds.shard(user).train, epochs=1, lr=lr, seed=seed)
+        res = trainer.train(w0, ds.shard(user).train, epochs=1, lr=lr, seed=seed,
+                            grad_clip=grad_clip)
         deltas.append(res.delta)
         weights.append(res.num_examples)
+        clipped += res.clipped_steps
+    assert (clipped > 0) == (grad_clip is not None)
     wsum = float(sum(weights))
     ours = [w + sum(d[i] * (n / wsum) for d, n in zip(deltas, weights, strict=True))
             for i, w in enumerate(w0)]
@@ -55,7 +67,8 @@ def test_tff_round_matches_litert_clients_and_weighted_mean(tiny_data, tiny_arti
     out = run_tff_isolated({
         "data": str(tiny_data), "model": meta["config"], "weights": str(tmp_path / "w0.bin"),
         "rounds": [clients], "epochs": 1, "max_steps": None, "client_lr": lr,
-        "server_lr": 1.0, "weights_out": str(tmp_path / "w1.bin")}, tmp_path / "tff")
+        "server_lr": 1.0, "client_grad_clip": grad_clip,
+        "weights_out": str(tmp_path / "w1.bin")}, tmp_path / "tff")
     assert not [c for p, c in _suspects().items() if p not in before and "worker_binary" in c]
     theirs = decode_arrays((tmp_path / "w1.bin").read_bytes())
     assert out["rounds"][0]["clients"] == 4

@@ -106,6 +106,48 @@ def test_batching_steps_examples_and_delta(trainer, train_windows):
     assert all(not d.any() for d in empty.delta)
 
 
+def _norm(arrays) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+
+
+def test_each_step_gradient_is_clipped_inside_the_train_signature(trainer, train_windows):
+    """grad_clip bounds every step's move by lr * C and leaves a shorter gradient alone."""
+    w0 = trainer.artifact.initial_weights()
+    x, y, m = trainer._batch(train_windows[: trainer.B])
+    lr = 0.5
+    trainer.set_weights(w0)
+    loss = trainer.step(x, y, m, lr)  # not clipped: the plain SGD step
+    norm = trainer.last_grad_norm
+    plain = [a - b for a, b in zip(trainer.get_weights(), w0, strict=True)]
+    assert norm > 0 and _norm(plain) == pytest.approx(lr * norm, rel=1e-4)
+    trainer.set_weights(w0)
+    assert trainer.step(x, y, m, lr, grad_clip=2 * norm) == loss  # a bound that does not bind
+    loose = [a - b for a, b in zip(trainer.get_weights(), w0, strict=True)]
+    assert all(np.array_equal(a, b) for a, b in zip(plain, loose, strict=True))
+    trainer.set_weights(w0)
+    clip = norm / 4
+    assert trainer.step(x, y, m, lr, grad_clip=clip) == loss  # loss is before the step
+    assert trainer.last_grad_norm == pytest.approx(norm, rel=1e-6)  # reported unclipped
+    clipped = [a - b for a, b in zip(trainer.get_weights(), w0, strict=True)]
+    assert _norm(clipped) == pytest.approx(lr * clip, rel=1e-4)
+    for a, b in zip(clipped, plain, strict=True):  # same direction, a quarter of the length
+        assert np.allclose(a, b / 4, atol=1e-7)
+    with pytest.raises(ValueError, match="grad_clip"):
+        trainer.step(x, y, m, lr, grad_clip=-1.0)
+
+
+def test_a_training_session_counts_its_clipped_steps(trainer, train_windows):
+    w0 = trainer.artifact.initial_weights()
+    free = trainer.train(w0, train_windows, epochs=1, lr=2.0, seed=1)
+    assert free.clipped_steps == 0 and free.max_grad_norm > 0
+    bound = free.max_grad_norm / 10
+    res = trainer.train(w0, train_windows, epochs=1, lr=2.0, seed=1, grad_clip=bound)
+    assert res.clipped_steps >= 1 and res.steps == free.steps
+    assert _norm(res.delta) <= res.steps * 2.0 * bound * (1 + 1e-4)
+    with pytest.raises(ValueError, match="grad_clip"):
+        trainer.start_training(w0, train_windows, grad_clip=float("nan"))
+
+
 def test_padded_rows_do_not_count(trainer, train_windows):
     """A batch's sums equal the sums of its rows evaluated alone (padding is masked)."""
     w0 = trainer.artifact.initial_weights()

@@ -123,3 +123,14 @@ def test_plan_clip_and_the_unclipped_bit_round_trip_and_are_checked():
     assert UploadMetadata.from_json(meta.to_json()) == meta
     with pytest.raises(WireError, match=r"unclipped must be bool"):
         UploadMetadata.from_json({**meta.to_json(), "unclipped": 1})
+
+
+def test_plan_grad_clip_round_trips_is_checked_and_absent_by_default():
+    from fedkb.wire import Plan, WireError
+
+    plan = Plan("train", 1.0, 8, 1, 10, grad_clip=5.0)
+    assert Plan.from_json(plan.to_json()) == plan
+    assert "grad_clip" not in Plan("train", 1.0, 8, 1, 10).to_json()
+    for bad in (0.0, -1.0, "5"):
+        with pytest.raises(WireError):
+            Plan.from_json({**plan.to_json(), "grad_clip": bad})
