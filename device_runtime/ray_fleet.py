@@ -98,6 +98,7 @@ class RayFleet:
         self.accepted: dict[tuple[str, int, str], list[list]] = {}
         self.lives_ended = 0
         self.silent: set[tuple[str, int]] = set()  # did not answer the last poll
+        self.timings: dict[str, float] = {}  # connecting, and the actors' start (phones built)
         self.lost_in_flight = 0
 
     def actors(self) -> list[tuple[tuple[str, int], Any]]:
@@ -179,7 +180,7 @@ class RayFleet:
                 trainers_by_node[snap["node"]] += 1
         shard_mem = [(s["rss_with_phones"] - s["rss_before_phones"]) / max(1, s["phones"])
                      for (kind, _), s in self.latest.items() if kind == "shard"]
-        return {"nodes": self.nodes, "shards": len(self.shards),
+        return {**self.timings, "nodes": self.nodes, "shards": len(self.shards),
                 "trainers": len(self.trainers), "phones_by_node": dict(by_node),
                 "trainers_by_node": dict(trainers_by_node),
                 "actor_lives_ended": self.lives_ended,
@@ -211,14 +212,18 @@ def run_on_ray(fleet: Any, clock: Any, status_client: Any, t0: float
     """
     import ray
 
+    t_connect = time.monotonic()
     started = connect(fleet.cfg.ray)
     run: RayFleet | None = None
     status = None
     try:
         # the simulated clock's zero as a wall-clock instant, the same on every node
         wall0_epoch = time.time() - (time.monotonic() - clock._wall0)
+        t_build = time.monotonic()
         run = RayFleet(fleet.cfg, wall0_epoch)
         run.wait_ready()
+        run.timings = {"connect_s": round(t_build - t_connect, 2),
+                       "actors_ready_s": round(time.monotonic() - t_build, 2)}
         while True:
             tick = time.monotonic() + 0.5
             status = fleet._server_status(status_client) or status

@@ -88,6 +88,7 @@ def _fleet(cluster, url: str, data, rounds: int) -> Fleet:
 def test_a_two_node_cluster_commits_rounds_with_phones_on_both_nodes(cluster, server,
                                                                       tiny_data):
     summary = _fleet(cluster, server, tiny_data, rounds=3).run()
+    print(json.dumps({"ray": summary["ray"], "tasks": summary["tasks"]}))
     status = _status(server)
     assert status["rounds_committed"] >= 3
     ray_part = summary["ray"]
@@ -104,7 +105,7 @@ def test_a_two_node_cluster_commits_rounds_with_phones_on_both_nodes(cluster, se
 
 def test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on(cluster, server,
                                                                        tiny_data):
-    fleet = _fleet(cluster, server, tiny_data, rounds=6)
+    fleet = _fleet(cluster, server, tiny_data, rounds=5)
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(summary=fleet.run()), daemon=True)
     thread.start()
@@ -126,8 +127,9 @@ def test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on(cluster, s
         fleet.stop()
         thread.join(timeout=60)
     summary = out["summary"]
+    print(json.dumps({"ray": summary["ray"], "tasks": summary["tasks"]}))
     status = _status(server)
-    assert status["rounds_committed"] >= 6
+    assert status["rounds_committed"] >= 5
     # the killed node's shard was restarted on the head: its phones registered again
     assert summary["ray"]["actor_lives_ended"] >= 1, summary["ray"]
     assert summary["phones"] == 24
