@@ -39,8 +39,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="phones misbehave on purpose, per task: e.g. nan=0.05,huge=0.02,"
                         "shape=0.02,replay=0.02,examples=0.02,unplug=0.15,boost=0.05 "
                         "(see fedkb.device_runtime.faults)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the phones on a Ray cluster (needs `uv sync --extra ray`): "
+                        "'auto' for the cluster this machine joined with `ray start`, "
+                        "HOST:PORT for a head node's address; alone: a private Ray on this "
+                        "machine. --workers is then ignored")
+    p.add_argument("--ray-shards", type=int, default=0, metavar="N",
+                   help="with --ray: phone shard actors (default: one per node)")
+    p.add_argument("--ray-trainers", type=int, default=0, metavar="N",
+                   help="with --ray: training workers, one CPU each (default: as many as "
+                        "the cluster's CPUs hold)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_fleet)
+
+
+def ray_options(address: str | None, shards: int = 0, trainers: int = 0):
+    """The fleet's RayOptions for ``--ray ADDRESS`` (None without --ray); checks that Ray
+    is installed without importing it."""
+    import importlib.util
+
+    from fedkb.device_runtime.ray_options import RayOptions
+
+    if address is None:
+        return None
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--ray needs Ray: install it with `uv sync --extra ray`")
+    try:
+        return RayOptions(address=address, shards=shards, trainers=trainers)
+    except ValueError as exc:
+        raise UserError(f"--ray: {exc}") from None
 
 
 def _clock(sim_s: float) -> str:
@@ -71,7 +98,8 @@ def _fleet(args: argparse.Namespace) -> int:
     cfg = FleetConfig(server=args.server, data=args.data, devices=args.devices,
                       speedup=args.speedup, start_hour=args.start_hour, workers=args.workers,
                       rounds=args.rounds, duration_s=args.duration, trace_file=args.profile,
-                      seed=args.seed, claim_hold_s=args.claim_hold, faults=faults)
+                      seed=args.seed, claim_hold_s=args.claim_hold, faults=faults,
+                      ray=ray_options(args.ray, args.ray_shards, args.ray_trainers))
     bar = tqdm(total=args.rounds, desc="rounds", unit="round", file=sys.stderr,
                disable=None)
 

@@ -31,6 +31,7 @@ from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.faults import FaultSpec, injector
 from fedkb.device_runtime.profile import DeviceProfile, make_profile
+from fedkb.device_runtime.ray_options import RayOptions
 from fedkb.device_runtime.traces import load_traces
 
 
@@ -51,6 +52,9 @@ class FleetConfig:
     claim_hold_s: float = 0.0
     # phones that misbehave on purpose (fedkb.device_runtime.faults); None: all honest
     faults: FaultSpec | None = None
+    # run the phones on a Ray cluster instead of worker processes (fedkb...ray_fleet);
+    # None: ``workers`` as above, and Ray is never imported
+    ray: RayOptions | None = None
 
 
 def phone_users(cfg: FleetConfig, ds: Dataset | None = None) -> list[tuple[str, str]]:
@@ -210,15 +214,23 @@ class Fleet:
         status_client = DeviceClient(cfg.server, timeout_s=5.0)
         clock = SimClock(cfg.speedup, cfg.start_hour)
         status: dict[str, Any] | None = None
-        if cfg.workers <= 0:
+        cluster: dict[str, Any] | None = None
+        if cfg.ray is not None:
+            from fedkb.device_runtime.ray_fleet import run_on_ray
+
+            total, status, cluster = run_on_ray(self, clock, status_client, t0)
+        elif cfg.workers <= 0:
             total, status = self._run_inprocess(clock, status_client, t0)
         else:
             total, status = self._run_processes(clock, status_client, t0)
         status = self._server_status(status_client) or status
         status_client.close()
         self.accepted = total["accepted"]
-        return summarize(total, status, time.monotonic() - t0,
-                         clock.now() - cfg.start_hour * 3600)
+        summary = summarize(total, status, time.monotonic() - t0,
+                            clock.now() - cfg.start_hour * 3600)
+        if cluster is not None:
+            summary["ray"] = cluster
+        return summary
 
     def _run_inprocess(self, clock: SimClock, status_client, t0: float):
         from fedkb.device_runtime.worker import Worker

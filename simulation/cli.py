@@ -55,8 +55,16 @@ def _grad_clip(args: argparse.Namespace) -> float | None:
     return args.grad_clip or None
 
 
+def add_ray_flag(p: argparse.ArgumentParser) -> None:
+    """The fleet engine's ``--ray [ADDRESS]`` (see `fedkb fleet --help`)."""
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="fleet: run the phones on a Ray cluster ('auto', HOST:PORT, or alone "
+                        "for a private Ray on this machine; needs `uv sync --extra ray`)")
+
+
 def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
     """The fleet run the flags ask for."""
+    from fedkb.device_runtime.cli import ray_options
     from fedkb.simulation.fleet_engine import default_artifact_dir
 
     return FleetRunConfig(
@@ -73,7 +81,8 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
                             max_steps=args.max_steps if args.max_steps is not None else NO_CAP,
                             grad_clip=_grad_clip(args)),
         strategy=_strategy(args), faults=_faults(args),
-        privacy=privacy_config(args), compression=compression_config(args))
+        privacy=privacy_config(args), compression=compression_config(args),
+        ray=ray_options(args.ray))
 
 
 def _faults(args: argparse.Namespace):
@@ -179,6 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fleet: emulated phones")
     p.add_argument("--workers", type=int, default=default_of(fleet, "workers"),
                    help="fleet: worker processes")
+    add_ray_flag(p)
     p.add_argument("--speedup", type=float, default=default_of(fleet, "speedup"),
                    help="fleet: simulated time factor")
     p.add_argument("--overselect", type=float, default=rc.overselect,

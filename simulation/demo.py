@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedkb.device_runtime.ray_options import RayOptions
 from fedkb.server.config import (
     DP_FTRL_STRATEGY,
     ClientConfig,
@@ -59,7 +60,8 @@ DEMO_COMPRESSION = CompressionConfig(uplink="q8")
 def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                 clients_per_round: int, workers: int, preset: str, strategy: str,
                 lr: float, server_lr: float, privacy: PrivacyConfig | None = None,
-                compression: CompressionConfig = DEMO_COMPRESSION) -> FleetRunConfig:
+                compression: CompressionConfig = DEMO_COMPRESSION,
+                ray: RayOptions | None = None) -> FleetRunConfig:
     """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
     federated evaluation round every eighth of the run, the server lr decayed over it
     (not DP-FTRL's);
@@ -73,13 +75,13 @@ def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
         strategy=DEMO_STRATEGY.replace(name=strategy, server_lr=server_lr,
                                        decay_rounds=0 if strategy == DP_FTRL_STRATEGY
                                        else rounds),
-        privacy=privacy or PrivacyConfig(), compression=compression)
+        privacy=privacy or PrivacyConfig(), compression=compression, ray=ray)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fedkb.model.central import OPTIMIZERS, CentralConfig
     from fedkb.simulation.budget import parse_budget
-    from fedkb.simulation.cli import add_compression_flags, strategy_names
+    from fedkb.simulation.cli import add_compression_flags, add_ray_flag, strategy_names
 
     p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
@@ -91,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="emulated phones (default: one per user, 1,419 on Shakespeare)")
     p.add_argument("--workers", type=int, default=default_of(FleetRunConfig, "workers"),
                    help="fleet worker processes")
+    add_ray_flag(p)
     p.add_argument("--central-epochs", type=float, default=default_of(CentralConfig, "epochs"))
     p.add_argument("--central-optimizer", choices=tuple(reversed(OPTIMIZERS)),
                    default=DEMO_CENTRAL_OPTIMIZER,
@@ -172,11 +175,13 @@ def _demo(args: argparse.Namespace) -> int:
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
                  f"{rounds} rounds of {args.clients_per_round}")
+    from fedkb.device_runtime.cli import ray_options
     from fedkb.simulation.dp_flags import privacy_config, strategy_name
 
     cfg = demo_config(data, artifact, devices, rounds, args.clients_per_round,
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
-                      privacy_config(args), compression_config(args))
+                      privacy_config(args), compression_config(args),
+                      ray_options(args.ray))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=round_bar(rounds),
                                            keep_server=not args.no_serve)

@@ -25,6 +25,7 @@ from typing import Any
 
 from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.faults import FaultSpec
+from fedkb.device_runtime.ray_options import RayOptions
 from fedkb.server.config import (
     ClientConfig,
     CompressionConfig,
@@ -71,6 +72,8 @@ class FleetRunConfig:
             ``population`` defaults to the fleet's training phones.
         compression: the server's ``[compression]`` table (uplink encoding, rotation,
             downlink dtype), which every training task's plan then asks for.
+        ray: run the phones on a Ray cluster (:mod:`fedkb.device_runtime.ray_fleet`)
+            instead of ``workers`` processes; None: never import Ray.
     """
 
     data: Path
@@ -89,6 +92,7 @@ class FleetRunConfig:
     faults: FaultSpec | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    ray: RayOptions | None = None
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
@@ -220,4 +224,5 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "faults": cfg.faults.text() if cfg.faults is not None else None,
             "dp": cfg.privacy.mechanism,
             "uplink": cfg.compression.uplink, "rotate": cfg.compression.rotate,
-            "downlink": cfg.compression.downlink}
+            "downlink": cfg.compression.downlink,
+            "ray": cfg.ray.address if cfg.ray is not None else None}

@@ -159,7 +159,7 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         run = run_federated(url, cfg.data, cfg.devices, cfg.rounds, cfg.workers,
                             speedup=cfg.speedup, start_hour=cfg.start_hour, seed=cfg.seed,
                             on_progress=on_progress, final_eval=cfg.round.eval_every > 0,
-                            claim_hold_s=cfg.claim_hold_s, faults=cfg.faults)
+                            claim_hold_s=cfg.claim_hold_s, faults=cfg.faults, ray=cfg.ray)
     except BaseException:
         server.stop()
         raise

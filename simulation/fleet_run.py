@@ -22,6 +22,7 @@ import requests
 
 from fedkb.codec import decode_arrays
 from fedkb.device_runtime.faults import FaultSpec
+from fedkb.device_runtime.ray_options import RayOptions
 from fedkb.errors import UserError
 from fedkb.simulation.communication import served_downlink
 
@@ -72,7 +73,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
                   on_progress: Callable | None = None, final_eval: bool = True,
                   eval_timeout_s: float = 120.0, timeout_s: float | None = None,
                   stall_rounds: int | None = 25, claim_hold_s: float = 0.0,
-                  faults: FaultSpec | None = None) -> FederatedRun:
+                  faults: FaultSpec | None = None, ray: RayOptions | None = None
+                  ) -> FederatedRun:
     """Run a fleet against the server at ``url`` until it has committed ``rounds`` rounds.
 
     With ``final_eval``, the fleet keeps going (at most ``eval_timeout_s`` more) until the
@@ -86,7 +88,8 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     refused (:func:`devices_diverging`).
     ``claim_hold_s``: see :class:`~fedkb.device_runtime.fleet.FleetConfig` (the server
     needs spare WSGI threads: ``ServerProcess(threads=...)``). ``faults``: phones that
-    misbehave on purpose (:mod:`fedkb.device_runtime.faults`).
+    misbehave on purpose (:mod:`fedkb.device_runtime.faults`). ``ray``: run the phones on a
+    Ray cluster instead of ``workers`` processes (:mod:`fedkb.device_runtime.ray_fleet`).
     """
     from fedkb.device_runtime.fleet import Fleet, FleetConfig
 
@@ -125,7 +128,7 @@ def run_federated(url: str, data: Path, devices: int, rounds: int, workers: int,
     fleet = Fleet(FleetConfig(url, Path(data), devices, speedup=speedup, start_hour=start_hour,
                               workers=workers, rounds=rounds, seed=seed,
                               duration_s=timeout_s, claim_hold_s=claim_hold_s,
-                              faults=faults),
+                              faults=faults, ray=ray),
                   on_progress=on_progress, stop_when=done)
     summary = fleet.run()
     wall = time.monotonic() - t0

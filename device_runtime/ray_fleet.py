@@ -1,0 +1,242 @@
+"""The fleet on a Ray cluster: phone shards on long-lived actors, training on any core.
+
+:func:`run_on_ray` is :class:`~fedkb.device_runtime.fleet.Fleet`'s third way to run (after
+in-process and worker processes), used when its config has ``ray`` set. It connects to
+the cluster (or starts a private one: ``address="local"``), then places
+
+- one bounded job queue (``ray.util.queue.Queue``) on the driver's node;
+- ``shards`` :class:`~fedkb.device_runtime.ray_actors.PhoneShard` actors, spread over the
+  nodes, each owning a contiguous range of phones (the same split as worker processes);
+- ``trainers`` :class:`~fedkb.device_runtime.ray_actors.TrainingWorker` actors, spread
+  too, each declaring its CPUs, so Ray never puts more of them on a node than it has cores.
+
+Every node reaches the server over HTTP itself (the server is unchanged). The driver polls
+each actor's counters twice a second, as the parent of worker processes does, and stops
+when the same rules say so. An actor whose node dies is restarted by Ray where resources
+allow; a restarted shard's phones register again (the server saw the old ones' tasks
+time out: dropouts). The driver keeps the last counters of every dead life, so the
+summary counts what they did, and says how many lives ended and how many tasks were in
+flight when they did (``summary["ray"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from fedkb.device_runtime.ray_options import LOCAL, RayOptions
+
+SNAPSHOT_TIMEOUT_S = 2.0
+
+
+def connect(opts: RayOptions) -> bool:
+    """Connect to (or start) the cluster; True when this call started Ray itself."""
+    # Under `uv run`, Ray would ship the working tree to every worker as a runtime env;
+    # the fleet's nodes run the installed package instead (README: the cluster).
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if opts.address == LOCAL:
+        ray.init(include_dashboard=False, **kwargs)
+    else:
+        ray.init(address=opts.address, **kwargs)
+    return True
+
+
+def _shares(n: int, parts: int) -> list[range]:
+    from fedkb.device_runtime.fleet import _shares as shares
+
+    return [r for r in shares(n, min(parts, n)) if len(r)]
+
+
+class RayFleet:
+    """The actors of one run; :meth:`close` always removes them."""
+
+    def __init__(self, cfg: Any, wall0_epoch: float) -> None:
+        import ray
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from fedkb.device_runtime.ray_actors import PhoneShard, TrainingWorker
+
+        opts: RayOptions = cfg.ray
+        self.opts = opts
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        shards = _shares(cfg.devices, opts.shards or max(1, len(nodes)))
+        trainers = opts.trainers or max(1, math.floor(
+            (cpus - len(shards) * opts.shard_cpus) / opts.trainer_cpus))
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                              soft=True)
+        self.jobs = Queue(maxsize=opts.bounded_queue(trainers),
+                          actor_options={"num_cpus": 0, "max_restarts": -1,
+                                         "scheduling_strategy": here})
+        self.shards = [
+            PhoneShard.options(num_cpus=opts.shard_cpus,
+                               memory=opts.shard_base_bytes + len(r) * opts.phone_bytes,
+                               max_restarts=-1, max_concurrency=8,
+                               scheduling_strategy="SPREAD")
+            .remote(cfg, r, i, wall0_epoch, self.jobs)
+            for i, r in enumerate(shards)]
+        self.trainers = [
+            TrainingWorker.options(num_cpus=opts.trainer_cpus, memory=opts.trainer_bytes,
+                                   max_restarts=-1, max_concurrency=4,
+                                   scheduling_strategy="SPREAD")
+            .remote(cfg, wall0_epoch, self.jobs, self.shards)
+            for _ in range(trainers)]
+        self.nodes = len(nodes)
+        # the newest counters of each actor's current life, and those of lives that ended
+        self.latest: dict[tuple[str, int], dict[str, Any]] = {}
+        self.ended: list[dict[str, Any]] = []
+        self.accepted: dict[tuple[str, int, str], list[list]] = {}
+        self.lives_ended = 0
+        self.silent: set[tuple[str, int]] = set()  # did not answer the last poll
+        self.timings: dict[str, float] = {}  # connecting, and the actors' start (phones built)
+        self.lost_in_flight = 0
+
+    def actors(self) -> list[tuple[tuple[str, int], Any]]:
+        return [*((("shard", i), a) for i, a in enumerate(self.shards)),
+                *((("trainer", i), a) for i, a in enumerate(self.trainers))]
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        """Block until every actor has started (placed, phones built); raise if they cannot."""
+        import ray
+
+        refs = [a.ready.remote() for _, a in self.actors()]
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.opts.ready_timeout_s)
+        if pending:
+            raise RuntimeError(
+                f"{len(pending)} of {len(refs)} fleet actors did not start within "
+                f"{self.opts.ready_timeout_s:g} s; the cluster has {ray.cluster_resources()} "
+                f"({ray.available_resources()} free): declare less per actor (RayOptions) "
+                f"or add nodes")
+        return ray.get(ready)
+
+    def _call(self, key: tuple[str, int], actor: Any, method: str) -> Any:
+        if key[0] == "trainer":
+            return getattr(actor, method).remote()
+        prev = self.latest.get(key, {})
+        life = prev.get("incarnation", "")
+        return getattr(actor, method).remote(life, len(self.accepted.get((*key, life), [])))
+
+    def poll(self, method: str = "snapshot", timeout_s: float = SNAPSHOT_TIMEOUT_S) -> None:
+        """Collect every live actor's counters (a dead or slow one keeps its last ones).
+
+        Waits up to ``timeout_s`` for the actors that answered last time; one that did not
+        (dead, restarting, or pending for want of resources) is not waited for again
+        until it answers.
+        """
+        import ray
+
+        calls = {key: self._call(key, a, method) for key, a in self.actors()}
+        awaited = [ref for key, ref in calls.items() if key not in self.silent]
+        if awaited:
+            ray.wait(awaited, num_returns=len(awaited), timeout=timeout_s)
+        ready, _ = ray.wait(list(calls.values()), num_returns=len(calls), timeout=0)
+        done = set(ready)
+        for key, ref in calls.items():
+            self.silent.add(key)
+            if ref not in done:
+                continue
+            try:
+                snap = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue  # its node or process died: Ray restarts it, or it stays gone
+            self.silent.discard(key)
+            self._take(key, snap)
+
+    def _take(self, key: tuple[str, int], snap: dict[str, Any]) -> None:
+        prev = self.latest.get(key)
+        life = snap.get("incarnation", "")
+        if prev is not None and prev.get("incarnation", "") != life:
+            self.lives_ended += 1  # it died and Ray restarted it: keep what it had done
+            self.lost_in_flight += int(prev.get("training", 0))
+            self.ended.append({**prev, "training": 0, "eligible": 0, "phones": 0})
+        self.accepted.setdefault((*key, life), []).extend(snap.pop("accepted", []))
+        self.latest[key] = snap
+
+    def total(self) -> dict[str, Any]:
+        from fedkb.device_runtime.fleet import merge
+
+        total = merge([*self.ended, *self.latest.values()])
+        total["accepted"] = [a for log in self.accepted.values() for a in log]
+        return total
+
+    def report(self) -> dict[str, Any]:
+        """What the summary says about the cluster (``summary["ray"]``)."""
+        by_node: Counter = Counter()
+        trainers_by_node: Counter = Counter()
+        for (kind, _), snap in self.latest.items():
+            if kind == "shard":
+                by_node[snap["node"]] += snap.get("phones", 0)
+            else:
+                trainers_by_node[snap["node"]] += 1
+        shard_mem = [(s["rss_with_phones"] - s["rss_before_phones"]) / max(1, s["phones"])
+                     for (kind, _), s in self.latest.items() if kind == "shard"]
+        return {**self.timings, "nodes": self.nodes, "shards": len(self.shards),
+                "trainers": len(self.trainers), "phones_by_node": dict(by_node),
+                "trainers_by_node": dict(trainers_by_node),
+                "actor_lives_ended": self.lives_ended,
+                "tasks_in_flight_lost": self.lost_in_flight,
+                "jobs_given_up": sum(s.get("counts", {}).get("lost_jobs", 0)
+                                     for s in [*self.ended, *self.latest.values()]),
+                "bytes_per_phone_built": round(sum(shard_mem) / len(shard_mem))
+                if shard_mem else None,
+                "jobs_taken": sum(s.get("jobs_taken", 0) for (k, _), s in self.latest.items()
+                                  if k == "trainer")}
+
+    def stop(self) -> None:
+        """Stop every actor's loop and collect its final counters (bounded in time)."""
+        self.poll("stop", timeout_s=60.0)
+
+    def close(self) -> None:
+        import ray
+
+        for _, actor in self.actors():
+            ray.kill(actor, no_restart=True)
+        ray.kill(self.jobs.actor, no_restart=True)
+
+
+def run_on_ray(fleet: Any, clock: Any, status_client: Any, t0: float
+               ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Run ``fleet`` (a :class:`~fedkb.device_runtime.fleet.Fleet`) on its Ray cluster.
+
+    Returns the merged counters, the server's last status and the cluster's report.
+    """
+    import ray
+
+    t_connect = time.monotonic()
+    started = connect(fleet.cfg.ray)
+    run: RayFleet | None = None
+    status = None
+    try:
+        # the simulated clock's zero as a wall-clock instant, the same on every node
+        wall0_epoch = time.time() - (time.monotonic() - clock._wall0)
+        t_build = time.monotonic()
+        run = RayFleet(fleet.cfg, wall0_epoch)
+        run.wait_ready()
+        run.timings = {"connect_s": round(t_build - t_connect, 2),
+                       "actors_ready_s": round(time.monotonic() - t_build, 2)}
+        while True:
+            tick = time.monotonic() + 0.5
+            status = fleet._server_status(status_client) or status
+            run.poll()
+            if fleet.on_progress:
+                fleet.on_progress(run.total(), status, clock.now())
+            if fleet._should_stop(status, t0):
+                break
+            fleet._stop.wait(max(0.0, tick - time.monotonic()))
+        run.stop()
+        return run.total(), status, run.report()
+    finally:
+        if run is not None:
+            run.close()
+        if started:
+            ray.shutdown()
