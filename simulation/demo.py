@@ -17,6 +17,7 @@ Ctrl-C at any point stops everything it started (server, fleet workers).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -80,17 +81,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     from fedkb.model.central import OPTIMIZERS, CentralConfig
     from fedkb.simulation.cli import add_compression_flags, strategy_names
 
-    p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
+    p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus "
+                                    "(or your own: --corpus)")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
                    help="where the demo writes its dataset, model and report")
-    p.add_argument("--rounds", type=int, default=DEMO_ROUND.max_rounds,
-                   help="federated training rounds")
-    p.add_argument("--clients-per-round", type=int, default=DEMO_ROUND.report_goal)
+    p.add_argument("--corpus", default="shakespeare",
+                   help="'shakespeare', FILE.jsonl ({\"user\", \"text\"} per line) or a DIR "
+                        "of per-user .txt files; a corpus of your own gets its vocabulary, "
+                        "cohort, rest period, deadline, schedule, rounds and central epochs "
+                        "fitted to it (printed, and in report.json)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"federated training rounds (default {DEMO_ROUND.max_rounds}, or "
+                        "fitted to --corpus)")
+    p.add_argument("--clients-per-round", type=int, default=None,
+                   help=f"report goal (default {DEMO_ROUND.report_goal}, or fitted)")
     p.add_argument("--devices", type=int, default=None,
                    help="emulated phones (default: one per user, 1,419 on Shakespeare)")
     p.add_argument("--workers", type=int, default=default_of(FleetRunConfig, "workers"),
                    help="fleet worker processes")
-    p.add_argument("--central-epochs", type=float, default=default_of(CentralConfig, "epochs"))
+    p.add_argument("--central-epochs", type=float, default=None,
+                   help=f"central training epochs (default "
+                        f"{default_of(CentralConfig, 'epochs')}, or fitted)")
+    p.add_argument("--json", action="store_true",
+                   help="print report.json on stdout (the progress goes to stderr)")
     p.add_argument("--central-optimizer", choices=tuple(reversed(OPTIMIZERS)),
                    default=DEMO_CENTRAL_OPTIMIZER,
                    help="central baseline: Adam at --central-lr (a server-side trainer's "
@@ -123,6 +136,22 @@ def _done(t0: float, text: str = "") -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _run_demo(args)
+    import contextlib
+    import sys
+
+    out = sys.stdout
+
+    def emit(doc: dict[str, Any]) -> None:  # as soon as it exists (the server may stay up)
+        out.write(json.dumps(doc, indent=2) + "\n")
+        out.flush()
+
+    with contextlib.redirect_stdout(sys.stderr):  # the progress; stdout is the report's
+        return _run_demo(args, emit)
+
+
+def _run_demo(args: argparse.Namespace, emit=None) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
     from fedkb.model.central import CentralConfig
     from fedkb.simulation.cli import compression_config
@@ -134,12 +163,35 @@ def _demo(args: argparse.Namespace) -> int:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
+    own = args.corpus != "shakespeare"
 
-    t = _step(1, f"preparing the Shakespeare corpus -> {data}")
-    res = prepare(PrepareConfig(corpus="shakespeare", out=data))
+    t = _step(1, f"preparing the {'corpus ' + args.corpus if own else 'Shakespeare corpus'}"
+                 f" -> {data}")
+    choices: list = []
+    prep = PrepareConfig(corpus=args.corpus, out=data)
+    if own:
+        from fedkb.simulation.fit import corpus_counts, fit_vocab
+
+        choices.append(fit_vocab(corpus_counts(args.corpus)))
+        prep = PrepareConfig(corpus=args.corpus, out=data, vocab_size=choices[0].value)
+    res = prepare(prep)
     c = res.meta["counts"]
     _done(t, f"({c['train_users']} training users, {c['heldout_users']} held-out, "
              f"{c['tokens']:,} tokens)")
+    fit = None
+    if own:
+        from fedkb.datasets.store import Dataset
+        from fedkb.simulation.fit import fit_run, lines
+
+        fit = fit_run(Dataset.open(data), devices=args.devices, workers=args.workers)
+        choices += list(fit.choices)
+        print("      fitted to this corpus (flags override):", flush=True)
+        print("\n".join(lines(choices)), flush=True)
+    rounds = _pick(args.rounds, fit and fit.rounds, DEMO_ROUND.max_rounds)
+    cohort = _pick(args.clients_per_round, fit and fit.clients_per_round,
+                   DEMO_ROUND.report_goal)
+    epochs = _pick(args.central_epochs, fit and fit.central_epochs,
+                   CentralConfig().epochs)
 
     t = _step(2, f"exporting the '{args.preset}' model as a LiteRT training artifact")
     artifact = ensure_artifact(data, args.preset, work / f"model-{args.preset}")
@@ -151,28 +203,34 @@ def _demo(args: argparse.Namespace) -> int:
     lr = args.central_lr if args.central_lr is not None else \
         central_lr(args.preset, args.central_optimizer)
     central = run_central(data, args.preset,
-                          CentralConfig(epochs=args.central_epochs, learning_rate=lr,
+                          CentralConfig(epochs=epochs, learning_rate=lr,
                                         optimizer=args.central_optimizer), progress=True)
     _done(t)
 
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
-                 f"{args.rounds} rounds of {args.clients_per_round}")
+                 f"{rounds} rounds of {cohort}")
     from fedkb.simulation.dp_flags import privacy_config, strategy_name
 
-    cfg = demo_config(data, artifact, devices, args.rounds, args.clients_per_round,
+    cfg = demo_config(data, artifact, devices, rounds, cohort,
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
-                      privacy_config(args), compression_config(args))
+                      privacy_config(args), compression_config(args), fit=fit)
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
-                                           on_progress=round_bar(args.rounds),
+                                           on_progress=round_bar(rounds),
                                            keep_server=not args.no_serve)
     _done(t)
     try:
         t = _step(5, "evaluation on held-out users")
         _done(t, f"(federated evaluation rounds: {len(run.evaluations)})")
         t = _step(6, f"report -> {work / 'report'}")
-        out = write_report(work / "report", report, ngram, central, run)
+        recipe = {"corpus": args.corpus, "fitted": fit is not None,
+                   "rounds": rounds, "clients_per_round": cohort, "central_epochs": epochs,
+                   "vocab_size": res.meta["vocab_words"],
+                   "choices": [dataclasses.asdict(ch) for ch in choices]}
+        out = write_report(work / "report", report, ngram, central, run, recipe)
         print(out["table"])
+        if emit is not None:
+            emit(out)
         _done(t)
         print(f"the whole demo took {time.perf_counter() - t_all:.0f}s")
         if server is None:
@@ -189,6 +247,15 @@ def _demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _pick(flag, fitted, default):
+    """A flag the user gave, else the value fitted to their corpus, else the demo's."""
+    return flag if flag is not None else fitted if fitted is not None else default
+
+
 def communication_line(comm: dict[str, Any] | None) -> str:
     """The summary table's line on bytes: uplink per update, downlink per task."""
     if not comm or not comm.get("uplink_bytes_per_update"):
@@ -198,7 +265,8 @@ def communication_line(comm: dict[str, Any] | None) -> str:
             f"{(comm['downlink_bytes_per_task'] or 0) / 1e6:.2f} MB down per task")
 
 
-def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
+def write_report(out: Path, fed, ngram, central, run,
+                 recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON report, the PNG learning curves and the summary table."""
     import matplotlib
 
@@ -211,14 +279,22 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
     c = run.fleet["tasks"]
     rows = [("federated (fleet)", fed), (f"central ({central.config.get('optimizer', 'sgd')})",
                                          central), ("n-gram (KN trigram)", ngram)]
-    lines = ["", f"{'held-out users':<22}{'top-1 recall':>14}{'top-3 recall':>14}",
-             "-" * 50]
+    lines = ["", f"{'held-out users':<22}{'top-1 recall':>14}{'top-3 recall':>14}"
+                 f"{'keys saved':>12}", "-" * 62]
     lines += [f"{name:<22}{r.heldout['top1_recall']:>14.2%}{r.heldout['top3_recall']:>14.2%}"
-              for name, r in rows]
+              f"{_pct(r.heldout.get('keystroke_savings')):>12}" for name, r in rows]
+    lines += ["-" * 62, "top-1 / top-3 recall by word frequency rank (share of targets):"]
+    buckets = rows[0][1].heldout.get("by_frequency") or []
+    for i, b in enumerate(buckets):
+        cells = [f"{_pct(r.heldout['by_frequency'][i]['top1_recall'])} / "
+                 f"{_pct(r.heldout['by_frequency'][i]['top3_recall'])}"
+                 for _, r in rows if r.heldout.get("by_frequency")]
+        lines.append(f"  ranks {b['ranks']:<10}({b['share']:.0%})  " + "   ".join(
+            f"{name.split(' ')[0]} {c}" for (name, _), c in zip(rows, cells, strict=False)))
     ratio = (fed.heldout["top1_recall"] / central.heldout["top1_recall"]
              if central.heldout["top1_recall"] else 0.0)
     beats = fed.heldout["top1_recall"] > ngram.heldout["top1_recall"]
-    lines += ["-" * 50,
+    lines += ["-" * 62,
               f"federated reaches {ratio:.0%} of central top-1 recall; "
               f"{'beats' if beats else 'does not beat'} the n-gram baseline",
               f"rounds {len(fed.rounds)}, phones {run.fleet['phones']}, "
@@ -260,6 +336,6 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
 
     doc = {"federated": fed.to_dict(), "central": central.to_dict(), "ngram": ngram.to_dict(),
            "fleet": run.fleet, "evaluations": evals, "table": table,
-           "privacy": fed.privacy}
+           "privacy": fed.privacy, "recipe": recipe}
     (out / "report.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return doc
