@@ -60,14 +60,22 @@ DEMO_COMPRESSION = CompressionConfig(uplink="q8")
 def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                 clients_per_round: int, workers: int, preset: str, strategy: str,
                 lr: float, server_lr: float, privacy: PrivacyConfig | None = None,
-                compression: CompressionConfig = DEMO_COMPRESSION) -> FleetRunConfig:
+                compression: CompressionConfig = DEMO_COMPRESSION, fit=None) -> FleetRunConfig:
     """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
     federated evaluation round every eighth of the run, the server lr decayed over it
     (not DP-FTRL's);
-    ``privacy`` the server's ``[privacy]`` table (``--dp ...``)."""
+    ``privacy`` the server's ``[privacy]`` table (``--dp ...``); ``fit`` a
+    :class:`fedkb.simulation.fit.RunFit` for a user's corpus (its rest period, reporting
+    deadline and start hour; None: the demo's own)."""
+    extra: dict[str, Any] = {}
+    deadline = DEMO_ROUND.reporting_deadline_s
+    if fit is not None:
+        extra = {"rejoin_after_rounds": fit.rejoin_after_rounds, "start_hour": fit.start_hour}
+        deadline = fit.reporting_deadline_s
     return FleetRunConfig(
-        data=data, preset=preset, devices=devices, workers=workers, artifact=artifact,
+        data=data, preset=preset, devices=devices, workers=workers, artifact=artifact, **extra,
         round=DEMO_ROUND.replace(max_rounds=rounds, report_goal=clients_per_round,
+                                 reporting_deadline_s=deadline,
                                  eval_every=max(1, rounds // 8)),
         client=DEMO_CLIENT.replace(lr=lr),
         # DP-FTRL rescales the whole noisy sum: its server lr stays constant
@@ -102,6 +110,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--central-epochs", type=float, default=None,
                    help=f"central training epochs (default "
                         f"{default_of(CentralConfig, 'epochs')}, or fitted)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="ARTIFACT_OR_CHECKPOINT",
+                   help="start federated training from this model (an artifact such as a "
+                        "demo's model-central/, a server state dir such as a demo's "
+                        "federated/server-state, or one of its checkpoints), the "
+                        "vocabulary mapped: shared words keep their rows")
     p.add_argument("--json", action="store_true",
                    help="print report.json on stdout (the progress goes to stderr)")
     p.add_argument("--central-optimizer", choices=tuple(reversed(OPTIMIZERS)),
@@ -197,15 +210,30 @@ def _run_demo(args: argparse.Namespace, emit=None) -> int:
     artifact = ensure_artifact(data, args.preset, work / f"model-{args.preset}")
     meta = json.loads((artifact / "metadata.json").read_text())
     _done(t, f"({meta['num_params']:,} parameters, builtin ops only: {meta['builtin_only']})")
+    plain_artifact, init_stats = artifact, None
+    if args.init_from:
+        from fedkb.simulation.init_from import init_artifact
+
+        artifact, init_stats = init_artifact(artifact, args.init_from,
+                                             work / f"model-{args.preset}-init")
+        print(f"      federated training starts from {init_stats['source']}: "
+              f"{init_stats['shared_words']:,} of {init_stats['words']:,} words shared "
+              f"(their embedding rows copied; {init_stats['new_words']:,} new words keep "
+              "their initial rows)", flush=True)
 
     t = _step(3, "baselines on the same training users: n-gram, then central training")
     ngram = run_ngram(data)
     lr = args.central_lr if args.central_lr is not None else \
         central_lr(args.preset, args.central_optimizer)
+    central_weights: list = []
     central = run_central(data, args.preset,
                           CentralConfig(epochs=epochs, learning_rate=lr,
-                                        optimizer=args.central_optimizer), progress=True)
-    _done(t)
+                                        optimizer=args.central_optimizer), progress=True,
+                          weights_out=central_weights)
+    from fedkb.simulation.init_from import save_as_artifact
+
+    save_as_artifact(plain_artifact, central_weights, work / "model-central")  # --init-from
+    _done(t, f"(central model kept in {work / 'model-central'})")
 
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
@@ -225,7 +253,7 @@ def _run_demo(args: argparse.Namespace, emit=None) -> int:
         t = _step(6, f"report -> {work / 'report'}")
         recipe = {"corpus": args.corpus, "fitted": fit is not None,
                    "rounds": rounds, "clients_per_round": cohort, "central_epochs": epochs,
-                   "vocab_size": res.meta["vocab_words"],
+                   "vocab_size": res.meta["vocab_words"], "init_from": init_stats,
                    "choices": [dataclasses.asdict(ch) for ch in choices]}
         out = write_report(work / "report", report, ngram, central, run, recipe)
         print(out["table"])
@@ -284,7 +312,7 @@ def write_report(out: Path, fed, ngram, central, run,
     lines += [f"{name:<22}{r.heldout['top1_recall']:>14.2%}{r.heldout['top3_recall']:>14.2%}"
               f"{_pct(r.heldout.get('keystroke_savings')):>12}" for name, r in rows]
     lines += ["-" * 62, "top-1 / top-3 recall by word frequency rank (share of targets):"]
-    buckets = rows[0][1].heldout.get("by_frequency") or []
+    buckets = rows[-1][1].heldout.get("by_frequency") or []  # the n-gram's: the whole vocab
     for i, b in enumerate(buckets):
         cells = [f"{_pct(r.heldout['by_frequency'][i]['top1_recall'])} / "
                  f"{_pct(r.heldout['by_frequency'][i]['top3_recall'])}"

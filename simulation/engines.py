@@ -82,11 +82,12 @@ def run_ngram(data: Path) -> EngineReport:
         wall_s=round(time.perf_counter() - t0, 3), config={"order": 3, "smoothing": "ikn"})
 
 
-def run_central(data: Path, preset: str, central: Any, progress: bool = False
-                ) -> EngineReport:
+def run_central(data: Path, preset: str, central: Any, progress: bool = False,
+                weights_out: list | None = None) -> EngineReport:
     """The same Keras model trained on the pooled training users (the upper reference).
 
-    ``central`` is a :class:`fedkb.model.central.CentralConfig`; ``progress``: a bar.
+    ``central`` is a :class:`fedkb.model.central.CentralConfig`; ``progress``: a bar;
+    ``weights_out``: a list that receives the trained weights.
     """
     from fedkb.model.central import train_central
     from fedkb.simulation.progress import step_bar
@@ -95,6 +96,8 @@ def run_central(data: Path, preset: str, central: Any, progress: bool = False
     model_cfg = preset_config(preset).fit_to_data(len(ds.vocab), ds.seq_len)
     t0 = time.perf_counter()
     res = train_central(ds, model_cfg, central, progress=step_bar() if progress else None)
+    if weights_out is not None:
+        weights_out.extend(res.weights)
     return EngineReport(
         engine="central", data=str(data),
         heldout={**EngineReport.heldout_figures(res.counts, len(ds.heldout_users), res.loss),

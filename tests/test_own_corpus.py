@@ -7,13 +7,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from messy_corpus import messages, write_dir, write_jsonl
 
 from fedkb.datasets.corpus import ReadReport, open_corpus
 from fedkb.datasets.prepare import PrepareConfig, prepare
 from fedkb.datasets.store import Dataset
 from fedkb.datasets.tokenize import sentences, tokens
 from fedkb.keyboard import Completion
-from messy_corpus import messages, write_dir, write_jsonl
 
 
 def test_tokenizer_handles_messy_messages():
@@ -106,8 +106,8 @@ def _brute_savings(words, scores, target):
 def test_keystroke_savings_and_buckets_match_a_brute_force_count():
     rng = np.random.default_rng(0)
     letters = list("abcde")
-    words = ["<pad>", "<bos>", "<eos>", "<oov>", "<url>"] + sorted(
-        {"".join(rng.choice(letters, rng.integers(1, 6))) for _ in range(400)})
+    made = {"".join(rng.choice(letters, rng.integers(1, 6))) for _ in range(400)}
+    words = ["<pad>", "<bos>", "<eos>", "<oov>", "<url>", *sorted(made)]
     comp = Completion(words)
     scores = rng.random((300, len(words)))
     targets = rng.integers(0, len(words), 300)
@@ -131,3 +131,66 @@ def test_keystroke_savings_and_buckets_match_a_brute_force_count():
     perfect = np.zeros((4, len(words)))
     perfect[np.arange(4), [5, 6, 7, 8]] = 1.0
     assert comp.counts(perfect, np.array([5, 6, 7, 8])).keystroke_savings == 1.0
+
+
+def test_init_from_maps_shared_words_and_keeps_new_ones():
+    from fedkb.errors import UserError
+    from fedkb.simulation.init_from import Source, map_weights
+
+    rng = np.random.default_rng(0)
+    src_words = ["<pad>", "<bos>", "<eos>", "<oov>", "the", "cat", "thou"]
+    dst_words = ["<pad>", "<bos>", "<eos>", "<oov>", "lol", "the", "cat", "u"]
+    src = Source(src_words, {"embedding": rng.random((7, 3)), "rnn_kernel": rng.random((3, 8)),
+                             "output_bias": rng.random(7)}, "test")
+    init = [rng.random((8, 3)), rng.random((3, 8)), rng.random(8)]
+    names = ["embedding", "rnn_kernel", "output_bias"]
+    out, stats = map_weights(src, dst_words, names, init)
+    assert (stats["shared_words"], stats["new_words"]) == (6, 2)
+    np.testing.assert_allclose(out[0][5], src.weights["embedding"][4])  # "the"
+    np.testing.assert_allclose(out[0][6], src.weights["embedding"][5])  # "cat"
+    np.testing.assert_allclose(out[0][:4], src.weights["embedding"][:4])  # special tokens
+    np.testing.assert_allclose(out[0][[4, 7]], init[0][[4, 7]])  # new words keep theirs
+    np.testing.assert_allclose(out[1], src.weights["rnn_kernel"])
+    np.testing.assert_allclose(out[2][5], src.weights["output_bias"][4])
+    bad = Source(src_words, {**src.weights, "rnn_kernel": rng.random((3, 4))}, "other preset")
+    with pytest.raises(UserError, match="same --preset"):
+        map_weights(bad, dst_words, names, init)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_demo_on_own_corpus_fits_reports_and_starts_from_another_model(tmp_path):
+    """`fedkb demo --corpus FILE.jsonl --json --init-from <the first run's central model>`:
+    the fitted values are printed and in the report, every engine reports the keyboard
+    figures, stdout is the report alone and LiteRT's INFO line is not in the output."""
+    import json
+    import subprocess
+    import sys
+
+    jsonl = write_jsonl(tmp_path / "chat.jsonl", messages(50, seed=5, big_user_lines=2_000))
+    base = [sys.executable, "-m", "fedkb", "demo", "--corpus", str(jsonl), "--preset", "tiny",
+            "--rounds", "2", "--workers", "1", "--central-epochs", "0.2", "--no-serve",
+            "--json"]
+    first = subprocess.run([*base, "--workdir", str(tmp_path / "a")], capture_output=True,
+                           text=True, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads(first.stdout)
+    assert report == json.loads((tmp_path / "a" / "report" / "report.json").read_text())
+    recipe = report["recipe"]
+    assert recipe["fitted"] and recipe["rounds"] == 2 and recipe["central_epochs"] == 0.2
+    chosen = {c["name"]: c for c in recipe["choices"]}
+    assert {"vocab_size", "clients_per_round", "rejoin_after_rounds", "start_hour"} <= set(
+        chosen)
+    assert recipe["clients_per_round"] == chosen["clients_per_round"]["value"] < 20
+    assert "clients_per_round = " in first.stderr
+    assert "XNNPACK" not in first.stderr
+    for engine in ("federated", "central", "ngram"):
+        h = report[engine]["heldout"]
+        assert 0.0 <= h["keystroke_savings"] <= 1.0 and len(h["by_frequency"]) == 3
+    assert "keys saved" in report["table"]
+    second = subprocess.run([*base, "--workdir", str(tmp_path / "b"), "--init-from",
+                             str(tmp_path / "a" / "model-central")],
+                            capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    init = json.loads(second.stdout)["recipe"]["init_from"]
+    assert init["shared_words"] == init["words"] > 4  # the same corpus: every word shared
