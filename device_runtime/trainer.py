@@ -103,6 +103,26 @@ class EvalResult:
         return self.counts.top3_recall
 
 
+class _QuietFirstCall:
+    """A signature runner whose first call (where LiteRT applies its XNNPACK delegate and
+    prints an INFO line about it) runs with native stderr silenced."""
+
+    __slots__ = ("_first", "_runner")
+
+    def __init__(self, runner: Any):
+        self._runner, self._first = runner, True
+
+    def __call__(self, **inputs: Any) -> Any:
+        if not self._first:
+            return self._runner(**inputs)
+        from fedkb.device_runtime.quiet import quiet_native_stderr
+
+        with quiet_native_stderr():
+            out = self._runner(**inputs)
+        self._first = False
+        return out
+
+
 class Trainer:
     """Train, evaluate and predict with one artifact through LiteRT signature runners."""
 
@@ -116,7 +136,7 @@ class Trainer:
         self.infer_batch = int(self.meta["infer_batch"])
         self.interpreter = Interpreter(model_content=self.artifact.model_bytes,
                                        num_threads=num_threads)
-        self._runners = {name: self.interpreter.get_signature_runner(name)
+        self._runners = {name: _QuietFirstCall(self.interpreter.get_signature_runner(name))
                          for name in self.interpreter.get_signature_list()}
         self._has_weights = False
         # graph revision 3 on: train(..., grad_clip) -> {loss, grad_norm}

@@ -71,6 +71,25 @@ def evaluate_keras(model, windows: np.ndarray, batch: int = 256) -> tuple[Recall
     return counts, total["loss_sum"] / max(total["count"], 1.0)
 
 
+def keyboard_keras(model, windows: np.ndarray, completion, batch: int = 256):
+    """:class:`fedkb.keyboard.KeyboardCounts` of a Keras model over ``windows`` (n, T+1)."""
+    import tensorflow as tf
+
+    from fedkb.keyboard import windows_counts
+
+    forward = tf.function(lambda x: model(x), reduce_retracing=True)
+    x, y, m = windows_to_xy(windows)
+
+    def batches():
+        for i in range(0, len(x), batch):
+            logits = forward(x[i : i + batch]).numpy()
+            keep = m[i : i + batch].reshape(-1) > 0
+            yield (logits.reshape(-1, logits.shape[-1])[keep],
+                   y[i : i + batch].reshape(-1)[keep])
+
+    return windows_counts(completion, batches())
+
+
 def train_central(ds: Dataset, model_cfg: ModelConfig, cfg: CentralConfig,
                   progress=None) -> CentralResult:
     """Train on every training user's training windows; evaluate on held-out users."""

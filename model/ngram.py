@@ -97,6 +97,25 @@ class KneserNeyTrigram:
             p[t[0]] += t[1]
         return p
 
+    def score_batches(self, windows: np.ndarray, batch: int = 512):
+        """``(scores (n, V), targets (n,))`` over the word targets of ``windows``, ``batch``
+        rows at a time (for :mod:`fedkb.keyboard`)."""
+        w = np.asarray(windows, dtype=np.int64)
+        rows: list[np.ndarray] = []
+        targets: list[int] = []
+        for row in w:
+            for t in range(len(row) - 1):
+                target = int(row[t + 1])
+                if target < NUM_SPECIAL:
+                    continue
+                rows.append(self.scores(int(row[t - 1]) if t > 0 else PAD, int(row[t])))
+                targets.append(target)
+                if len(rows) == batch:
+                    yield np.stack(rows), np.array(targets)
+                    rows, targets = [], []
+        if rows:
+            yield np.stack(rows), np.array(targets)
+
     def evaluate(self, windows: np.ndarray) -> RecallCounts:
         """Top-1/top-3 recall over the in-vocabulary targets of ``windows``."""
         w = np.asarray(windows, dtype=np.int64)

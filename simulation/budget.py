@@ -152,16 +152,19 @@ def demo_workload(data: Path, rounds: int, clients_per_round: int, central_epoch
                     os.cpu_count() or 1)
 
 
-def fit_demo(args, data: Path, artifact: Path, elapsed_s: float) -> tuple[int, int | None]:
-    """`fedkb demo`'s rounds and central max_steps under ``args.budget`` (printed);
-    ``args.budget_step_ms`` replaces the measured step time (emulating another machine)."""
+def fit_demo(args, data: Path, artifact: Path, elapsed_s: float, rounds: int,
+             clients_per_round: int, central_epochs: float) -> tuple[int, int | None]:
+    """`fedkb demo`'s rounds and central max_steps under ``args.budget`` (printed), from
+    the run it would do otherwise (``rounds`` of ``clients_per_round``, ``central_epochs``:
+    the flags, or the values fitted to the user's corpus); ``args.budget_step_ms`` replaces
+    the measured step time (emulating another machine)."""
     import json
 
     from fedkb.datasets.store import Dataset
     from fedkb.model.central import CentralConfig
 
     batch = int(json.loads((artifact / "metadata.json").read_text())["batch_size"])
-    w = demo_workload(data, args.rounds, args.clients_per_round, args.central_epochs,
+    w = demo_workload(data, rounds, clients_per_round, central_epochs,
                       CentralConfig().batch_size, batch)
     if args.budget_step_ms is not None:
         step_s, how = args.budget_step_ms / 1000, "given by --budget-step-ms"

@@ -67,10 +67,15 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
     from fedkb.device_runtime.cli import ray_options
     from fedkb.simulation.fleet_engine import default_artifact_dir
 
+    artifact = args.artifact or default_artifact_dir(args.data, args.preset)
+    if getattr(args, "init_from", None) is not None:  # the export, warm-started
+        from fedkb.simulation.init_from import warm_artifact
+
+        artifact = warm_artifact(args.data, args.preset, artifact, args.init_from)
     return FleetRunConfig(
         data=args.data, preset=args.preset, devices=args.devices, workers=args.workers,
         speedup=args.speedup, seed=args.seed, claim_hold_s=args.claim_hold,
-        artifact=args.artifact or default_artifact_dir(args.data, args.preset),
+        artifact=artifact,
         round=FLEET_ROUND.replace(
             report_goal=args.clients_per_round, max_rounds=args.rounds,
             selection_window_s=args.selection_window,
@@ -206,6 +211,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact", type=Path, default=None,
                    help="fleet: the model export to use, made there on first use "
                         "(default: DATA/models/PRESET)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="ARTIFACT_OR_CHECKPOINT",
+                   help="fleet: start from this model, the vocabulary mapped (see "
+                        "`fedkb demo --init-from`)")
     p.add_argument("--selection-window", type=float, default=rc.selection_window_s,
                    help="fleet: server selection window, wall seconds")
     p.add_argument("--reporting-deadline", type=float, default=rc.reporting_deadline_s,

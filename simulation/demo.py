@@ -17,6 +17,7 @@ Ctrl-C at any point stops everything it started (server, fleet workers).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -61,14 +62,22 @@ def demo_config(data: Path, artifact: Path, devices: int, rounds: int,
                 clients_per_round: int, workers: int, preset: str, strategy: str,
                 lr: float, server_lr: float, privacy: PrivacyConfig | None = None,
                 compression: CompressionConfig = DEMO_COMPRESSION,
-                ray: RayOptions | None = None) -> FleetRunConfig:
+                ray: RayOptions | None = None, fit=None) -> FleetRunConfig:
     """The fleet run of `fedkb demo`: :data:`DEMO_ROUND` and friends with the flags, a
     federated evaluation round every eighth of the run, the server lr decayed over it
     (not DP-FTRL's);
-    ``privacy`` the server's ``[privacy]`` table (``--dp ...``)."""
+    ``privacy`` the server's ``[privacy]`` table (``--dp ...``); ``fit`` a
+    :class:`fedkb.simulation.fit.RunFit` for a user's corpus (its rest period, reporting
+    deadline and start hour; None: the demo's own)."""
+    extra: dict[str, Any] = {}
+    deadline = DEMO_ROUND.reporting_deadline_s
+    if fit is not None:
+        extra = {"rejoin_after_rounds": fit.rejoin_after_rounds, "start_hour": fit.start_hour}
+        deadline = fit.reporting_deadline_s
     return FleetRunConfig(
-        data=data, preset=preset, devices=devices, workers=workers, artifact=artifact,
+        data=data, preset=preset, devices=devices, workers=workers, artifact=artifact, **extra,
         round=DEMO_ROUND.replace(max_rounds=rounds, report_goal=clients_per_round,
+                                 reporting_deadline_s=deadline,
                                  eval_every=max(1, rounds // 8)),
         client=DEMO_CLIENT.replace(lr=lr),
         # DP-FTRL rescales the whole noisy sum: its server lr stays constant
@@ -83,18 +92,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     from fedkb.simulation.budget import parse_budget
     from fedkb.simulation.cli import add_compression_flags, add_ray_flag, strategy_names
 
-    p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus")
+    p = sub.add_parser("demo", help="the whole loop on the bundled Shakespeare corpus "
+                                    "(or your own: --corpus)")
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
                    help="where the demo writes its dataset, model and report")
-    p.add_argument("--rounds", type=int, default=DEMO_ROUND.max_rounds,
-                   help="federated training rounds")
-    p.add_argument("--clients-per-round", type=int, default=DEMO_ROUND.report_goal)
+    p.add_argument("--corpus", default="shakespeare",
+                   help="'shakespeare', FILE.jsonl ({\"user\", \"text\"} per line) or a DIR "
+                        "of per-user .txt files; a corpus of your own gets its vocabulary, "
+                        "cohort, rest period, deadline, schedule, rounds and central epochs "
+                        "fitted to it (printed, and in report.json)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"federated training rounds (default {DEMO_ROUND.max_rounds}, or "
+                        "fitted to --corpus)")
+    p.add_argument("--clients-per-round", type=int, default=None,
+                   help=f"report goal (default {DEMO_ROUND.report_goal}, or fitted)")
     p.add_argument("--devices", type=int, default=None,
                    help="emulated phones (default: one per user, 1,419 on Shakespeare)")
     p.add_argument("--workers", type=int, default=default_of(FleetRunConfig, "workers"),
                    help="fleet worker processes")
     add_ray_flag(p)
-    p.add_argument("--central-epochs", type=float, default=default_of(CentralConfig, "epochs"))
+    p.add_argument("--central-epochs", type=float, default=None,
+                   help=f"central training epochs (default "
+                        f"{default_of(CentralConfig, 'epochs')}, or fitted)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="ARTIFACT_OR_CHECKPOINT",
+                   help="start federated training from this model (an artifact such as a "
+                        "demo's model-central/, a server state dir such as a demo's "
+                        "federated/server-state, or one of its checkpoints), the "
+                        "vocabulary mapped: shared words keep their rows")
+    p.add_argument("--json", action="store_true",
+                   help="print report.json on stdout (the progress goes to stderr)")
     p.add_argument("--central-optimizer", choices=tuple(reversed(OPTIMIZERS)),
                    default=DEMO_CENTRAL_OPTIMIZER,
                    help="central baseline: Adam at --central-lr (a server-side trainer's "
@@ -134,6 +160,22 @@ def _done(t0: float, text: str = "") -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _run_demo(args)
+    import contextlib
+    import sys
+
+    out = sys.stdout
+
+    def emit(doc: dict[str, Any]) -> None:  # as soon as it exists (the server may stay up)
+        out.write(json.dumps(doc, indent=2) + "\n")
+        out.flush()
+
+    with contextlib.redirect_stdout(sys.stderr):  # the progress; stdout is the report's
+        return _run_demo(args, emit)
+
+
+def _run_demo(args: argparse.Namespace, emit=None) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
     from fedkb.model.central import CentralConfig
     from fedkb.simulation.cli import compression_config
@@ -145,43 +187,83 @@ def _demo(args: argparse.Namespace) -> int:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
+    own = args.corpus != "shakespeare"
 
-    t = _step(1, f"preparing the Shakespeare corpus -> {data}")
-    res = prepare(PrepareConfig(corpus="shakespeare", out=data))
+    t = _step(1, f"preparing the {'corpus ' + args.corpus if own else 'Shakespeare corpus'}"
+                 f" -> {data}")
+    choices: list = []
+    prep = PrepareConfig(corpus=args.corpus, out=data)
+    if own:
+        from fedkb.simulation.fit import corpus_counts, fit_vocab
+
+        choices.append(fit_vocab(corpus_counts(args.corpus)))
+        prep = PrepareConfig(corpus=args.corpus, out=data, vocab_size=choices[0].value)
+    res = prepare(prep)
     c = res.meta["counts"]
     _done(t, f"({c['train_users']} training users, {c['heldout_users']} held-out, "
              f"{c['tokens']:,} tokens)")
+    fit = None
+    if own:
+        from fedkb.datasets.store import Dataset
+        from fedkb.simulation.fit import fit_run, lines
+
+        fit = fit_run(Dataset.open(data), devices=args.devices, workers=args.workers)
+        choices += list(fit.choices)
+        print("      fitted to this corpus (flags override):", flush=True)
+        print("\n".join(lines(choices)), flush=True)
+    rounds = _pick(args.rounds, fit and fit.rounds, DEMO_ROUND.max_rounds)
+    cohort = _pick(args.clients_per_round, fit and fit.clients_per_round,
+                   DEMO_ROUND.report_goal)
+    epochs = _pick(args.central_epochs, fit and fit.central_epochs,
+                   CentralConfig().epochs)
 
     t = _step(2, f"exporting the '{args.preset}' model as a LiteRT training artifact")
     artifact = ensure_artifact(data, args.preset, work / f"model-{args.preset}")
     meta = json.loads((artifact / "metadata.json").read_text())
     _done(t, f"({meta['num_params']:,} parameters, builtin ops only: {meta['builtin_only']})")
-    rounds, central_steps = args.rounds, None
+    plain_artifact, init_stats = artifact, None
+    if args.init_from:
+        from fedkb.simulation.init_from import init_artifact
+
+        artifact, init_stats = init_artifact(artifact, args.init_from,
+                                             work / f"model-{args.preset}-init")
+        print(f"      federated training starts from {init_stats['source']}: "
+              f"{init_stats['shared_words']:,} of {init_stats['words']:,} words shared "
+              f"(their embedding rows copied; {init_stats['new_words']:,} new words keep "
+              "their initial rows)", flush=True)
+    central_steps = None
     if args.budget:
         from fedkb.simulation.budget import fit_demo
 
-        rounds, central_steps = fit_demo(args, data, artifact, time.perf_counter() - t_all)
+        rounds, central_steps = fit_demo(args, data, artifact,
+                                         time.perf_counter() - t_all,
+                                         rounds, cohort, epochs)
 
     t = _step(3, "baselines on the same training users: n-gram, then central training")
     ngram = run_ngram(data)
     lr = args.central_lr if args.central_lr is not None else \
         central_lr(args.preset, args.central_optimizer)
+    central_weights: list = []
     central = run_central(data, args.preset,
-                          CentralConfig(epochs=args.central_epochs, learning_rate=lr,
+                          CentralConfig(epochs=epochs, learning_rate=lr,
                                         optimizer=args.central_optimizer,
-                                        max_steps=central_steps), progress=True)
-    _done(t)
+                                        max_steps=central_steps), progress=True,
+                          weights_out=central_weights)
+    from fedkb.simulation.init_from import save_as_artifact
+
+    save_as_artifact(plain_artifact, central_weights, work / "model-central")  # --init-from
+    _done(t, f"(central model kept in {work / 'model-central'})")
 
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
-                 f"{rounds} rounds of {args.clients_per_round}")
+                 f"{rounds} rounds of {cohort}")
     from fedkb.device_runtime.cli import ray_options
     from fedkb.simulation.dp_flags import privacy_config, strategy_name
 
-    cfg = demo_config(data, artifact, devices, rounds, args.clients_per_round,
+    cfg = demo_config(data, artifact, devices, rounds, cohort,
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
                       privacy_config(args), compression_config(args),
-                      ray_options(args.ray))
+                      ray_options(args.ray), fit=fit)
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=round_bar(rounds),
                                            keep_server=not args.no_serve)
@@ -190,8 +272,14 @@ def _demo(args: argparse.Namespace) -> int:
         t = _step(5, "evaluation on held-out users")
         _done(t, f"(federated evaluation rounds: {len(run.evaluations)})")
         t = _step(6, f"report -> {work / 'report'}")
-        out = write_report(work / "report", report, ngram, central, run)
+        recipe = {"corpus": args.corpus, "fitted": fit is not None,
+                   "rounds": rounds, "clients_per_round": cohort, "central_epochs": epochs,
+                   "vocab_size": res.meta["vocab_words"], "init_from": init_stats,
+                   "choices": [dataclasses.asdict(ch) for ch in choices]}
+        out = write_report(work / "report", report, ngram, central, run, recipe)
         print(out["table"])
+        if emit is not None:
+            emit(out)
         _done(t)
         print(f"the whole demo took {time.perf_counter() - t_all:.0f}s")
         if server is None:
@@ -208,6 +296,15 @@ def _demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _pick(flag, fitted, default):
+    """A flag the user gave, else the value fitted to their corpus, else the demo's."""
+    return flag if flag is not None else fitted if fitted is not None else default
+
+
 def communication_line(comm: dict[str, Any] | None) -> str:
     """The summary table's line on bytes: uplink per update, downlink per task."""
     if not comm or not comm.get("uplink_bytes_per_update"):
@@ -217,7 +314,8 @@ def communication_line(comm: dict[str, Any] | None) -> str:
             f"{(comm['downlink_bytes_per_task'] or 0) / 1e6:.2f} MB down per task")
 
 
-def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
+def write_report(out: Path, fed, ngram, central, run,
+                 recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON report, the PNG learning curves and the summary table."""
     import matplotlib
 
@@ -230,14 +328,22 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
     c = run.fleet["tasks"]
     rows = [("federated (fleet)", fed), (f"central ({central.config.get('optimizer', 'sgd')})",
                                          central), ("n-gram (KN trigram)", ngram)]
-    lines = ["", f"{'held-out users':<22}{'top-1 recall':>14}{'top-3 recall':>14}",
-             "-" * 50]
+    lines = ["", f"{'held-out users':<22}{'top-1 recall':>14}{'top-3 recall':>14}"
+                 f"{'keys saved':>12}", "-" * 62]
     lines += [f"{name:<22}{r.heldout['top1_recall']:>14.2%}{r.heldout['top3_recall']:>14.2%}"
-              for name, r in rows]
+              f"{_pct(r.heldout.get('keystroke_savings')):>12}" for name, r in rows]
+    lines += ["-" * 62, "top-1 / top-3 recall by word frequency rank (share of targets):"]
+    buckets = rows[-1][1].heldout.get("by_frequency") or []  # the n-gram's: the whole vocab
+    for i, b in enumerate(buckets):
+        cells = [f"{_pct(r.heldout['by_frequency'][i]['top1_recall'])} / "
+                 f"{_pct(r.heldout['by_frequency'][i]['top3_recall'])}"
+                 for _, r in rows if r.heldout.get("by_frequency")]
+        lines.append(f"  ranks {b['ranks']:<10}({b['share']:.0%})  " + "   ".join(
+            f"{name.split(' ')[0]} {c}" for (name, _), c in zip(rows, cells, strict=False)))
     ratio = (fed.heldout["top1_recall"] / central.heldout["top1_recall"]
              if central.heldout["top1_recall"] else 0.0)
     beats = fed.heldout["top1_recall"] > ngram.heldout["top1_recall"]
-    lines += ["-" * 50,
+    lines += ["-" * 62,
               f"federated reaches {ratio:.0%} of central top-1 recall; "
               f"{'beats' if beats else 'does not beat'} the n-gram baseline",
               f"rounds {len(fed.rounds)}, phones {run.fleet['phones']}, "
@@ -279,6 +385,6 @@ def write_report(out: Path, fed, ngram, central, run) -> dict[str, Any]:
 
     doc = {"federated": fed.to_dict(), "central": central.to_dict(), "ngram": ngram.to_dict(),
            "fleet": run.fleet, "evaluations": evals, "table": table,
-           "privacy": fed.privacy}
+           "privacy": fed.privacy, "recipe": recipe}
     (out / "report.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return doc

@@ -48,6 +48,25 @@ def central_lr(preset: str, optimizer: str) -> float:
     return ADAM_LR if optimizer == "adam" else preset_config(preset).learning_rate
 
 
+def keyboard_figures(ds, model_cfg=None, weights=None, ngram=None) -> dict[str, Any]:
+    """Recall by frequency bucket and keystroke savings (:mod:`fedkb.keyboard`) on the
+    held-out users: of the Keras model ``model_cfg`` with ``weights``, or of ``ngram``."""
+    from fedkb.datasets.store import clip_to_vocab
+    from fedkb.keyboard import Completion, windows_counts
+
+    windows = ds.all_windows("heldout", "eval")
+    if ngram is not None:
+        kb = windows_counts(Completion(ds.vocab.words), ngram.score_batches(windows))
+        return kb.figures()
+    from fedkb.model.central import keyboard_keras
+    from fedkb.model.keras_model import build_model
+
+    words = ds.vocab.words[: model_cfg.vocab_size]
+    kb = keyboard_keras(build_model(model_cfg, weights=weights),
+                        clip_to_vocab(windows, model_cfg.vocab_size), Completion(words))
+    return kb.figures()
+
+
 def run_ngram(data: Path) -> EngineReport:
     """Interpolated Kneser-Ney trigrams on the training users' windows."""
     from fedkb.model.ngram import KneserNeyTrigram
@@ -58,15 +77,17 @@ def run_ngram(data: Path) -> EngineReport:
     counts = model.evaluate(ds.all_windows("heldout", "eval"))
     return EngineReport(
         engine="ngram", data=str(data),
-        heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users)),
+        heldout={**EngineReport.heldout_figures(counts, len(ds.heldout_users)),
+                 **keyboard_figures(ds, ngram=model)},
         wall_s=round(time.perf_counter() - t0, 3), config={"order": 3, "smoothing": "ikn"})
 
 
-def run_central(data: Path, preset: str, central: Any, progress: bool = False
-                ) -> EngineReport:
+def run_central(data: Path, preset: str, central: Any, progress: bool = False,
+                weights_out: list | None = None) -> EngineReport:
     """The same Keras model trained on the pooled training users (the upper reference).
 
-    ``central`` is a :class:`fedkb.model.central.CentralConfig`; ``progress``: a bar.
+    ``central`` is a :class:`fedkb.model.central.CentralConfig`; ``progress``: a bar;
+    ``weights_out``: a list that receives the trained weights.
     """
     from fedkb.model.central import train_central
     from fedkb.simulation.progress import step_bar
@@ -75,9 +96,12 @@ def run_central(data: Path, preset: str, central: Any, progress: bool = False
     model_cfg = preset_config(preset).fit_to_data(len(ds.vocab), ds.seq_len)
     t0 = time.perf_counter()
     res = train_central(ds, model_cfg, central, progress=step_bar() if progress else None)
+    if weights_out is not None:
+        weights_out.extend(res.weights)
     return EngineReport(
         engine="central", data=str(data),
-        heldout=EngineReport.heldout_figures(res.counts, len(ds.heldout_users), res.loss),
+        heldout={**EngineReport.heldout_figures(res.counts, len(ds.heldout_users), res.loss),
+                 **keyboard_figures(ds, model_cfg, res.weights)},
         wall_s=round(time.perf_counter() - t0, 3),
         config={"preset": model_cfg.name, "steps": res.steps,
                 **dataclasses.asdict(central)})
@@ -156,7 +180,8 @@ def run_tff(cfg: TffRunConfig) -> EngineReport:
                                                 model_cfg.vocab_size))
     return EngineReport(
         engine="tff", data=str(cfg.data),
-        heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
+        heldout={**EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
+                 **keyboard_figures(ds, model_cfg, final)},
         wall_s=round(time.perf_counter() - t0, 3),
         config={"preset": model_cfg.name, "rounds": len(rounds),
                 "clients_per_round": cfg.clients_per_round, "epochs": cfg.epochs,

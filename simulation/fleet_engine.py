@@ -177,9 +177,14 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
                                                                    cfg.compression,
                                                                    run.served)})
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
+    from fedkb.model.config import get_preset
+    from fedkb.simulation.engines import keyboard_figures
+
+    model_cfg = get_preset(cfg.preset).fit_to_data(len(ds.vocab), ds.seq_len)
     report = EngineReport(
         engine="fleet", data=str(cfg.data),
-        heldout=EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
+        heldout={**EngineReport.heldout_figures(counts, len(ds.heldout_users), loss),
+                 **keyboard_figures(ds, model_cfg, run.final_weights)},
         wall_s=round(time.perf_counter() - t0, 3),
         config=config, rounds=round_rows(run.rounds, run.accepted),
         privacy=privacy_report(run.status),

@@ -215,7 +215,7 @@ def test_empty_corpus(capsys, tmp_path):
                                  "--out", str(tmp_path / "o"))
 
 
-@pytest.mark.parametrize("line", ['{"user": "a"}', '["a", "b"]', '{"user": 1, "text": "x"}',
+@pytest.mark.parametrize("line", ['{"user": "a"}', '["a", "b"]', '{"user": true, "text": "x"}',
                                   '{"user": "a", "text": "x"', '{"user": " ", "text": "x"}'])
 def test_bad_jsonl_lines(capsys, tmp_path, line):
     f = tmp_path / "bad.jsonl"
