@@ -11,8 +11,9 @@ simulate`` orchestrator and its held-out evaluation), ``other``. Kinds, by the f
 rule that matches any frame of the sample's stack (in the order of :data:`KINDS`):
 LiteRT training, evaluation, imports (start-up), serialisation (codecs, update encoding,
 pickling between processes), aggregation (the server's decode, checks and fold), HTTP
-(sockets, http.client, waitress, Flask), waiting (locks, queues, sleeps: py-spy counts
-a thread blocked in Python code as active), the phones' trace simulation, other.
+(sockets, http.client, waitress, Flask), waiting (locks, queues, sleeps, socket reads:
+py-spy counts a thread blocked in Python code as active, so a stack whose innermost frame
+blocks is waiting whatever called it), the phones' trace simulation, other.
 """
 
 from __future__ import annotations
@@ -57,7 +58,20 @@ def role(frames: list[str]) -> str:
     return "other"
 
 
+WAIT_LEAVES = ("Condition.wait", "Event.wait", "Lock.acquire", "sleep", "select", "poll",
+               "Queue.get", "_recv", "readinto", "accept", "Thread.join", "_wait_for_tstate_lock")
+
+
 def kind(frames: list[str]) -> str:
+    """The first matching kind; a stack whose innermost frame blocks (a lock, a sleep, a
+    socket read) is waiting, whatever called it: py-spy samples such threads as active."""
+    calls = [f for f in frames if not f.startswith("process ")]
+    for name, needles in KINDS[:2]:  # training and evaluation include their waits
+        if any(n in f for f in calls for n in needles):
+            return name
+    if calls and any(calls[-1].startswith(w) or f" {w} " in calls[-1] or
+                     calls[-1].split(" (")[0].endswith(w) for w in WAIT_LEAVES):
+        return "waiting"
     for name, needles in KINDS:
         if any(n in f for f in frames for n in needles):
             return name

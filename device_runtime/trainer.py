@@ -122,6 +122,9 @@ class _QuietFirstCall:
         self._first = False
         return out
 
+    def get_input_details(self) -> Any:
+        return self._runner.get_input_details()
+
 
 class Trainer:
     """Train, evaluate and predict with one artifact through LiteRT signature runners."""

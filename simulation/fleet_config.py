@@ -209,8 +209,7 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
     rc, cc, sc = cfg.round, cfg.client, cfg.strategy
     return {"data": str(cfg.data), "preset": cfg.preset, "rounds": cfg.rounds,
             "clients_per_round": rc.report_goal, "epochs": cc.epochs,
-            "max_steps": cc.max_steps, "lr": cc.lr, "grad_clip": cc.grad_clip,
-            "server_lr": sc.server_lr,
+            "max_steps": cc.max_steps, "lr": cc.lr, "server_lr": sc.server_lr,
             "strategy": sc.name, "devices": cfg.devices, "workers": cfg.workers,
             "speedup": cfg.speedup, "start_hour": cfg.start_hour,
             "selection_window_s": rc.selection_window_s,
@@ -224,5 +223,5 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "faults": cfg.faults.text() if cfg.faults is not None else None,
             "dp": cfg.privacy.mechanism,
             "uplink": cfg.compression.uplink, "rotate": cfg.compression.rotate,
-            "downlink": cfg.compression.downlink,
+            "downlink": cfg.compression.downlink, "grad_clip": cc.grad_clip,
             "ray": cfg.ray.address if cfg.ray is not None else None}

@@ -207,7 +207,7 @@ def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
         "selection_window_s", "reporting_deadline_s", "pipeline", "claim_poll_s",
         "claim_hold_s", "overselect", "pace_margin", "clip_norm", "lr_decay", "eval_every",
         "eval_goal", "seed", "artifact", "rejoin_after_rounds", "faults", "dp", "uplink",
-        "rotate", "downlink"]
+        "rotate", "downlink", "grad_clip"]
     assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
         (20, 20, True, "fedavg")
     json.dumps(doc)  # plain JSON

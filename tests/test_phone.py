@@ -122,6 +122,20 @@ def test_a_dp_plan_makes_the_phone_clip_and_report_its_bit(model, windows):
         assert global_norm(sent) == pytest.approx(min(norm, clip), rel=1e-5)
 
 
+def test_the_plans_grad_clip_bounds_every_local_step(model, windows):
+    from fedkb.clipping import global_norm
+
+    free = run_task(Phone(_profile(ALWAYS)), _task(), 0.0, model, windows)
+    _, delta = wire.decode_upload(free.body)
+    steps = -(-len(windows) // 8)
+    tiny = global_norm(delta) / (10 * steps * 0.5)  # binds on every step
+    plan = wire.Plan("train", 0.5, 8, 1, 0, grad_clip=tiny)
+    out = run_task(Phone(_profile(ALWAYS)), wire.Task("t1", 7, 3, plan, "/w", "/a", 60.0),
+                   0.0, model, windows)
+    _, sent = wire.decode_upload(out.body)
+    assert 0 < global_norm(sent) <= steps * 0.5 * tiny * (1 + 1e-4)
+
+
 def test_the_artifact_is_downloaded_once_and_weights_once_per_version(model, windows):
     phone = Phone(_profile(ALWAYS))
     first = run_task(phone, _task(version=3), 1000.0, model, windows)

@@ -109,13 +109,13 @@ def test_admin_client_config_is_validated_persisted_and_applies_to_new_rounds(tm
     devs = [h.register() for _ in range(3)]
     first = devs[0].task()  # round 1 is configured with lr 0.5
     assert h.admin("GET", "/v1/admin/client-config").get_json() == {
-        "lr": 0.5, "epochs": 1, "max_steps": 50}
+        "lr": 0.5, "epochs": 1, "max_steps": 50, "grad_clip": 5.0}
     for bad in ({"lr": "fast"}, {"epochs": 1.5}, {"max_steps": True}, {"lr": -1},
-                {"batch_size": 8}):
+                {"batch_size": 8}, {"grad_clip": 0}, {"grad_clip": "5"}):
         r = h.admin("PATCH", "/v1/admin/client-config", json=bad)
         assert r.status_code == 422 and r.get_json()["error"]["code"] == "bad_config", bad
     r = h.admin("PATCH", "/v1/admin/client-config", json={"lr": 0.2, "epochs": 3})
-    assert r.get_json() == {"lr": 0.2, "epochs": 3, "max_steps": 50}
+    assert r.get_json() == {"lr": 0.2, "epochs": 3, "max_steps": 50, "grad_clip": 5.0}
     assert devs[1].task()["plan"]["lr"] == 0.5  # the open round keeps its plan
     for d in devs[:2]:
         d.upload(d.task(), deltas(1.0))

@@ -50,11 +50,15 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
-from dp_accounting import pld, rdp
+if TYPE_CHECKING:
+    import dp_accounting
 
+# dp_accounting (and the SciPy it loads) is imported by the functions that account, not
+# here: this module is reached from fedkb.server.strategy, so every `fedkb simulate`,
+# `fedkb demo` and `fedkb server` process paid ~1-2 s (10 s on a loaded VM) to import it
+# even with no privacy configured (bench/README.md, "The fleet at the compute floor").
 from fedkb.server.privacy.errors import PrivacyConfigError
 from fedkb.server.privacy.tree_sensitivity import worst_case_sensitivity_squared
 
@@ -214,6 +218,9 @@ def _composition(events: Sequence[RoundEvent]) -> tuple[
         Callable[[], dp_accounting.PrivacyAccountant], dp_accounting.DpEvent, str, str]:
     """(fresh accountant, one composed event, accountant name, neighbouring relation)."""
     kind = _mechanism(events)
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
     rel = dp_accounting.NeighboringRelation
     if kind == TREE:
         raise ValueError("tree events are accounted in zCDP, not composed")
@@ -279,6 +286,8 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
 
 def _eps(make: Callable[[], dp_accounting.PrivacyAccountant], event: dp_accounting.DpEvent,
          delta: float) -> float:
+    import dp_accounting
+
     if isinstance(event, dp_accounting.NonPrivateDpEvent) or (
             isinstance(event, dp_accounting.ComposedDpEvent)
             and any(isinstance(e, dp_accounting.NonPrivateDpEvent) for e in event.events)):
@@ -373,6 +382,8 @@ def noise_for_target(target_epsilon: float, delta: float,
         if lo < 1e-3:
             return lo  # even this little noise meets the budget
         lo, hi = lo / 2, lo
+    import dp_accounting
+
     make = _composition(rounds(hi))[0]
     return float(dp_accounting.calibrate_dp_mechanism(
         make, lambda z: _composition(rounds(z))[1], target_epsilon, delta,
