@@ -34,6 +34,7 @@ from fedkb.artifact import NUM_SPECIAL
 
 BUCKETS = ((1, 100), (101, 1_000), (1_001, None))  # frequency ranks, inclusive
 SUGGESTIONS = 3  # a keyboard's suggestion strip
+FIGURES = ("by_frequency", "keystroke_savings", "completion_chars", "completion_saved_chars")
 _CHUNK = 512  # rows scored at a time (a chunk's cumulative sum is _CHUNK x V int32)
 
 

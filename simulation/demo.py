@@ -1,5 +1,11 @@
 """`fedkb demo`: the whole loop on the bundled Shakespeare corpus, end to end.
 
+``--corpus FILE.jsonl|DIR`` runs it on a user's own corpus, with the vocabulary and the
+fleet recipe fitted to it (:mod:`fedkb.simulation.fit`, each choice printed and kept in
+``report.json``'s ``recipe``); ``--init-from`` warm-starts federated training
+(:mod:`fedkb.simulation.init_from`; the demo keeps its central model as an artifact in
+``WORKDIR/model-central`` for that); ``--json`` prints the report on stdout.
+
 1. prepare the corpus into per-user shards (one user = one role in one play);
 2. export the `small` model as a LiteRT training artifact;
 3. train the baselines on the same training users: Kneser-Ney trigrams and central

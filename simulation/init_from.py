@@ -70,7 +70,9 @@ def read_source(path: str | Path) -> Source:
 def map_weights(src: Source, words: list[str], names: list[str],
                 initial: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, Any]]:
     """The target's weights (``names`` order) with ``src``'s values mapped onto ``words``."""
-    index = {w: i for i, w in enumerate(src.words)}
+    rows = min(len(a) for n, a in src.weights.items() if n in VOCAB_WEIGHTS) \
+        if any(n in src.weights for n in VOCAB_WEIGHTS) else len(src.words)
+    index = {w: i for i, w in enumerate(src.words[:rows])}  # words the weights hold
     dst_ids = np.array([i for i, w in enumerate(words) if w in index], np.int64)
     src_ids = np.array([index[words[i]] for i in dst_ids], np.int64)
     out = []

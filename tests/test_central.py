@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fedkb.cli import main
+from fedkb.keyboard import FIGURES
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ def test_simulate_central_learns_and_reports_the_shared_schema(capsys, tiny_data
     for rep in (untrained, trained):
         assert rep["engine"] == "central" and rep["heldout"]["users"] == 2
         assert set(rep["heldout"]) == {"users", "iv_targets", "top1_recall", "top3_recall",
-                                       "loss"}
+                                       "loss", *FIGURES}
     assert trained["heldout"]["loss"] < untrained["heldout"]["loss"] - 0.2
     assert trained["heldout"]["top3_recall"] >= untrained["heldout"]["top3_recall"]
 

@@ -16,6 +16,7 @@ from conftest import _suspects
 from fedkb.codec import decode_arrays, encode_arrays
 from fedkb.datasets.store import Dataset
 from fedkb.device_runtime.batching import batch_plan
+from fedkb.keyboard import FIGURES
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,8 @@ def test_simulate_tff_cli_reports_the_shared_schema(capsys, tiny_data):
     rep = json.loads(capsys.readouterr().out)
     assert rep["engine"] == "tff" and [r["round"] for r in rep["rounds"]] == [1, 2]
     assert all(r["clients"] == 3 and r["train_loss"] > 0 for r in rep["rounds"])
-    assert set(rep["heldout"]) == {"users", "iv_targets", "top1_recall", "top3_recall", "loss"}
+    assert set(rep["heldout"]) == {"users", "iv_targets", "top1_recall", "top3_recall", "loss",
+                                   *FIGURES}
 
 
 @pytest.mark.parametrize("name", ["fedavgm", "fedadam"])
