@@ -17,6 +17,7 @@ Ctrl-C at any point stops everything it started (server, fleet workers).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -106,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-lr", type=float, default=DEMO_STRATEGY.server_lr,
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
     add_compression_flags(p, DEMO_COMPRESSION.uplink)
+    from fedkb.simulation.cli import add_secagg_flags
+
+    add_secagg_flags(p)
     p.add_argument("--no-serve", action="store_true", help="exit when done")
     from fedkb.simulation.dp_flags import add_dp_arguments
 
@@ -125,7 +129,7 @@ def _done(t0: float, text: str = "") -> None:
 def _demo(args: argparse.Namespace) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
     from fedkb.model.central import CentralConfig
-    from fedkb.simulation.cli import compression_config
+    from fedkb.simulation.cli import compression_config, secagg_config
     from fedkb.simulation.engines import central_lr, run_central, run_ngram
     from fedkb.simulation.fleet_engine import ensure_artifact, run_fleet_engine
     from fedkb.simulation.progress import round_bar
@@ -163,6 +167,8 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = demo_config(data, artifact, devices, args.rounds, args.clients_per_round,
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
                       privacy_config(args), compression_config(args))
+    if args.secagg:  # checked like the server checks it (check_secagg), before the run
+        cfg = dataclasses.replace(cfg, secagg=secagg_config(args))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=round_bar(args.rounds),
                                            keep_server=not args.no_serve)
