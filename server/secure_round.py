@@ -72,7 +72,7 @@ WIRE_PHASE = {ADVERTISE: "advertise_keys", SHARE: "share_keys",
               MASKED: "masked_input_collection", UNMASK: "unmasking"}
 MESSAGE_OF = {ADVERTISE: AdvertiseKeys, SHARE: ShareKeys, MASKED: MaskedInput,
               UNMASK: UnmaskResponse}
-POLL_S = 1.0  # a phone with nothing to send asks again after this long
+POLL_S = 0.25  # wall s: a phone with nothing to send asks again after this long
 # the protocol's refusals a phone is told apart: too late / already answered (409) and
 # everything else (a message the protocol refuses: 422)
 LATE_CODES = frozenset({"phase_closed", "duplicate", "not_eligible"})
