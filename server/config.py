@@ -426,8 +426,8 @@ class SecAggConfig:
         phase_deadline_s: the deadline of each phase after the first (the first,
             advertise keys, has the round's ``reporting_deadline_s``: phones train in it).
         clip: the L2 norm phones clip their delta to before encoding, when neither
-            ``[privacy]`` nor ``strategy.clip_norm`` sets one (the server cannot clip
-            an update it never sees).
+            ``[privacy]`` (its clip wins) nor ``strategy.clip_norm`` sets one (the server
+            cannot clip an update it never sees).
         range_sigmas: the shared quantization grid's radius, in standard deviations of
             a rotated coordinate of a clipped update (:mod:`fedkb.secagg.update_codec`).
     """
@@ -474,10 +474,7 @@ def check_secagg(secagg: SecAggConfig, rounds: RoundConfig, strategy: StrategyCo
     if compression.uplink == "float32":
         raise ConfigError("secure aggregation sums quantized codes: set compression.uplink "
                           "to q8, q4 or q2 (fedkb simulate --uplink q8)")
-    if privacy.enabled:
-        raise ConfigError("[secagg] with [privacy] is not built yet: central noise on the "
-                          "unmasked sum needs the DP stage to take a sum (issue 18)")
-    if secagg_clip(secagg, strategy) is None:
+    if not privacy.enabled and secagg_clip(secagg, strategy) is None:
         raise ConfigError("secure aggregation needs a clip on the phone: set "
                           "strategy.clip_norm (--clip-norm) or secagg.clip")
     n = rounds.target(rounds.report_goal)

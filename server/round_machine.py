@@ -301,7 +301,8 @@ class RoundMachine:
         phases = (secure_round_phases(self.cfg, self.secagg, goal) if secure
                   else round_phases(self.cfg, goal))
         if secure:  # one rotation seed for the round: the server un-rotates the sum once
-            clip = self.secagg.clip  # create_app resolved it (config.secagg_clip)
+            # [privacy]'s C_t, else the one create_app resolved (config.secagg_clip)
+            clip = plan.clip if plan.clip is not None else self.secagg.clip
             assert clip is not None, "check_secagg refuses a secure round without a clip"
             plan = dataclasses.replace(plan, secagg=True, rotate=False, clip=clip,
                                        rotation_seed=secrets.randbits(ROTATION_SEED_BITS))
@@ -334,6 +335,8 @@ class RoundMachine:
             rnd.plan = dataclasses.replace(rnd.plan, clip=self.privacy.clip)
             rnd.aggregator = self.privacy.aggregator(
                 self.artifact.specs, rnd.goal, self.devices.count(POPULATION_OF[TRAIN]))
+            if rnd.secure is not None and rnd.plan.clip is not None:
+                rnd.secure.set_clip(rnd.plan.clip)
         rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
         rnd.phase_deadline = max(rnd.phase_deadline, rnd.claim_deadline)
         best_effort(lambda: self.db.update("rounds", "id", rnd.id, rnd.row()),

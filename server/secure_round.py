@@ -23,7 +23,10 @@ and nothing of it is written to the database or the logs. The unmasked sum is de
 (:func:`fedkb.secagg.update_codec.decode_sum`: field decoding, un-rotation), divided by
 the number of summands and handed to the round's ordinary aggregator as one update, so
 the strategy and the model checks after it are unchanged. The mean is unweighted: a
-phone's ``num_examples`` cannot weight an update the server never sees.
+phone's ``num_examples`` cannot weight an update the server never sees. With
+``[privacy]`` the round's DP stage takes the unmasked *sum* instead
+(``accumulate_sum``: each phone clipped to the round's C itself) and adds its central
+Gaussian noise to it, as for plain rounds: the server is trusted with the noise.
 
 Phones talk to it through ``GET``/``POST /v1/tasks/<id>/secagg``
 (:class:`~fedkb.wire.SecAggStep`, :class:`~fedkb.wire.SecAggSubmit`). A refused message
@@ -33,6 +36,7 @@ was and is counted in the round's ``rejected`` as ``secagg_<code>``.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections import Counter
@@ -118,6 +122,7 @@ class SecureRound:
         self.abort: Abort | None = None
         self.responders: set[int] = set()
         self.scalars: dict[int, tuple[int, float | None]] = {}  # uid -> (examples, loss)
+        self.unclipped: dict[int, bool | None] = {}  # uid -> the phone's clip bit
         self.refused: Counter[str] = Counter()
         self.clipped_values = 0
         self.cpu_s: Counter[str] = Counter()
@@ -145,6 +150,10 @@ class SecureRound:
                                   self.layout.modulus_bits(n), degree,
                                   secrets.token_bytes(32) if degree is not None else b"")
         self.server = SecAggServer(self.params)
+
+    def set_clip(self, clip: float) -> None:
+        """A pipelined round configured with this round's C_t (adaptive clipping)."""
+        self.layout = dataclasses.replace(self.layout, clip=clip)
 
     def _timed(self, what: str, fn: Any) -> Any:
         t0 = time.thread_time()
@@ -196,6 +205,12 @@ class SecureRound:
             total = decode_sum(result.total, n, self.params.k, self.layout)
         except (FieldOverflowError, ValueError) as exc:
             self.abort = Abort(UNMASK, f"the unmasked sum is not an honest sum: {exc}")
+            return
+        if rnd.aggregator is None:
+            return
+        if hasattr(rnd.aggregator, "accumulate_sum"):  # DP: noise on the unmasked sum
+            rnd.aggregator.accumulate_sum(total, n, [self.unclipped.get(u)
+                                                     for u in result.survivors])
             return
         mean = [(a / np.float32(n)).astype(np.float32) for a in total]
         if rnd.aggregator is not None:
@@ -259,6 +274,7 @@ class SecureRound:
         self.bytes_up += size
         if name == MASKED:
             self.scalars[uid] = (int(sub.num_examples or 0), sub.loss)
+            self.unclipped[uid] = sub.unclipped
             self.clipped_values += int(sub.clipped_values or 0)
         elif name == UNMASK:
             self.responders.add(uid)

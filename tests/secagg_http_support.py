@@ -26,7 +26,7 @@ from fedkb.device_runtime.secagg_client import DONE, STOPPED, WAIT, SecureTask
 from fedkb.plan_codec import ROUNDING_STREAM
 from fedkb.secagg.update_codec import encode_codes
 from fedkb.server.app import create_app
-from fedkb.server.config import CompressionConfig, SecAggConfig, StrategyConfig
+from fedkb.server.config import CompressionConfig, PrivacyConfig, SecAggConfig, StrategyConfig
 from fedkb.weights import WeightSpec
 
 CLIP = 4.0
@@ -91,12 +91,13 @@ class Member:
 
 
 def secure_harness(tmp: Path, n: int = 5, threshold: float = 0.6,
-                          neighbours: int | None = None, bits: str = "q8",
-                          **round_kw: Any) -> Harness:
+                   neighbours: int | None = None, bits: str = "q8",
+                   privacy: PrivacyConfig | None = None, **round_kw: Any) -> Harness:
     cfg = make_config(tmp, model=False, report_goal=n, overselect=1.0, min_fraction=0.6,
                       strategy=StrategyConfig(clip_norm=CLIP), **round_kw)
     cfg = cfg.replace(model=write_artifact(tmp / "artifact"),
                       compression=CompressionConfig(uplink=bits),
+                      privacy=privacy or PrivacyConfig(),
                       secagg=SecAggConfig(enabled=True, threshold=threshold,
                                           neighbours=neighbours, phase_deadline_s=10.0))
     clock = FakeClock()

@@ -307,6 +307,28 @@ def test_a_forged_ciphertext_stops_its_recipient_not_the_round(tmp_path):
     assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, [0, 2, 3, 4]))
 
 
+def test_with_dp_the_noise_goes_on_the_unmasked_sum_over_the_report_goal(tmp_path):
+    """[privacy] and [secagg]: phones clip to the privacy clip; the DP stage gets the
+    unmasked sum of the survivors and divides by the fixed report goal m."""
+    clip = 2.0
+    h = secure_harness(tmp_path, N, privacy=PrivacyConfig(
+        mechanism="fedavg", noise_multiplier=0.0, clip=clip, population=10),
+        pipeline=False)
+    before = h.global_weights()
+    sh = SecureHarness(h, N)
+    assert sh.members[0].task.plan.clip == clip
+    sh.run(drop={"masked_input": {4}})
+    assert sh.round.state == "committed", sh.round.reason
+    r = h.client.get(f"/v1/rounds/{sh.round_id}").get_json()
+    assert r["measurements"]["count"] == 4 and r["measurements"]["denominator"] == N
+    assert r["privacy"]["event"]["clip"] == clip
+    want = [sum(clip_update(phone_delta(i), clip)[0][j] for i in range(4)) / N
+            for j in range(len(before))]
+    err = np.sqrt(sum(float(np.sum(((b - a) - m) ** 2))
+                      for a, b, m in zip(before, h.global_weights(), want, strict=True)))
+    assert err < mean_bound(sh) * clip / CLIP
+
+
 def test_a_plain_upload_to_a_secure_round_is_refused(tmp_path):
     h = secure_harness(tmp_path, N)
     sh = SecureHarness(h, N)
@@ -332,8 +354,6 @@ def test_secagg_plus_over_http(tmp_path):
     (SecAggConfig(enabled=True, threshold=11), {}, "more than the 10 phones"),
     (SecAggConfig(enabled=True), {"compression": CompressionConfig()}, "quantized codes"),
     (SecAggConfig(enabled=True), {"strategy": StrategyConfig()}, "needs a clip"),
-    (SecAggConfig(enabled=True), {"privacy": PrivacyConfig(mechanism="fedavg")},
-     "not built yet"),
     (SecAggConfig(enabled=True, neighbours=10), {}, "below the cohort"),
 ])
 def test_bad_settings_are_refused_at_start(secagg, extra, match):
