@@ -9,7 +9,8 @@ A secure training round's phases (:func:`secure_round_phases`)::
 
 Each has its own deadline (advertise keys: ``round.reporting_deadline_s``, since phones
 train in it; the others ``secagg.phase_deadline_s``) and minimum count
-``max(t, min_reports)``; it ends at its deadline or once every phone still in the
+``max(t, min_reports)`` (unmasking: t responders; the summands are the masked-input
+phase's survivors); it ends at its deadline or once every phone still in the
 protocol has answered, and the round is abandoned (``secagg_<phase>``, the protocol's
 reason kept in the round's ``stats.secagg.abort``) when fewer remain. t is fixed when
 selection ends, from the cohort actually selected (:meth:`SecAggConfig.threshold_for`).
@@ -90,7 +91,8 @@ def secure_round_phases(cfg: RoundConfig, sa: SecAggConfig, goal: int) -> tuple[
     sel = max(need, t if sa.threshold > 1 else 2)
     return (Phase("selection", "selecting", cfg.selection_window_s, sel, "too_few_devices"),
             *(Phase(name, TRAINING, cfg.reporting_deadline_s if name == ADVERTISE
-                    else sa.phase_deadline_s, max(need, t), f"secagg_{name}")
+                    else sa.phase_deadline_s, t if name == UNMASK else max(need, t),
+                    f"secagg_{name}")
               for name in SECURE_PHASES))
 
 
@@ -140,9 +142,12 @@ class SecureRound:
             self.abort = Abort(ADVERTISE, f"{n} phones selected: no threshold t with "
                                f"n/2 < t <= n (t={t})")
             return
+        # up to the masked inputs a phase needs the reports the round needs (its survivors
+        # bound the summands); unmasking needs t responders only: the sum is U3's
         rnd.phases = tuple(p if p.name not in SECURE_PHASES else
-                           Phase(p.name, p.state, p.deadline_s, max(t, self.min_reports),
-                                 p.short) for p in rnd.phases)
+                           Phase(p.name, p.state, p.deadline_s,
+                                 t if p.name == UNMASK else max(t, self.min_reports), p.short)
+                           for p in rnd.phases)
         degree = self.cfg.neighbours
         if degree is not None and degree >= n - 1:
             degree = None  # every other phone: full SecAgg

@@ -93,7 +93,8 @@ class Member:
 def secure_harness(tmp: Path, n: int = 5, threshold: float = 0.6,
                    neighbours: int | None = None, bits: str = "q8",
                    privacy: PrivacyConfig | None = None, **round_kw: Any) -> Harness:
-    cfg = make_config(tmp, model=False, report_goal=n, overselect=1.0, min_fraction=0.6,
+    round_kw.setdefault("min_fraction", 0.6)
+    cfg = make_config(tmp, model=False, report_goal=n, overselect=1.0,
                       strategy=StrategyConfig(clip_norm=CLIP), **round_kw)
     cfg = cfg.replace(model=write_artifact(tmp / "artifact"),
                       compression=CompressionConfig(uplink=bits),

@@ -370,3 +370,14 @@ def test_a_threshold_is_a_count_or_a_fraction(raw):
         SecAggConfig(threshold=raw)
     assert SecAggConfig(threshold=0.7).threshold_for(20) == 14
     assert SecAggConfig(threshold=15).threshold_for(20) == 15
+
+
+def test_unmasking_needs_t_responders_not_the_rounds_minimum_reports(tmp_path):
+    """min_reports = 5 (every phone): all 5 masked inputs are in, one phone then goes
+    quiet; 4 >= t responders unmask a sum of all 5 inputs, so the round commits."""
+    h = secure_harness(tmp_path, N, min_fraction=1.0)
+    sh = SecureHarness(h, N)
+    assert [p.min_count for p in sh.round.phases[1:]] == [5, 5, 5, 3]
+    sh.run(drop={"unmasking": {4}})
+    assert sh.round.state == "committed", sh.round.reason
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
