@@ -110,17 +110,12 @@ def secagg_config(args: argparse.Namespace) -> SecAggConfig:
         if args.secagg_threshold is not None or args.secagg_neighbours is not None:
             raise UserError("--secagg-threshold and --secagg-neighbours need --secagg")
         return SecAggConfig()
-    # the fleet's phones answer a phase within a second or two of wall time: a phase
-    # waits at most 10 s for one that unplugged after its masked input (it cannot abort)
-    kw: dict = {"enabled": True, "phase_deadline_s": FLEET_SECAGG_PHASE_S}
+    kw: dict = {"enabled": True}
     if args.secagg_threshold is not None:
         kw["threshold"] = args.secagg_threshold
     if args.secagg_neighbours is not None:
         kw["neighbours"] = args.secagg_neighbours
     return SecAggConfig(**kw)
-
-
-FLEET_SECAGG_PHASE_S = 10.0
 
 
 def add_secagg_flags(p: argparse.ArgumentParser) -> None:
