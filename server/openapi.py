@@ -174,7 +174,7 @@ OPERATIONS: list[Op] = [
      (200, "AbortResult"), DEVICE, (400, 401, 403, 404, 409, 413, 415, 507)),
     ("/v1/tasks/{task_id}/secagg", "get", "secaggStep",
      "a secure round: what its current phase wants of this task's phone", None,
-     (200, "SecAggStep"), DEVICE, (401, 403, 404)),
+     (200, "SecAggStep"), DEVICE, (400, 401, 403, 404)),
     ("/v1/tasks/{task_id}/secagg", "post", "secaggSubmit",
      "a secure round: the phone's message for the current phase", "SecAggSubmit",
      (200, "SecAggAck"), DEVICE, (400, 401, 403, 404, 409, 413, 415, 422, 507)),

@@ -548,7 +548,7 @@ class RoundMachine:
             msg = parse_message(sub.message)
         except (strict_json.JsonError, WireError, MessageError) as exc:
             with self.lock:
-                self.reports.reject_for_task(task_id, "secagg_invalid_message")
+                self.reports.reject_for_task(task_id, "secagg_invalid_message", self.open)
             raise BadRequest(f"not a secure-aggregation message: {exc}",
                              "invalid_message") from exc
         with self.lock:

@@ -381,3 +381,16 @@ def test_unmasking_needs_t_responders_not_the_rounds_minimum_reports(tmp_path):
     sh.run(drop={"unmasking": {4}})
     assert sh.round.state == "committed", sh.round.reason
     assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
+
+
+@pytest.mark.parametrize("body", ['{"message": {}}', "[]", "24", "null", '{"message": '
+                                  '{"type": "masked_input", "round_id": "r1"}}', "{"])
+def test_a_broken_message_is_a_400_and_counted(tmp_path, body):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    m = sh.members[0]
+    r = h.client.post(f"/v1/tasks/{m.task.task_id}/secagg", data=body,
+                      headers={**m.device.auth, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["code"] == "invalid_message"
+    assert sh.round.stats.rejected == {"secagg_invalid_message": 1}
