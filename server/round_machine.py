@@ -88,6 +88,7 @@ from fedkb.server.rounds import (
     TRAIN,
     RoundState,
     RoundStats,
+    count_bytes,
 )
 from fedkb.server.secure_round import (
     LATE_CODES,
@@ -569,8 +570,8 @@ class RoundMachine:
                 if refusal.code in LATE_CODES:
                     raise Conflict(f"{refusal.code}: {refusal.reason}", "secagg_phase_closed")
                 raise Unprocessable(f"{refusal.code}: {refusal.reason}", "secagg_refused")
-            if phase == "masked_input":
-                rnd.stats.upload_bytes.append(len(body))
+            if phase == "masked_input":  # its bytes, as an upload's (count_bytes)
+                count_bytes(rnd.stats, len(body), sub.timings)
                 if task.kind == TRAIN:
                     self.selection.trained(device_id, task.model_version)
                 task.state = "reported"
