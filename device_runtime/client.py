@@ -136,5 +136,19 @@ class DeviceClient:
                              json_body=wire.AbortRequest(reason).to_json())
         return wire.AbortResult.from_json(self._json(resp))
 
+    def secagg_step(self, token: str, task_id: str) -> wire.SecAggStep:
+        """A secure round: what its current phase wants of this task's phone."""
+        resp = self._request("GET", f"/v1/tasks/{task_id}/secagg", token=token)
+        try:
+            return wire.SecAggStep.from_json(self._json(resp))
+        except wire.WireError as exc:
+            raise Retry(f"bad secagg step: {exc}", 2.0) from None
+
+    def secagg_submit(self, token: str, task_id: str, body: dict) -> wire.SecAggAck:
+        """A secure round: this phone's message for the current phase."""
+        resp = self._request("POST", f"/v1/tasks/{task_id}/secagg", token=token,
+                             json_body=body)
+        return wire.SecAggAck.from_json(self._json(resp))
+
     def status(self) -> dict:
         return self._json(self._request("GET", "/v1/status"))

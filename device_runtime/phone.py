@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from fedkb import wire
 from fedkb.clipping import clip_update
 from fedkb.device_runtime.profile import DeviceProfile
+from fedkb.device_runtime.secagg_client import SecureTask
 from fedkb.plan_codec import encode_delta
 
 
@@ -63,6 +65,9 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     attempts: int = 0
     fault: str = ""  # the fault injected into it, if any (fedkb.device_runtime.faults)
+    # kind "secagg": the trained task's secure-aggregation state (its delta until masked;
+    # fedkb.device_runtime.secagg_client.SecureTask), stepped by the worker
+    secure: Any = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,9 @@ def run_task(phone: Phone, task: wire.Task, t_task: float, model: ModelFiles,
                                     "top3_recall": ev.top3_recall}, {})
         update = None
     timings["compute_s"] = compute
+    if update is not None and plan.secagg:  # no upload: the secure phases take the delta
+        secure = SecureTask(task, list(update), meta.num_examples, meta.loss, timings)
+        return Outcome(task, t_train + compute, "secagg", timings=timings, secure=secure)
     payload = b""
     if update is not None:  # encoded as the plan asks (fedkb.plan_codec)
         payload, encode_s = encode_delta(update, plan)

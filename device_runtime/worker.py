@@ -294,7 +294,57 @@ class Worker:
 
     # -- a finished task is delivered -------------------------------------------------
 
+    def _secure_step(self, phone: Phone, outcome: Outcome, now: float) -> None:
+        """One exchange of a secure round (fedkb.device_runtime.secagg_client); between
+        exchanges the phone's conditions are read off its trace: one that stops being
+        eligible mid-protocol aborts its task and answers nothing more (a dropout)."""
+        c = self.stats.counts
+        state = phone.profile.trace.state_at(now)
+        if not state.eligible and not outcome.secure.update:  # its masked input is in:
+            c["secagg_unplugged"] += 1  # a dropout after it (the task is reported)
+            self._secure_end(phone)
+            return
+        if not state.eligible:
+            outcome = Outcome(outcome.task, now, "abort", reason=state.why_not() or "offline",
+                              timings=outcome.timings)
+            c["secagg_unplugged"] += 1
+            self._deliver(phone, outcome, now)
+            return
+        try:
+            what, wait_s = outcome.secure.advance(self.client, phone.token or "")
+        except Retry as r:
+            c["delivery_retries"] += 1
+            self._push(now + self._backoff(phone, r.after_s), phone, "send", outcome)
+            return
+        except Refused as r:
+            what, wait_s = "stopped", 0.0
+            outcome.secure.refusal = f"{r.code}: {r.message}"
+            if r.code not in LATE_CODES | {"secagg_phase_closed"}:
+                self.stats.failed[f"secagg_{r.code}"] += 1
+        if what == "wait":  # the wait is wall seconds; the heap runs in simulated ones
+            self._push(now + max(wait_s, 0.2) * self.clock.speedup, phone, "send", outcome)
+            return
+        if what == "done":
+            c["completed"] += 1
+            c["secagg_completed"] += 1
+            self.stats.accepted.append([outcome.task.round_id, phone.profile.user,
+                                        outcome.task.plan.seed])
+            self.stats.completed_by_tier[phone.profile.tier.name] += 1
+            c["bytes_up"] += sum(outcome.secure.sent.values())
+        else:
+            c["secagg_stopped"] += 1
+        self._secure_end(phone)
+
+    def _secure_end(self, phone: Phone) -> None:
+        phone.backoff_s = 1.0
+        phone.busy = False
+        self.stats.training -= 1
+        self._push(self.clock.now(), phone, "wake")
+
     def _deliver(self, phone: Phone, outcome: Outcome, now: float) -> None:
+        if outcome.kind == "secagg":
+            self._secure_step(phone, outcome, now)
+            return
         outcome.attempts += 1
         try:
             if outcome.kind == "upload":

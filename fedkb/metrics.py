@@ -74,6 +74,8 @@ class EngineReport:
     privacy: dict[str, Any] | None = None
     # bytes on the wire (the fleet engine: fedkb.simulation.communication); None elsewhere
     communication: dict[str, Any] | None = None
+    # secure aggregation (fleet engine with --secagg: fedkb.simulation.secure_report)
+    secure_aggregation: dict[str, Any] | None = None
 
     @staticmethod
     def heldout_figures(counts: RecallCounts, users: int, loss: float | None = None

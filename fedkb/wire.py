@@ -15,7 +15,15 @@ request                               body                    answer
 ``POST /v1/checkin``                  :class:`CheckinRequest`    :class:`CheckinResponse`
 ``POST /v1/tasks/<id>/result``        binary, see below          :class:`UploadResult`
 ``POST /v1/tasks/<id>/abort``         :class:`AbortRequest`      :class:`AbortResult`
+``GET /v1/tasks/<id>/secagg``         (none)                     :class:`SecAggStep`
+``POST /v1/tasks/<id>/secagg``        :class:`SecAggSubmit`      :class:`SecAggAck`
 ====================================  ======================  ===========================
+
+A task whose plan has ``secagg`` (a secure round, :mod:`fedkb.server.secure_round`) sends
+no ``result``: the phone asks ``GET .../secagg`` what the round's current phase wants of
+it and answers with ``POST .../secagg``, whose ``message`` is one of
+:mod:`fedkb.secagg.messages` (strict JSON of their own: AdvertiseKeys, ShareKeys,
+MaskedInput, UnmaskResponse).
 
 Binary upload framing (content type :data:`UPLOAD_CONTENT_TYPE`), one body::
 
@@ -256,6 +264,11 @@ class Plan(_Message):
     # each local SGD step's gradient clipped to this global L2 norm inside the LiteRT
     # train signature (so local training cannot blow up); None: not clipped
     grad_clip: float | None = None
+    # a secure round (fedkb.secagg): the phone sends its update through the secure phases
+    # (GET/POST /v1/tasks/<id>/secagg), clipped to ``clip`` and rotated with
+    # ``rotation_seed`` (the round's, shared by its phones), on the shared grid of
+    # fedkb.secagg.update_codec with ``uplink``'s bits
+    secagg: bool = False
 
     def __post_init__(self) -> None:
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
@@ -286,13 +299,14 @@ class Plan(_Message):
                    rotate=_get(d, "rotate", bool, "plan", False), rotation_seed=seed,
                    downlink=_choice(_get(d, "downlink", str, "plan", "float32"), DOWNLINKS,
                                     "plan.downlink"),
-                   grad_clip=_get(d, "grad_clip", float, "plan", None))
+                   grad_clip=_get(d, "grad_clip", float, "plan", None),
+                   secagg=_get(d, "secagg", bool, "plan", False))
 
 
 UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.compression.encoding.NAMES
 DOWNLINKS = ("float32", "float16")
 _PLAN_DEFAULTS = {"clip": None, "uplink": "float32", "rotate": False, "rotation_seed": None,
-                  "downlink": "float32", "grad_clip": None}
+                  "downlink": "float32", "grad_clip": None, "secagg": False}
 
 
 @dataclass(frozen=True)
@@ -447,6 +461,125 @@ class ErrorBody(_Message):
         return cls(_get(e, "code", str, "error"), _get(e, "message", str, "error"))
 
 
+# --- secure aggregation (fedkb.secagg over HTTP) ------------------------------------------
+
+SECAGG_PHASES = ("waiting", "advertise_keys", "share_keys", "masked_input_collection",
+                 "unmasking", "done", "aborted")
+
+
+def _int_list(v: Any, what: str) -> list[int]:
+    if not isinstance(v, list) or any(isinstance(u, bool) or not isinstance(u, int) for u in v):
+        raise WireError(f"{what} must be a list of integers")
+    return list(v)
+
+
+@dataclass(frozen=True)
+class SecAggSetup(_Message):
+    """A secure round's public parameters (:class:`fedkb.secagg.params.RoundParams`) and
+    the phone's own id in it; ``graph_seed`` is hex (SecAgg+ only, else empty)."""
+
+    round_id: str  # the protocol's round id, e.g. "r12"
+    uid: int
+    clients: list[int]
+    threshold: int
+    dim: int
+    k: int
+    degree: int | None = None
+    graph_seed: str = ""
+    range_sigmas: float = 4.0  # the shared grid's radius (fedkb.secagg.update_codec)
+
+    @classmethod
+    def from_json(cls, d: Any) -> SecAggSetup:
+        d = _obj(d, "secagg_setup")
+        seed = _get(d, "graph_seed", str, "secagg_setup", "")
+        try:
+            bytes.fromhex(seed)
+        except ValueError:
+            raise WireError("secagg_setup.graph_seed must be hex") from None
+        return cls(_get(d, "round_id", str, "secagg_setup"), _get(d, "uid", int, "secagg_setup"),
+                   _int_list(_get(d, "clients", list, "secagg_setup"), "secagg_setup.clients"),
+                   _get(d, "threshold", int, "secagg_setup"), _get(d, "dim", int, "secagg_setup"),
+                   _get(d, "k", int, "secagg_setup"),
+                   _get(d, "degree", int, "secagg_setup", None), seed,
+                   _get(d, "range_sigmas", float, "secagg_setup", 4.0))
+
+
+@dataclass(frozen=True)
+class SecAggStep(_Message):
+    """``GET /v1/tasks/<id>/secagg``: what the round's phase wants of this phone now.
+
+    ``phase`` is one of :data:`SECAGG_PHASES`: ``waiting`` (nothing to send yet, ask
+    again after ``retry_after_s``), a protocol phase with the server's ``message`` for it
+    (``advertise_keys``: none, the ``setup`` says everything; ``share_keys``: the key
+    roster; ``masked_input_collection``: this phone's share relay; ``unmasking``: the
+    survivor set), or ``done`` / ``aborted`` (with ``reason``)."""
+
+    round_id: int
+    phase: str
+    setup: SecAggSetup | None = None
+    message: dict[str, Any] | None = None
+    retry_after_s: float | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round_id": self.round_id, "phase": self.phase,
+                "setup": None if self.setup is None else self.setup.to_json(),
+                "message": self.message, "retry_after_s": self.retry_after_s,
+                "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: Any) -> SecAggStep:
+        d = _obj(d, "secagg_step")
+        setup = d.get("setup")
+        return cls(_get(d, "round_id", int, "secagg_step"),
+                   _choice(_get(d, "phase", str, "secagg_step"), SECAGG_PHASES,
+                           "secagg_step.phase"),
+                   None if setup is None else SecAggSetup.from_json(setup),
+                   _get(d, "message", dict, "secagg_step", None),
+                   _get(d, "retry_after_s", float, "secagg_step", None),
+                   _get(d, "reason", str, "secagg_step", ""))
+
+
+@dataclass(frozen=True)
+class SecAggSubmit(_Message):
+    """``POST /v1/tasks/<id>/secagg``: the phone's message for the current phase. With the
+    masked input the phone also says what an upload's metadata would (examples, loss,
+    timings, whether its delta was within the clip, how many coordinates the shared grid
+    clipped): scalars about the task, never the update."""
+
+    message: dict[str, Any]
+    num_examples: int | None = None
+    loss: float | None = None
+    unclipped: bool | None = None
+    clipped_values: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Any) -> SecAggSubmit:
+        d = _obj(d, "secagg_submit")
+        n = _get(d, "num_examples", int, "secagg_submit", None)
+        c = _get(d, "clipped_values", int, "secagg_submit", None)
+        if (n is not None and n < 0) or (c is not None and c < 0):
+            raise WireError("secagg_submit counts must be >= 0")
+        return cls(_get(d, "message", dict, "secagg_submit"), n,
+                   _get(d, "loss", float, "secagg_submit", None),
+                   _get(d, "unclipped", bool, "secagg_submit", None), c,
+                   _float_map(d.get("timings") or {}, "secagg_submit.timings"))
+
+
+@dataclass(frozen=True)
+class SecAggAck(_Message):
+    task_id: str
+    phase: str
+    status: str  # "accepted"
+
+    @classmethod
+    def from_json(cls, d: Any) -> SecAggAck:
+        d = _obj(d, "secagg_ack")
+        return cls(_get(d, "task_id", str, "secagg_ack"), _get(d, "phase", str, "secagg_ack"),
+                   _get(d, "status", str, "secagg_ack"))
+
+
 # --- binary upload framing -------------------------------------------------------------
 
 
@@ -483,7 +616,8 @@ def decode_upload(body: bytes) -> tuple[UploadMetadata, list[np.ndarray]]:
 
 
 MESSAGES = (RegisterRequest, RegisterResponse, Conditions, CheckinRequest, Plan, Task,
-            CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody)
+            CheckinResponse, UploadMetadata, UploadResult, AbortRequest, AbortResult, ErrorBody,
+            SecAggSetup, SecAggStep, SecAggSubmit, SecAggAck)
 __all__ = [c.__name__ for c in MESSAGES] + [
-    "ABORT_REASONS", "DOWNLINKS", "OTHER_REASON", "UPLINKS", "UPLOAD_CONTENT_TYPE",
+    "ABORT_REASONS", "DOWNLINKS", "OTHER_REASON", "SECAGG_PHASES", "UPLINKS", "UPLOAD_CONTENT_TYPE",
     "WireError", "decode_upload", "encode_upload", "frame_upload", "split_upload"]

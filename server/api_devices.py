@@ -5,6 +5,8 @@
 ``POST /v1/checkin``                     CheckinRequest -> CheckinResponse
 ``POST /v1/tasks/<task_id>/result``      framed upload (fedkb.wire) -> UploadResult
 ``POST /v1/tasks/<task_id>/abort``       AbortRequest -> AbortResult
+``GET /v1/tasks/<task_id>/secagg``       a secure round's phase for the task -> SecAggStep
+``POST /v1/tasks/<task_id>/secagg``      SecAggSubmit -> SecAggAck
 =======================================  ==============================================
 """
 
@@ -24,6 +26,7 @@ from fedkb.wire import (
 )
 
 bp = Blueprint("devices", __name__, url_prefix="/v1")
+SECAGG_JSON_SLACK = 4  # a masked vector in base64 JSON: under 4x the float32 update
 
 
 @bp.post("/devices")
@@ -84,3 +87,30 @@ def abort(task_id: str):
     device_id = s.authenticate(request)
     msg = parse(AbortRequest, json_body(request))
     return jsonify(s.machine.abort(device_id, task_id, msg.reason).to_json())
+
+
+@bp.get("/tasks/<task_id>/secagg")
+def secagg_step(task_id: str):
+    s = server_state()
+    device_id = s.authenticate(request)
+    return jsonify(s.machine.secagg_step(device_id, task_id).to_json())
+
+
+@bp.post("/tasks/<task_id>/secagg")
+def secagg_submit(task_id: str):
+    s = server_state()
+    device_id = s.authenticate(request)
+    if request.mimetype != "application/json":
+        s.machine.reject_for_task(task_id, "unsupported_media_type")
+        raise UnsupportedMediaType(f"secure-aggregation messages are application/json, "
+                                   f"not {request.mimetype or 'none'!r}")
+    limit = SECAGG_JSON_SLACK * s.max_upload_bytes
+    if (request.content_length or 0) > limit:
+        s.machine.reject_for_task(task_id, "payload_too_large")
+        raise PayloadTooLarge(f"message of {request.content_length} bytes is over the "
+                              f"{limit}-byte limit")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        s.machine.reject_for_task(task_id, "payload_too_large")
+        raise PayloadTooLarge(f"message is over the {limit}-byte limit")
+    return jsonify(s.machine.secagg_submit(device_id, task_id, body).to_json())

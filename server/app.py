@@ -40,6 +40,7 @@ from fedkb.server.config import (
     check_privacy,
     client_config_from_dict,
     round_config_from_dict,
+    secagg_clip,
     with_stored_overrides,
 )
 from fedkb.server.db import Database
@@ -180,7 +181,9 @@ def build_state(config: ServerConfig, clock: Callable[[], float] | None = None) 
         privacy = PrivacyRounds(config.privacy, db, metrics,
                                 event_source=getattr(strategy, "dp_event", None))
     machine = RoundMachine(round_cfg, db, devices, strategy, metrics, clock,
-                           random.Random(config.seed), privacy, config.compression)
+                           random.Random(config.seed), privacy, config.compression,
+                           config.secagg.replace(clip=secagg_clip(config.secagg,
+                                                                  config.strategy)))
     state = ServerState(config, db, devices, DeviceTokens(secret, config.token_ttl_s, clock),
                         machine, metrics, resolve_admin_token(config.admin_token, state_dir), clock)
     served = state_dir / ARTIFACT_DIR

@@ -10,11 +10,12 @@ Three layers, each a frozen dataclass passed explicitly (never read from globals
 - :class:`PrivacyConfig`: user-level differential privacy of training rounds
   (DP-FedAvg, DP-FTRL; :mod:`fedkb.server.privacy`).
 - :class:`CompressionConfig`: how updates and weights travel (uplink encoding, downlink).
+- :class:`SecAggConfig`: secure aggregation of training rounds (:mod:`fedkb.server.secure_round`).
 - :class:`ServerConfig`: where state lives, tokens, limits, and the tables above.
 
 A config file (``--config FILE``, JSON or TOML) holds server keys at the top level and
 ``[round]`` / ``[client]`` / ``[strategy]`` / ``[predict]`` / ``[privacy]`` /
-``[compression]`` tables; unknown keys are refused. Every value is checked where the
+``[compression]`` / ``[secagg]`` tables; unknown keys are refused. Every value is checked where the
 dataclass is built (``__post_init__``): the type of its field (a whole number for an
 ``int``, never a boolean; ``true``/``false`` for a ``bool``), finite, and within range,
 so a config file, an admin PATCH and an override read back from the database all pass
@@ -417,6 +418,88 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation of training rounds (Bonawitz et al. 2017; SecAgg+ of Bell et al.
+    2020 with ``neighbours``): the server learns only the sum of the survivors' updates.
+
+    Attributes:
+        enabled: training rounds run the secure phases (advertise keys, share keys, masked
+            input collection, unmasking) instead of plain uploads.
+        threshold: t, a count (a whole number >= 2) or a fraction in (0, 1] of the
+            round's selected phones (rounded up). The round aborts when fewer than t
+            phones remain at any phase; no coalition of fewer than t learns a phone's
+            input. It must be more than half the cohort (two disjoint survivor sets
+            cannot both reach it; the threat model of ``fedkb.secagg``).
+        neighbours: SecAgg+: each phone masks with and shares among this many graph
+            neighbours (even, >= 2; None: every other phone, full SecAgg).
+        phase_deadline_s: the deadline of each phase after the first (the first,
+            advertise keys, has the round's ``reporting_deadline_s``: phones train in it).
+        clip: the L2 norm phones clip their delta to before encoding, when neither
+            ``[privacy]`` (its clip wins) nor ``strategy.clip_norm`` sets one (the server
+            cannot clip an update it never sees).
+        range_sigmas: the shared quantization grid's radius, in standard deviations of
+            a rotated coordinate of a clipped update (:mod:`fedkb.secagg.update_codec`).
+    """
+
+    enabled: bool = False
+    threshold: float = 0.6
+    neighbours: int | None = None
+    phase_deadline_s: float = 30.0
+    clip: float | None = None
+    range_sigmas: float = 4.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "secagg")
+        if not (0 < self.threshold <= 1 or (self.threshold >= 2
+                                            and float(self.threshold).is_integer())):
+            raise ConfigError(f"secagg.threshold must be a count >= 2 or a fraction in "
+                              f"(0, 1], not {self.threshold!r}")
+        if self.neighbours is not None and (self.neighbours < 2 or self.neighbours % 2):
+            raise ConfigError(f"secagg.neighbours must be even and >= 2, not {self.neighbours}")
+        _positive(self, "phase_deadline_s", "range_sigmas")
+        if self.clip is not None:
+            _positive(self, "clip")
+
+    def threshold_for(self, n: int) -> int:
+        """t for a cohort of ``n`` selected phones (a count, or the fraction rounded up)."""
+        if 0 < self.threshold <= 1:
+            return max(2, math.ceil(self.threshold * n - 1e-9))
+        return int(self.threshold)
+
+    def replace(self, **changes: Any) -> SecAggConfig:
+        return _replace(self, "secagg", changes)
+
+
+def secagg_clip(secagg: SecAggConfig, strategy: StrategyConfig) -> float | None:
+    """The clip C a secure round's phones apply: ``strategy.clip_norm``, else ``secagg.clip``."""
+    return strategy.clip_norm if strategy.clip_norm is not None else secagg.clip
+
+
+def check_secagg(secagg: SecAggConfig, rounds: RoundConfig, strategy: StrategyConfig,
+                 privacy: PrivacyConfig, compression: CompressionConfig) -> None:
+    """Refuse secure-aggregation settings that cannot run or do not protect the inputs."""
+    if not secagg.enabled:
+        return
+    if compression.uplink == "float32":
+        raise ConfigError("secure aggregation sums quantized codes: set compression.uplink "
+                          "to q8, q4 or q2 (fedkb simulate --uplink q8)")
+    if not privacy.enabled and secagg_clip(secagg, strategy) is None:
+        raise ConfigError("secure aggregation needs a clip on the phone: set "
+                          "strategy.clip_norm (--clip-norm) or secagg.clip")
+    n = rounds.target(rounds.report_goal)
+    t = secagg.threshold_for(n)
+    if t > n:
+        raise ConfigError(f"secagg.threshold {t} is more than the {n} phones a round "
+                          f"selects (round.report_goal x round.overselect)")
+    if 2 * t <= n:
+        raise ConfigError(f"secagg.threshold {t} of {n} phones is too small for the threat "
+                          f"model: t must be more than half the cohort (> {n // 2})")
+    if secagg.neighbours is not None and secagg.neighbours >= n:
+        raise ConfigError(f"secagg.neighbours {secagg.neighbours} must be below the cohort "
+                          f"of {n} (or unset for full SecAgg)")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything one server process needs.
 
@@ -443,7 +526,7 @@ class ServerConfig:
             descriptor limit); at the limit the longest-idle connection with no request
             being answered is closed for each new one (:mod:`fedkb.server.wsgi`), so idle
             connections can never lock phones out.
-        round, client, strategy, predict, privacy, compression: the per-layer configs
+        round, client, strategy, predict, privacy, compression, secagg: the per-layer configs
             (the config file's tables).
     """
 
@@ -469,9 +552,11 @@ class ServerConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         check_privacy(self.privacy, self.round, self.strategy)
+        check_secagg(self.secagg, self.round, self.strategy, self.privacy, self.compression)
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if self.model is not None:
             object.__setattr__(self, "model", Path(self.model))
@@ -592,9 +677,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     privacy_cfg = PrivacyConfig().replace(**_table(raw.pop("privacy", {}) or {}, "privacy"))
     compression_cfg = CompressionConfig().replace(
         **_table(raw.pop("compression", {}) or {}, "compression"))
+    secagg_cfg = SecAggConfig().replace(**_table(raw.pop("secagg", {}) or {}, "secagg"))
     cfg = ServerConfig(round=round_cfg, client=client_cfg, strategy=strategy_cfg,
                        predict=predict_cfg, privacy=privacy_cfg,
-                       compression=compression_cfg).replace(**raw)
+                       compression=compression_cfg, secagg=secagg_cfg).replace(**raw)
     extra = {k: v for k, v in overrides.items() if v is not None}
     if "max_rounds" in extra:
         cfg = cfg.replace(round=cfg.round.replace(max_rounds=extra.pop("max_rounds")))

@@ -31,12 +31,16 @@ code                        status  meaning
 ``not_found``               404     unknown path
 ``unknown_task``            404     no such task
 ``unknown_round``           404     no such round
+``not_secure``              404     ``/v1/tasks/<id>/secagg`` of a task not in a secure
+                                    round
 ``method_not_allowed``      405     the path does not take this method
 ``late_report``             409     the round has closed (committed or past its deadline)
 ``round_abandoned``         409     the round was abandoned (deadline, or server restart)
 ``already_submitted``       409     a different second upload for the same task
 ``task_aborted``            409     upload for a task the device aborted
 ``task_finished``           409     abort of a task already reported or late
+``secagg_phase_closed``     409     a secure round's message after its phase closed,
+                                    a second one, or from a phone that dropped earlier
 ``no_model``                409     no model has been published yet
 ``model_exists``            409     admin publish on a server that has a model
 ``payload_too_large``       413     body over the upload limit
@@ -54,6 +58,10 @@ code                        status  meaning
 ``wrong_encoding``          422     an update not encoded as its task's plan asks
                                     (encoding, format version or rotation seed)
 ``unexpected_update``       422     update arrays in an evaluation report
+``secagg_refused``          422     a secure round's message the protocol refuses
+                                    (forged or misaddressed shares, a masked vector
+                                    of the wrong length or modulus, ...; the reason
+                                    is in the message)
 ``bad_config``              422     admin config PATCH with a value that cannot be used
 ``bad_artifact``            422     admin publish of a directory that is not an artifact
 ``model_unavailable``       503     ``/v1/predict``: the model cannot be served (LiteRT)

@@ -52,20 +52,28 @@ import dataclasses
 import json
 import logging
 import random
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fedkb import strict_json
 from fedkb.artifact import Artifact
+from fedkb.secagg.messages import MessageError
 from fedkb.server.aggregate import derived_update_norm
 from fedkb.server.checkpoints import Checkpoint, CheckpointStore
 from fedkb.server.compression import round_bytes, with_compression
-from fedkb.server.config import ClientConfig, CompressionConfig, RoundConfig
+from fedkb.server.config import (
+    ClientConfig,
+    CompressionConfig,
+    RoundConfig,
+    SecAggConfig,
+)
 from fedkb.server.db import Database, row_dict
 from fedkb.server.devices import DeviceRegistry
-from fedkb.server.errors import ApiError
+from fedkb.server.errors import ApiError, BadRequest, Conflict, NotFound, Unprocessable
 from fedkb.server.global_model import GlobalModel, unsafe_weights
 from fedkb.server.metrics import ServerMetrics
 from fedkb.server.phases import PhaseHandler, ReportingPhase, SelectionPhase, round_phases
@@ -80,13 +88,32 @@ from fedkb.server.rounds import (
     TRAIN,
     RoundState,
     RoundStats,
+    count_bytes,
+)
+from fedkb.server.secure_round import (
+    LATE_CODES,
+    SECURE_PHASES,
+    SecurePhase,
+    SecureRound,
+    parse_message,
+    secure_round_phases,
 )
 from fedkb.server.selection import Selection
 from fedkb.server.storage import PendingRows, best_effort, is_storage_full, refuse_if_full
 from fedkb.server.strategy import Strategy
-from fedkb.server.tasks import TaskBook, wire_task
+from fedkb.server.tasks import ROTATION_SEED_BITS, TaskBook, wire_task
 from fedkb.server.uploads import UploadLimits, examples_budget, upload_fingerprint
-from fedkb.wire import AbortResult, CheckinResponse, Conditions, Plan, UploadResult
+from fedkb.wire import (
+    AbortResult,
+    CheckinResponse,
+    Conditions,
+    Plan,
+    SecAggAck,
+    SecAggStep,
+    SecAggSubmit,
+    UploadResult,
+    WireError,
+)
 
 if TYPE_CHECKING:
     from fedkb.server.aggregate import Aggregator
@@ -101,8 +128,10 @@ class RoundMachine:
     def __init__(self, cfg: RoundConfig, db: Database, devices: DeviceRegistry,
                  strategy: Strategy, metrics: ServerMetrics, clock: Callable[[], float],
                  rng: random.Random, privacy: PrivacyRounds | None = None,
-                 compression: CompressionConfig | None = None) -> None:
+                 compression: CompressionConfig | None = None,
+                 secagg: SecAggConfig | None = None) -> None:
         self.cfg, self.db, self.devices, self.strategy = cfg, db, devices, strategy
+        self.secagg = secagg or SecAggConfig()  # enabled: training rounds run securely
         self.privacy = privacy  # [privacy] on: DP stages, clip in the plan, the budget
         self.compression = compression or CompressionConfig()
         self.metrics, self.clock = metrics, clock
@@ -114,7 +143,8 @@ class RoundMachine:
         self.selection = Selection(db, devices, metrics, rng, self.tasks)
         self.reports = Reporting(db, metrics, self.tasks)
         self.handlers: dict[str, PhaseHandler] = {
-            "selection": SelectionPhase(self.selection, metrics), "reporting": ReportingPhase()}
+            "selection": SelectionPhase(self.selection, metrics), "reporting": ReportingPhase(),
+            **{name: SecurePhase(name, self.tasks) for name in SECURE_PHASES}}
         self.open: dict[int, RoundState] = {}
         self.training_enabled: bool = bool(db.get("training_enabled", True))
         self._eval_queue: list[int] = list(db.get("eval_queue", []))
@@ -207,6 +237,9 @@ class RoundMachine:
                     self._commit(rnd, now)
                 else:
                     rnd.enter(rnd.phase_index + 1, now)
+                    begin = getattr(self.handlers[rnd.phase.name], "begin", None)
+                    if begin is not None:  # a phase that sets itself up (secure rounds)
+                        begin(rnd, now)
                     best_effort(lambda r=rnd: self.db.update("rounds", "id", r.id, r.row()),
                                 f"round {rnd.id}'s phase")
         if self.model is None:
@@ -265,10 +298,25 @@ class RoundMachine:
         assert self.artifact is not None and self.model is not None
         rid = self._next_round
         plan, aggregator = self._training_setup(kind, goal)
+        secure = self.secagg.enabled and kind == TRAIN
+        phases = (secure_round_phases(self.cfg, self.secagg, goal) if secure
+                  else round_phases(self.cfg, goal))
+        if secure:  # one rotation seed for the round: the server un-rotates the sum once
+            # [privacy]'s C_t, else the one create_app resolved (config.secagg_clip)
+            clip = plan.clip if plan.clip is not None else self.secagg.clip
+            assert clip is not None, "check_secagg refuses a secure round without a clip"
+            plan = dataclasses.replace(plan, secagg=True, rotate=False, clip=clip,
+                                       rotation_seed=secrets.randbits(ROTATION_SEED_BITS))
         rnd = RoundState(
             id=rid, kind=kind, base_version=self.model.version if version is None else version,
             goal=goal, target=self.cfg.target(goal), opened_at=now, plan=plan,
-            aggregator=aggregator, phases=round_phases(self.cfg, goal), configured=configured)
+            aggregator=aggregator, phases=phases, configured=configured)
+        if secure:
+            assert plan.rotation_seed is not None
+            rnd.secure = SecureRound(self.secagg, rid,
+                                     tuple(tuple(sp.shape) for sp in self.artifact.specs),
+                                     plan.uplink, float(plan.clip or 0), plan.rotation_seed,
+                                     self.cfg.min_reports(goal))
         # the id is taken only once its row is written: a full disk skips no round id
         if not best_effort(lambda: self.db.insert("rounds", rnd.row()), f"round {rid}"):
             return
@@ -288,6 +336,8 @@ class RoundMachine:
             rnd.plan = dataclasses.replace(rnd.plan, clip=self.privacy.clip)
             rnd.aggregator = self.privacy.aggregator(
                 self.artifact.specs, rnd.goal, self.devices.count(POPULATION_OF[TRAIN]))
+            if rnd.secure is not None and rnd.plan.clip is not None:
+                rnd.secure.set_clip(rnd.plan.clip)
         rnd.claim_deadline = max(now, rnd.claim_by) + self.cfg.claim_window_s
         rnd.phase_deadline = max(rnd.phase_deadline, rnd.claim_deadline)
         best_effort(lambda: self.db.update("rounds", "id", rnd.id, rnd.row()),
@@ -434,6 +484,10 @@ class RoundMachine:
             if prior is not None:
                 return prior
             self.reports.open_round(task, self.open)
+            if task.plan.secagg:  # its update goes through the secure phases only
+                self.reports.reject(task.round_id, "wrong_encoding", self.open)
+                raise Unprocessable(f"task {task.id} is in a secure round: its update goes "
+                                    "through /v1/tasks/<id>/secagg", "wrong_encoding")
             assert self.artifact is not None
             specs = self.artifact.specs
             limits = UploadLimits(self.update_norm_bound, examples_budget(task.plan))
@@ -468,6 +522,65 @@ class RoundMachine:
                 best_effort(lambda: save_stats(self.db, rnd), f"round {rnd.id}'s counters")
             self.advance(now)  # after a commit: configure or open the next round now
             return folded.answer
+
+    # --- secure rounds: the protocol's phases over HTTP ------------------------------------
+
+    def secagg_step(self, device_id: str, task_id: str) -> SecAggStep:
+        """What the secure round's current phase wants of the task's phone."""
+        with self.lock:
+            self.advance()
+            task = self.reports.owned_task(device_id, task_id, self.open)
+            if not task.plan.secagg:
+                raise NotFound(f"task {task_id} is not in a secure round", "not_secure")
+            rnd = self.open.get(task.round_id)
+            if rnd is None or rnd.secure is None:
+                row = self.db.one("SELECT state, reason FROM rounds WHERE id = ?",
+                                  (task.round_id,))
+                done = row is not None and row["state"] == COMMITTED
+                return SecAggStep(task.round_id, "done" if done else "aborted",
+                                  reason="" if done or row is None else str(row["reason"]))
+            return rnd.secure.step(task, rnd)
+
+    def secagg_submit(self, device_id: str, task_id: str, body: bytes) -> SecAggAck:
+        """Take a phone's protocol message (parsed outside the lock) for the round's phase;
+        a refusal is counted (``secagg_<code>``) and leaves the sum as it was."""
+        try:
+            sub = SecAggSubmit.from_json(strict_json.loads(body))
+            msg = parse_message(sub.message)
+        except (strict_json.JsonError, WireError, MessageError) as exc:
+            with self.lock:
+                self.reports.reject_for_task(task_id, "secagg_invalid_message", self.open)
+            raise BadRequest(f"not a secure-aggregation message: {exc}",
+                             "invalid_message") from exc
+        with self.lock:
+            now = self.clock()
+            self.advance(now)
+            task = self.reports.owned_task(device_id, task_id, self.open)
+            if not task.plan.secagg:
+                raise NotFound(f"task {task_id} is not in a secure round", "not_secure")
+            if task.state == "aborted":
+                self.reports.reject(task.round_id, "task_aborted", self.open)
+                raise Conflict(f"task {task.id} was aborted", "task_aborted")
+            rnd = self.reports.open_round(task, self.open)  # late / abandoned: refused
+            assert rnd.secure is not None
+            phase = rnd.phase.name
+            refusal = rnd.secure.submit(task, rnd, sub, msg, len(body))
+            if refusal is not None:
+                self.reports.reject(task.round_id, f"secagg_{refusal.code}", self.open)
+                if refusal.code in LATE_CODES:
+                    raise Conflict(f"{refusal.code}: {refusal.reason}", "secagg_phase_closed")
+                raise Unprocessable(f"{refusal.code}: {refusal.reason}", "secagg_refused")
+            if phase == "masked_input":  # its bytes, as an upload's (count_bytes)
+                count_bytes(rnd.stats, len(body), sub.timings)
+                if task.kind == TRAIN:
+                    self.selection.trained(device_id, task.model_version)
+                task.state = "reported"
+                best_effort(lambda: self.db.update("tasks", "id", task.id,
+                                                   {"state": "reported",
+                                                    "finished_at": now}),
+                            f"task {task.id}'s state")
+            self.advance(now)  # every phone answered: the phase ends now
+            return SecAggAck(task.id, phase, "accepted")
 
     def reject_for_task(self, task_id: str, reason: str) -> None:
         """Count a refused upload (e.g. wrong content type) against its task's round."""

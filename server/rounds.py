@@ -46,6 +46,8 @@ class RoundStats:
     # reporting phones downloaded for their tasks (their ``download_bytes`` timing)
     upload_bytes: list[int] = field(default_factory=list)
     download_bytes: int = 0
+    # a secure round's protocol counts (fedkb.server.secure_round.SecureRound.summary)
+    secagg: dict[str, Any] | None = None
 
     def count(self, what: str, reason: str) -> None:
         d = getattr(self, what)
@@ -105,6 +107,7 @@ class RoundState:
     scalars: ScalarMeans = field(default_factory=lambda: ScalarMeans(medians=("loss",)))
     devices: set[str] = field(default_factory=set)
     task_ids: list[str] = field(default_factory=list)
+    secure: Any = None  # a secure round's protocol state (fedkb.server.secure_round)
 
     def __post_init__(self) -> None:
         self.enter(0, self.opened_at)

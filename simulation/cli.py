@@ -20,6 +20,7 @@ from fedkb.server.config import (
     UPLINKS,
     ClientConfig,
     CompressionConfig,
+    SecAggConfig,
     StrategyConfig,
 )
 from fedkb.simulation.dp_flags import add_dp_arguments, privacy_config, refuse_dp
@@ -87,7 +88,7 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
                             grad_clip=_grad_clip(args)),
         strategy=_strategy(args), faults=_faults(args),
         privacy=privacy_config(args), compression=compression_config(args),
-        ray=ray_options(args.ray))
+        ray=ray_options(args.ray), secagg=secagg_config(args))
 
 
 def _faults(args: argparse.Namespace):
@@ -121,6 +122,35 @@ def add_compression_flags(p: argparse.ArgumentParser, default_uplink: str) -> No
                         "(they train in float32; the server's model stays float32)")
 
 
+def secagg_config(args: argparse.Namespace) -> SecAggConfig:
+    """The server's ``[secagg]`` table from ``--secagg``, ``--secagg-threshold``,
+    ``--secagg-neighbours`` (the fleet refuses what the server would: check_secagg)."""
+    if not args.secagg:
+        if args.secagg_threshold is not None or args.secagg_neighbours is not None:
+            raise UserError("--secagg-threshold and --secagg-neighbours need --secagg")
+        return SecAggConfig()
+    kw: dict = {"enabled": True}
+    if args.secagg_threshold is not None:
+        kw["threshold"] = args.secagg_threshold
+    if args.secagg_neighbours is not None:
+        kw["neighbours"] = args.secagg_neighbours
+    return SecAggConfig(**kw)
+
+
+def add_secagg_flags(p: argparse.ArgumentParser) -> None:
+    """``--secagg``, ``--secagg-threshold``, ``--secagg-neighbours`` (simulate and demo)."""
+    p.add_argument("--secagg", action="store_true",
+                   help="fleet: secure aggregation (Bonawitz et al. 2017): the server learns "
+                        "only the sum of each round's updates (needs --uplink q8/q4/q2 and "
+                        "--clip-norm)")
+    p.add_argument("--secagg-threshold", type=float, default=None, metavar="T",
+                   help="t: a count (>= 2) or a fraction of a round's phones; more than "
+                        f"half the cohort (default {default_of(SecAggConfig, 'threshold')})")
+    p.add_argument("--secagg-neighbours", type=int, default=None, metavar="K",
+                   help="SecAgg+ (Bell et al. 2020): mask with K graph neighbours (even), "
+                        "not every other phone")
+
+
 def tff_config(args: argparse.Namespace):
     """The TFF run the flags ask for (a :class:`~.engines.TffRunConfig`)."""
     from fedkb.simulation.engines import TffRunConfig
@@ -148,6 +178,9 @@ def _run(args: argparse.Namespace) -> EngineReport:
 
     if args.engine != "fleet":
         refuse_dp(args, args.engine)
+        if args.secagg:
+            raise UserError(f"--secagg runs on the fleet engine (real phones and server "
+                            f"over HTTP); --engine {args.engine} has no wire to secure")
     progress = not args.json
     runs: dict[str, Callable[[], EngineReport]] = {
         "ngram": lambda: engines.run_ngram(args.data),
@@ -234,6 +267,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fleet: phones misbehave on purpose, per task (e.g. boost=0.05; "
                         "see `fedkb fleet --help`)")
     add_compression_flags(p, default_of(CompressionConfig, "uplink"))
+    add_secagg_flags(p)
     p.add_argument("--json", action="store_true")
     add_dp_arguments(p)
     p.set_defaults(func=_simulate)

@@ -142,6 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-lr", type=float, default=DEMO_STRATEGY.server_lr,
                    help="server learning rate (momentum 0.9 multiplies it by ~10)")
     add_compression_flags(p, DEMO_COMPRESSION.uplink)
+    from fedkb.simulation.cli import add_secagg_flags
+
+    add_secagg_flags(p)
     p.add_argument("--no-serve", action="store_true", help="exit when done")
     p.add_argument("--budget", default="10m", type=parse_budget,
                    help="time budget of the whole demo (e.g. 10m, 600s; off: none): on a "
@@ -184,7 +187,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace, emit=None) -> int:
     from fedkb.datasets.prepare import PrepareConfig, prepare
     from fedkb.model.central import CentralConfig
-    from fedkb.simulation.cli import compression_config
+    from fedkb.simulation.cli import compression_config, secagg_config
     from fedkb.simulation.engines import central_lr, run_central, run_ngram
     from fedkb.simulation.fleet_engine import ensure_artifact, run_fleet_engine
     from fedkb.simulation.progress import round_bar
@@ -270,6 +273,8 @@ def _run_demo(args: argparse.Namespace, emit=None) -> int:
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
                       privacy_config(args), compression_config(args),
                       ray_options(args.ray), fit=fit)
+    if args.secagg:  # checked like the server checks it (check_secagg), before the run
+        cfg = dataclasses.replace(cfg, secagg=secagg_config(args))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",
                                            on_progress=round_bar(rounds),
                                            keep_server=not args.no_serve)

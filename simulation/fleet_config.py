@@ -32,8 +32,10 @@ from fedkb.server.config import (
     ConfigError,
     PrivacyConfig,
     RoundConfig,
+    SecAggConfig,
     ServerConfig,
     StrategyConfig,
+    check_secagg,
 )
 
 INELIGIBLE_RETRY_PHONE_S = 300.0  # simulated seconds a phone the server refused waits
@@ -74,6 +76,8 @@ class FleetRunConfig:
             downlink dtype), which every training task's plan then asks for.
         ray: run the phones on a Ray cluster (:mod:`fedkb.device_runtime.ray_fleet`)
             instead of ``workers`` processes; None: never import Ray.
+        secagg: the server's ``[secagg]`` table (secure aggregation of training rounds);
+            refused here, before anything starts, when the server would refuse it.
     """
 
     data: Path
@@ -93,10 +97,12 @@ class FleetRunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     ray: RayOptions | None = None
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         if self.round.max_rounds is None:
             raise ConfigError("a fleet run needs round.max_rounds (its number of rounds)")
+        check_secagg(self.secagg, self.round, self.strategy, self.privacy, self.compression)
 
     @property
     def rounds(self) -> int:
@@ -179,6 +185,9 @@ def server_config(cfg: FleetRunConfig, train_phones: int,
            "client": dataclasses.asdict(cfg.client),
            "strategy": dataclasses.asdict(cfg.strategy),
            "compression": dataclasses.asdict(cfg.compression)}
+    if cfg.secagg.enabled:
+        doc["secagg"] = {k: v for k, v in dataclasses.asdict(cfg.secagg).items()
+                         if v is not None}
     if cfg.privacy.enabled:  # the cohorts are drawn from the fleet's training phones
         privacy = cfg.privacy if cfg.privacy.population is not None else \
             cfg.privacy.replace(population=train_phones)

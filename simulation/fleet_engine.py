@@ -28,6 +28,7 @@ from fedkb.simulation.fleet_config import (
     train_phones,
     write_server_config,
 )
+from fedkb.simulation.secure_report import SECURE_PHASE_KEYS, secure_aggregation
 
 
 def ensure_artifact(data_dir: Path, preset: str, out: Path) -> Path:
@@ -110,7 +111,8 @@ def round_rows(rounds: list[dict[str, Any]], accepted: list[list] | None = None
                "aborted": sum(r["aborted"].values()),
                "train_loss": r["metrics"].get("loss"),
                "wall_s": round(sum(r["durations"].get(k) or 0.0 for k in
-                                   ("selection_s", "reporting_s", "commit_s")), 3),
+                                   ("selection_s", "reporting_s", "commit_s",
+                                    *SECURE_PHASE_KEYS)), 3),
                "upload_bytes": sum(r.get("upload_bytes") or []),
                "download_bytes": r.get("download_bytes") or 0,
                # the reporting phones' simulated upload and encode seconds (their mean)
@@ -175,7 +177,9 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
                                     "rounds": round_rows(run.rounds, run.accepted),
                                     "communication": communication(run.rounds,
                                                                    cfg.compression,
-                                                                   run.served)})
+                                                                   run.served),
+                                    "secure_aggregation": secure_aggregation(run.rounds,
+                                                                             cfg.secagg)})
     counts, loss = heldout_eval(artifact, run.final_weights, ds)
     from fedkb.model.config import get_preset
     from fedkb.simulation.engines import keyboard_figures
@@ -188,7 +192,8 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         wall_s=round(time.perf_counter() - t0, 3),
         config=config, rounds=round_rows(run.rounds, run.accepted),
         privacy=privacy_report(run.status),
-        communication=communication(run.rounds, cfg.compression, run.served))
+        communication=communication(run.rounds, cfg.compression, run.served),
+        secure_aggregation=secure_aggregation(run.rounds, cfg.secagg))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

@@ -93,6 +93,17 @@ class ClippedSum:
         self._count += 1
         self._unclipped += bool(bit)
 
+    def accumulate_sum(self, total: Sequence[np.ndarray], count: int,
+                       unclipped: Sequence[bool | None]) -> None:
+        """Fold the sum of ``count`` updates each phone clipped to C itself (a secure
+        round: the server only ever sees the sum, :mod:`fedkb.server.secure_round`), with
+        the phones' bits (None: unknown, counted as clipped)."""
+        if self._sum is None:
+            self._sum = zeros_like_specs(self._specs)
+        fold(self._sum, total, 1.0)
+        self._count += int(count)
+        self._unclipped += sum(1 for b in unclipped if b)
+
     def unclipped_bits(self) -> list[float]:
         """The devices' bits (private: only for the noised fraction)."""
         return [1.0] * self._unclipped + [0.0] * (self._count - self._unclipped)
@@ -139,6 +150,10 @@ class GaussianMean:
 
     def accumulate_report(self, arrays: Sequence[np.ndarray], unclipped: bool | None) -> None:
         self.inner.accumulate_report(arrays, unclipped)
+
+    def accumulate_sum(self, total: Sequence[np.ndarray], count: int,
+                       unclipped: Sequence[bool | None]) -> None:
+        self.inner.accumulate_sum(total, count, unclipped)
 
     def result(self) -> AggregateResult:
         if self._result is not None:

@@ -1,0 +1,58 @@
+"""End to end: `fedkb simulate --engine fleet --secagg`, a real server process and real
+phone processes (LiteRT training, the secure phases over HTTP), and its report's
+``secure_aggregation`` object; and the flags refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _simulate(tiny_data, tiny_artifact, *extra: str, timeout: float = 240):
+    return subprocess.run(
+        [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
+         str(tiny_data), "--preset", "tiny", "--rounds", "2", "--clients-per-round", "4",
+         "--devices", "16", "--workers", "1", "--selection-window", "3",
+         "--reporting-deadline", "30", "--overselect", "1.0", "--clip-norm", "4",
+         "--uplink", "q8", "--artifact", str(tiny_artifact), "--json", *extra],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_secure_fleet_run_commits_its_rounds_and_reports_them(tiny_data, tiny_artifact):
+    proc = _simulate(tiny_data, tiny_artifact, "--secagg", "--secagg-threshold", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    sa = report["secure_aggregation"]
+    assert sa["rounds_secure"] == 2 and sa["threshold"] == 3
+    assert sa["modulus_bits"] == 8 + 2  # q8 codes, 4 summands
+    assert set(sa["dropouts"]) == {"before_keys", "after_keys", "after_shares",
+                                   "after_masked_input"}
+    assert sa["refused"] == {} or all(k in ("phase_closed", "duplicate", "not_eligible")
+                                      for k in sa["refused"])
+    assert report["heldout"]["top1_recall"] is not None
+    # each round summed at least t inputs; the server saw only the masked vectors' bytes
+    assert all(r["clients"] >= 3 for r in report["rounds"])
+    assert all(r["wall_s"] > 0 for r in report["rounds"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--secagg", "--secagg-threshold", "2"), "too small for the threat model"),
+    (("--secagg", "--secagg-threshold", "5"), "more than the 4 phones"),
+    (("--secagg", "--uplink", "float32"), "quantized codes"),
+    (("--secagg-neighbours", "2",), "need --secagg"),
+])
+def test_bad_secure_settings_are_refused_at_start(tiny_data, tiny_artifact, extra, message,
+                                                 capsys):
+    from fedkb.cli import main
+
+    rc = main(["simulate", "--engine", "fleet", "--data", str(tiny_data), "--preset", "tiny",
+               "--rounds", "2", "--clients-per-round", "4", "--overselect", "1.0",
+               "--clip-norm", "4", "--uplink", "q8", "--artifact", str(tiny_artifact),
+               "--json", *extra])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err, err[-2000:]

@@ -1,0 +1,396 @@
+"""Secure aggregation on the HTTP round: the real server (create_app, Flask's test client)
+and the real phone code (fedkb.device_runtime.secagg_client), every message through the
+API as JSON. The protocol's math has its own tests (test_secagg_protocol.py); these are
+about the round machine's phases and the wire: exactness, what the server keeps, dropouts
+at every phase, late phones and hostile messages."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gc
+import json
+import logging
+import sqlite3
+
+import numpy as np
+import pytest
+from secagg_http_support import CLIP, SecureHarness, done, phone_delta, secure_harness
+from secagg_support import CHI2_HIGH, CHI2_LOW, chi_square_top_byte
+
+from fedkb.clipping import clip_update
+from fedkb.compression.field import sum_mod
+from fedkb.secagg.messages import unpack_residues
+from fedkb.server.config import (
+    CompressionConfig,
+    ConfigError,
+    PrivacyConfig,
+    RoundConfig,
+    SecAggConfig,
+    ServerConfig,
+    StrategyConfig,
+)
+
+N = 5  # t = ceil(0.6 * 5) = 3: up to n - t = 2 dropouts are survived
+
+
+def expected_sum(sh: SecureHarness, members: list[int]) -> np.ndarray:
+    return sum_mod([sh.codes(i).astype(np.uint32) for i in members], sh.round.secure.params.k)
+
+
+def mean_bound(sh: SecureHarness) -> float:
+    """A worst-case bound on the decoded mean's error: under one grid step per rotated
+    coordinate, i.e. 2 * sigmas * C / L per rotation block, in norm."""
+    layout = sh.round.secure.layout
+    from fedkb.compression.rotate import block_sizes
+    blocks = sum(len(block_sizes(n)) for n in layout.sizes)
+    return float(np.sqrt(blocks) * 2 * layout.sigmas * CLIP / 255)
+
+
+def test_a_secure_round_commits_the_exact_sum(tmp_path):
+    h = secure_harness(tmp_path, N)
+    before = h.global_weights()
+    sh = SecureHarness(h, N)
+    assert [p.name for p in sh.round.phases] == [
+        "selection", "advertise_keys", "share_keys", "masked_input", "unmasking"]
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    assert done(sh) == list(range(N))
+    sec = sh.round.secure
+    # exact modulo 2^k: the unmasked sum is the sum of the phones' quantized inputs
+    assert np.array_equal(sec.result.total, expected_sum(sh, list(range(N))))
+    # and the model moved by the mean of the clipped deltas, within quantization error
+    mean = [sum(clip_update(phone_delta(i), CLIP)[0][j] for i in range(N)) / N
+            for j in range(len(before))]
+    err = np.sqrt(sum(float(np.sum(((b - a) - m) ** 2))
+                      for a, b, m in zip(before, h.global_weights(), mean, strict=True)))
+    assert err < mean_bound(sh)
+    stats = sh.round.stats
+    assert stats.reported == N and stats.num_examples == sum(10 + i for i in range(N))
+    assert stats.secagg["survivors"] == {"advertise_keys": N, "share_keys": N,
+                                         "masked_input": N, "unmasking": N}
+    assert stats.secagg["threshold"] == 3 and stats.secagg["abort"] is None
+    status = h.client.get(f"/v1/rounds/{sh.round_id}").get_json()
+    assert status["secagg"]["modulus_bits"] == sec.params.k
+
+
+def _arrays_reachable(root: object, limit: int = 200_000) -> list[np.ndarray]:
+    """Every ndarray reachable from ``root`` (the server's state) by references."""
+    seen, out, todo = set(), [], [root]
+    while todo and len(seen) < limit:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type | type(json) | str | bytes | int | float):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            out.append(obj)
+            continue
+        todo.extend(gc.get_referents(obj))
+    return out
+
+
+def test_the_server_never_holds_a_plaintext_update(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    h = secure_harness(tmp_path, N)
+    masked: list[tuple[int, bytes]] = []
+
+    def watch(task_id: str, body: dict) -> dict:
+        if body["message"]["type"] == "masked_input":
+            m = body["message"]
+            masked.append((m["k"], base64.b64decode(m["data"])))
+        return body
+
+    sh = SecureHarness(h, N, tamper=watch)
+    plain = [sh.codes(i) for i in range(N)]
+    floats = [np.concatenate([a.ravel() for a in clip_update(phone_delta(i), CLIP)[0]])
+              for i in range(N)]
+    for _ in range(10):  # up to the masked inputs, not beyond
+        if sh.phase() == "unmasking":
+            break
+        sh.step_all()
+    assert sh.phase() == "unmasking"
+    # the aggregator's memory while it holds every masked vector: no plaintext input
+    held = _arrays_reachable(h.state)
+    assert any(a is sh.round.secure.server._acc for a in held)  # the walk reaches the sum
+    for arr in held:
+        for p, f in zip(plain, floats, strict=True):
+            if arr.shape == p.shape:
+                assert not np.array_equal(arr.astype(np.int64), p.astype(np.int64))
+            if arr.shape == f.shape and arr.dtype == np.float32:
+                assert not np.allclose(arr, f)
+    # each masked vector the server received is uniform over Z_{2^k}
+    assert len(masked) == N
+    k = sh.round.secure.params.k
+    for mk, raw in masked:
+        y = unpack_residues(raw, mk, sh.round.secure.layout.dim)
+        assert CHI2_LOW < chi_square_top_byte(y, k) < CHI2_HIGH
+        for p in plain:  # and unrelated to the plaintext codes
+            assert np.mean(y == p) < 0.05
+    sh.run()
+    assert sh.round.state == "committed"
+    # the database, the checkpoints and the logs: no plaintext, no masked vector
+    needles = [p.astype("<u2").tobytes()[:64] for p in plain]
+    needles += [f.tobytes()[:64] for f in floats]
+    needles += [raw[:64] for _, raw in masked] + [base64.b64encode(raw[:48]) for _, raw in masked]
+    con = sqlite3.connect(h.state.config.state_dir / "fedkb.db")
+    dump = "\n".join(con.iterdump()).encode()
+    con.close()
+    files = b"".join(p.read_bytes() for p in (h.state.config.state_dir / "checkpoints").iterdir()
+                     if p.is_file())
+    logs = caplog.text.encode()
+    for needle in needles:
+        assert needle not in dump and needle not in files and needle not in logs
+    # what is kept for the round: its counts, not its vectors
+    assert len(json.dumps(h.client.get(f"/v1/rounds/{sh.round_id}").get_json())) < 20_000
+
+
+@pytest.mark.parametrize("phase", ["share_keys", "masked_input", "unmasking"])
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_dropouts_at_each_phase(tmp_path, phase, count):
+    """Phones go silent after advertising keys (from share_keys on), after sharing (from
+    masked input on) or after their masked input (in unmasking): up to n - t survived."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    gone = set(range(N - count, N))
+    sh.run(drop={phase: gone})
+    sec = sh.round.secure
+    if count > N - 3:
+        assert sh.round.state == "abandoned"
+        assert sh.round.reason == f"secagg_{phase}"
+        protocol_phase = {"masked_input": "masked_input_collection"}.get(phase, phase)
+        assert sh.round.stats.secagg["abort"]["phase"] in (protocol_phase, "unmasking")
+        assert h.global_weights()[0].any() == False  # noqa: E712 (the model did not move)
+        return
+    assert sh.round.state == "committed", sh.round.reason
+    summands = list(range(N)) if phase == "unmasking" else list(range(N - count))
+    assert list(sec.result.survivors) == [i + 1 for i in summands]
+    assert np.array_equal(sec.result.total, expected_sum(sh, summands))
+    drops = sh.round.stats.secagg["dropouts"]
+    key = {"share_keys": "after_keys", "masked_input": "after_shares",
+           "unmasking": "after_masked_input"}[phase]
+    assert drops[key] == count
+    if phase != "share_keys":
+        assert sh.round.stats.secagg["recovered"][key] == count
+
+
+def test_an_unplugged_phone_aborts_and_the_phase_ends_early(tmp_path):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    sh.step_all()  # keys advertised
+    sh.step_all()  # roster answered: share_keys
+    t0 = h.clock()
+    sh.members[4].device.abort(sh.members[4].task.task_id)
+    sh.members[4].state = "stopped"
+    sh.run()
+    assert sh.round.state == "committed"
+    assert h.clock() == t0  # nobody waited out a deadline for the unplugged phone
+    assert sh.round.stats.aborted == {"not_charging": 1}
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, [0, 1, 2, 3]))
+
+
+def test_a_late_phone_with_stale_messages_is_refused(tmp_path):
+    h = secure_harness(tmp_path, N)
+    kept: dict[str, dict] = {}
+
+    def keep(task_id: str, body: dict) -> dict:
+        kept[f"{task_id}/{body['message']['type']}"] = copy.deepcopy(body)
+        return body
+
+    sh = SecureHarness(h, N, tamper=keep)
+    late = sh.members[4]
+    for _ in range(10):  # it shares keys, then goes quiet
+        if sh.phase() == "unmasking":
+            break
+        sh.step_all({4} if sh.phase() == "masked_input" else set())
+        if sh.phase() == "masked_input" and len(sh.round.secure.answered("masked_input")) == 4:
+            h.clock.advance(sh.round.phase.deadline_s + 1)
+            sh.machine.tick()
+    assert sh.phase() == "unmasking"
+    # it comes back: its masked input now (the phase is closed) and its stale shares again
+    late.state = "wait"
+    late.secure.advance(sh.transport, late.device.token)  # told it dropped
+    assert late.state == "wait" and late.secure.refusal.startswith("server: dropped")
+    stale = kept[f"{late.task.task_id}/share_keys"]
+    r = sh.transport.post(late.device.token, late.task.task_id, stale)
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "secagg_phase_closed"
+    forged_input = {"message": {"type": "masked_input", "round_id": sh.round.secure.rid,
+                                "sender": 5, "k": sh.round.secure.params.k,
+                                "length": sh.round.secure.layout.dim,
+                                "data": base64.b64encode(b"\0\0" * sh.round.secure.layout.dim
+                                                         ).decode()}}
+    r = sh.transport.post(late.device.token, late.task.task_id, forged_input)
+    assert r.status_code == 409
+    late.state = "stopped"
+    sh.run()
+    assert sh.round.state == "committed"
+    assert sh.round.stats.rejected.get("secagg_phase_closed", 0) == 2
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, [0, 1, 2, 3]))
+
+
+def _mutate(kind: str):
+    """A tamper that breaks phone 1's (uid 1) first message of one type, once."""
+    state = {"done": False}
+
+    def tamper(task_id: str, body: dict) -> dict:
+        m = body["message"]
+        if state["done"] or m.get("sender") != 1:
+            return body
+        bad = copy.deepcopy(body)
+        if kind == "short_vector" and m["type"] == "masked_input":
+            raw = base64.b64decode(m["data"])
+            bad["message"]["data"] = base64.b64encode(raw[:-2]).decode()
+            bad["message"]["length"] = m["length"] - 1
+        elif kind == "wrong_modulus" and m["type"] == "masked_input":
+            bad["message"]["k"] = m["k"] + 1
+        elif kind == "out_of_field" and m["type"] == "masked_input":
+            raw = bytearray(base64.b64decode(m["data"]))
+            raw[1] = 0xFF  # entry 0 >= 2^k
+            bad["message"]["data"] = base64.b64encode(bytes(raw)).decode()
+        elif kind == "wrong_sender" and m["type"] == "masked_input":
+            bad["message"]["sender"] = 2
+        elif kind == "misaddressed" and m["type"] == "share_keys":
+            cts = m["ciphertexts"]
+            first = sorted(cts)[0]
+            cts = dict(cts)
+            cts["9"] = cts.pop(first)  # a share for a phone not in the round
+            bad["message"]["ciphertexts"] = cts
+        elif kind == "both_shares" and m["type"] == "unmask_response":
+            b = dict(m["b_shares"])
+            bad["message"]["sk_shares"] = {**m["sk_shares"], **{"2": b["2"]}}  # b and s_SK
+        elif kind == "wrong_peer" and m["type"] == "unmask_response":
+            b = dict(m["b_shares"])
+            bad["message"]["sk_shares"] = {"2": b.pop("2")}  # s_SK-share of a survivor
+            bad["message"]["b_shares"] = b
+        else:
+            return body
+        state["done"] = True
+        return bad
+
+    return tamper
+
+
+@pytest.mark.parametrize("kind, code", [
+    ("short_vector", "secagg_bad_vector"), ("wrong_modulus", "secagg_bad_vector"),
+    ("out_of_field", "secagg_bad_vector"), ("wrong_sender", "secagg_wrong_sender"),
+    ("misaddressed", "secagg_bad_recipients"), ("both_shares", "secagg_both_shares"),
+    ("wrong_peer", "secagg_wrong_peer")])
+def test_bad_messages_are_refused_counted_and_leave_the_sum_exact(tmp_path, kind, code):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N, tamper=_mutate(kind))
+    sh.run()
+    phone = sh.members[0]
+    assert phone.refused and phone.refused[0] in ("secagg_refused", "secagg_phase_closed")
+    assert sh.round.stats.rejected.get(code) == 1, sh.round.stats.rejected
+    # the refused phone dropped out; the round summed the others exactly
+    assert sh.round.state == "committed", sh.round.reason
+    survivors = [u - 1 for u in sh.round.secure.result.survivors]
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, survivors))
+
+
+def test_a_forged_ciphertext_stops_its_recipient_not_the_round(tmp_path):
+    def forge(task_id: str, body: dict) -> dict:
+        m = body["message"]
+        if m["type"] == "share_keys" and m["sender"] == 1:
+            cts = dict(m["ciphertexts"])
+            raw = bytearray(base64.b64decode(cts["2"]))
+            raw[-1] ^= 1  # the GCM tag no longer matches
+            cts["2"] = base64.b64encode(bytes(raw)).decode()
+            body = {**body, "message": {**m, "ciphertexts": cts}}
+        return body
+
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N, tamper=forge)
+    sh.run()
+    assert "bad_ciphertext" in sh.members[1].secure.refusal
+    assert sh.round.state == "committed"
+    assert sh.round.stats.secagg["dropouts"]["after_shares"] == 1
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, [0, 2, 3, 4]))
+
+
+def test_with_dp_the_noise_goes_on_the_unmasked_sum_over_the_report_goal(tmp_path):
+    """[privacy] and [secagg]: phones clip to the privacy clip; the DP stage gets the
+    unmasked sum of the survivors and divides by the fixed report goal m."""
+    clip = 2.0
+    h = secure_harness(tmp_path, N, privacy=PrivacyConfig(
+        mechanism="fedavg", noise_multiplier=0.0, clip=clip, population=10),
+        pipeline=False)
+    before = h.global_weights()
+    sh = SecureHarness(h, N)
+    assert sh.members[0].task.plan.clip == clip
+    sh.run(drop={"masked_input": {4}})
+    assert sh.round.state == "committed", sh.round.reason
+    r = h.client.get(f"/v1/rounds/{sh.round_id}").get_json()
+    assert r["measurements"]["count"] == 4 and r["measurements"]["denominator"] == N
+    assert r["privacy"]["event"]["clip"] == clip
+    want = [sum(clip_update(phone_delta(i), clip)[0][j] for i in range(4)) / N
+            for j in range(len(before))]
+    err = np.sqrt(sum(float(np.sum(((b - a) - m) ** 2))
+                      for a, b, m in zip(before, h.global_weights(), want, strict=True)))
+    assert err < mean_bound(sh) * clip / CLIP
+
+
+def test_a_plain_upload_to_a_secure_round_is_refused(tmp_path):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    d = sh.members[0]
+    from server_support import Device
+    r = Device.upload(d.device, d.task.to_json(), [np.zeros(s, np.float32) for s in
+                                                   [(64, 64), (64, 64), (200,)]])
+    assert r.status_code == 422 and r.get_json()["error"]["code"] == "wrong_encoding"
+
+
+def test_secagg_plus_over_http(tmp_path):
+    h = secure_harness(tmp_path, 7, threshold=0.6, neighbours=4)
+    sh = SecureHarness(h, 7)
+    sh.run(drop={"masked_input": {6}})
+    assert sh.round.state == "committed", sh.round.reason
+    assert sh.round.secure.params.degree == 4
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(6))))
+
+
+@pytest.mark.parametrize("secagg, extra, match", [
+    (SecAggConfig(enabled=True, threshold=0.5), {}, "too small for the threat model"),
+    (SecAggConfig(enabled=True, threshold=3), {}, "too small for the threat model"),
+    (SecAggConfig(enabled=True, threshold=11), {}, "more than the 10 phones"),
+    (SecAggConfig(enabled=True), {"compression": CompressionConfig()}, "quantized codes"),
+    (SecAggConfig(enabled=True), {"strategy": StrategyConfig()}, "needs a clip"),
+    (SecAggConfig(enabled=True, neighbours=10), {}, "below the cohort"),
+])
+def test_bad_settings_are_refused_at_start(secagg, extra, match):
+    kw = {"round": RoundConfig(report_goal=10, overselect=1.0),
+          "strategy": StrategyConfig(clip_norm=1.0),
+          "compression": CompressionConfig(uplink="q8"), **extra}
+    with pytest.raises(ConfigError, match=match):
+        ServerConfig(secagg=secagg, **kw)
+
+
+@pytest.mark.parametrize("raw", [0.0, 1.5, -2, 2.5])
+def test_a_threshold_is_a_count_or_a_fraction(raw):
+    with pytest.raises(ConfigError, match="count >= 2 or a fraction"):
+        SecAggConfig(threshold=raw)
+    assert SecAggConfig(threshold=0.7).threshold_for(20) == 14
+    assert SecAggConfig(threshold=15).threshold_for(20) == 15
+
+
+def test_unmasking_needs_t_responders_not_the_rounds_minimum_reports(tmp_path):
+    """min_reports = 5 (every phone): all 5 masked inputs are in, one phone then goes
+    quiet; 4 >= t responders unmask a sum of all 5 inputs, so the round commits."""
+    h = secure_harness(tmp_path, N, min_fraction=1.0)
+    sh = SecureHarness(h, N)
+    assert [p.min_count for p in sh.round.phases[1:]] == [5, 5, 5, 3]
+    sh.run(drop={"unmasking": {4}})
+    assert sh.round.state == "committed", sh.round.reason
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
+
+
+@pytest.mark.parametrize("body", ['{"message": {}}', "[]", "24", "null", '{"message": '
+                                  '{"type": "masked_input", "round_id": "r1"}}', "{"])
+def test_a_broken_message_is_a_400_and_counted(tmp_path, body):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    m = sh.members[0]
+    r = h.client.post(f"/v1/tasks/{m.task.task_id}/secagg", data=body,
+                      headers={**m.device.auth, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["code"] == "invalid_message"
+    assert sh.round.stats.rejected == {"secagg_invalid_message": 1}
