@@ -85,7 +85,8 @@ def scale(args: argparse.Namespace) -> None:
     try:
         fleet = Fleet(FleetConfig(url, Path(args.data), args.devices, speedup=args.speedup,
                                   duration_s=args.duration, seed=0,
-                                  ray=RayOptions(shards=args.shards, trainers=args.trainers)))
+                                  ray=RayOptions(shards=args.shards, trainers=args.trainers,
+                                                 ready_timeout_s=900)))
         t0 = time.monotonic()
         summary = fleet.run()
         wall = time.monotonic() - t0

@@ -44,7 +44,9 @@ def connect(opts: RayOptions) -> bool:
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if opts.address == LOCAL:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local" always starts a new instance: with no address, Ray would join the cluster
+        # last started on this machine (another user's, a test's)
+        ray.init(address=LOCAL, include_dashboard=False, **kwargs)
     else:
         ray.init(address=opts.address, **kwargs)
     return True

@@ -31,7 +31,7 @@ ray = pytest.importorskip("ray")
 from fedkb.device_runtime.fleet import Fleet, FleetConfig  # noqa: E402
 from fedkb.device_runtime.ray_options import RayOptions  # noqa: E402
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MB = 1024 * 1024
 NODE = {"num_cpus": 2, "object_store_memory": 80 * MB, "node_ip_address": "127.0.0.1"}
