@@ -21,23 +21,30 @@ flight when they did (``summary["ray"]``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from fedkb.device_runtime.ray_options import LOCAL, RayOptions
 
 SNAPSHOT_TIMEOUT_S = 2.0
 
+# Read when Ray is imported, so set before this module or anything else imports it. Under
+# `uv run`, Ray would start every worker with `uv run` and ship the working tree as a
+# runtime env; the fleet's nodes run the installed package instead (README: the cluster).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# A raylet gives up when its agents take over 30 s to start, which a loaded machine
+# exceeds (measured at load 20 on 2 cores): allow two minutes.
+os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+
 
 def connect(opts: RayOptions) -> bool:
     """Connect to (or start) the cluster; True when this call started Ray itself."""
-    # Under `uv run`, Ray would ship the working tree to every worker as a runtime env;
-    # the fleet's nodes run the installed package instead (README: the cluster).
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
     if ray.is_initialized():
@@ -68,6 +75,10 @@ class RayFleet:
 
         from fedkb.device_runtime.ray_actors import PhoneShard, TrainingWorker
 
+        # actors run in Ray's own working directory: every path absolute (the same path
+        # must hold the dataset on every node)
+        cfg = dataclasses.replace(cfg, data=Path(cfg.data).resolve(), trace_file=None if
+                                  cfg.trace_file is None else Path(cfg.trace_file).resolve())
         opts: RayOptions = cfg.ray
         self.opts = opts
         nodes = [n for n in ray.nodes() if n.get("Alive")]

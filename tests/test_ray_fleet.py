@@ -26,6 +26,7 @@ from server_support import kill, start_server
 # rewrites 127.0.0.1 to it); read when Ray is imported.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"  # workers run the installed package
+os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")  # a loaded CI machine
 ray = pytest.importorskip("ray")
 
 from fedkb.device_runtime.fleet import Fleet, FleetConfig  # noqa: E402
