@@ -25,6 +25,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,6 +51,10 @@ def connect(opts: RayOptions) -> bool:
 
     if ray.is_initialized():
         return False
+    # Ray's core worker installs a SIGTERM handler that aborts the process: keep the
+    # caller's (`fedkb fleet` stops the phones and prints its summary on SIGTERM)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if opts.address == LOCAL:
         # "local" always starts a new instance: with no address, Ray would join the cluster
@@ -56,6 +62,8 @@ def connect(opts: RayOptions) -> bool:
         ray.init(address=LOCAL, include_dashboard=False, **kwargs)
     else:
         ray.init(address=opts.address, **kwargs)
+    if main and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     return True
 
 
@@ -118,12 +126,21 @@ class RayFleet:
         return [*((("shard", i), a) for i, a in enumerate(self.shards)),
                 *((("trainer", i), a) for i, a in enumerate(self.trainers))]
 
-    def wait_ready(self) -> list[dict[str, Any]]:
-        """Block until every actor has started (placed, phones built); raise if they cannot."""
+    def wait_ready(self, stop: Any = None) -> list[dict[str, Any]]:
+        """Block until every actor has started (placed, phones built); raise if they cannot.
+
+        Waits a second at a time, so a Ctrl-C (``stop``, a threading.Event) ends it.
+        """
         import ray
 
         refs = [a.ready.remote() for _, a in self.actors()]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.opts.ready_timeout_s)
+        pending = refs
+        give_up = time.monotonic() + self.opts.ready_timeout_s
+        while pending and time.monotonic() < give_up and not (stop and stop.is_set()):
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        if stop is not None and stop.is_set():
+            return []
+        ready = refs
         if pending:
             raise RuntimeError(
                 f"{len(pending)} of {len(refs)} fleet actors did not start within "
@@ -234,7 +251,7 @@ def run_on_ray(fleet: Any, clock: Any, status_client: Any, t0: float
         wall0_epoch = time.time() - (time.monotonic() - clock._wall0)
         t_build = time.monotonic()
         run = RayFleet(fleet.cfg, wall0_epoch)
-        run.wait_ready()
+        run.wait_ready(fleet._stop)
         run.timings = {"connect_s": round(t_build - t_connect, 2),
                        "actors_ready_s": round(time.monotonic() - t_build, 2)}
         while True:
