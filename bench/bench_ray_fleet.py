@@ -34,7 +34,7 @@ RECIPE = ["--preset", "small", "--rounds", "20", "--clients-per-round", "20", "-
 
 def recall(args: argparse.Namespace) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for engine in ("processes", "ray"):
+        for engine in args.engines.split(","):
             cmd = [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
                    str(args.data), *RECIPE, *args.recipe_args.split(), "--seed", str(seed),
                    "--json",
@@ -85,7 +85,8 @@ def scale(args: argparse.Namespace) -> None:
     try:
         fleet = Fleet(FleetConfig(url, Path(args.data), args.devices, speedup=args.speedup,
                                   duration_s=args.duration, seed=0,
-                                  ray=RayOptions(shards=args.shards, trainers=args.trainers)))
+                                  ray=RayOptions(shards=args.shards, trainers=args.trainers,
+                                                 ready_timeout_s=900)))
         t0 = time.monotonic()
         summary = fleet.run()
         wall = time.monotonic() - t0
@@ -109,6 +110,7 @@ def main() -> None:
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--seeds", default="0,1,2,3,4")
     r.add_argument("--out", default=None)
+    r.add_argument("--engines", default="processes,ray", help="which fleets, in order")
     r.add_argument("--recipe-args", default="",
                    help="flags appended to the recipe (a later flag wins), e.g. for a loaded "
                         "machine: '--rounds 10 --reporting-deadline 90'")

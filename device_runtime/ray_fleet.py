@@ -21,32 +21,49 @@ flight when they did (``summary["ray"]``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from fedkb.device_runtime.ray_options import LOCAL, RayOptions
 
 SNAPSHOT_TIMEOUT_S = 2.0
 
+# Read when Ray is imported, so set before this module or anything else imports it. Under
+# `uv run`, Ray would start every worker with `uv run` and ship the working tree as a
+# runtime env; the fleet's nodes run the installed package instead (README: the cluster).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# A raylet gives up when its agents take over 30 s to start, which a loaded machine
+# exceeds (measured at load 20 on 2 cores): allow two minutes.
+os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+
 
 def connect(opts: RayOptions) -> bool:
     """Connect to (or start) the cluster; True when this call started Ray itself."""
-    # Under `uv run`, Ray would ship the working tree to every worker as a runtime env;
-    # the fleet's nodes run the installed package instead (README: the cluster).
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
     if ray.is_initialized():
         return False
+    # Ray's core worker installs a SIGTERM handler that aborts the process: keep the
+    # caller's (`fedkb fleet` stops the phones and prints its summary on SIGTERM)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if opts.address == LOCAL:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local" always starts a new instance: with no address, Ray would join the cluster
+        # last started on this machine (another user's, a test's)
+        ray.init(address=LOCAL, include_dashboard=False, **kwargs)
     else:
         ray.init(address=opts.address, **kwargs)
+    if main and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     return True
 
 
@@ -66,6 +83,10 @@ class RayFleet:
 
         from fedkb.device_runtime.ray_actors import PhoneShard, TrainingWorker
 
+        # actors run in Ray's own working directory: every path absolute (the same path
+        # must hold the dataset on every node)
+        cfg = dataclasses.replace(cfg, data=Path(cfg.data).resolve(), trace_file=None if
+                                  cfg.trace_file is None else Path(cfg.trace_file).resolve())
         opts: RayOptions = cfg.ray
         self.opts = opts
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -105,12 +126,21 @@ class RayFleet:
         return [*((("shard", i), a) for i, a in enumerate(self.shards)),
                 *((("trainer", i), a) for i, a in enumerate(self.trainers))]
 
-    def wait_ready(self) -> list[dict[str, Any]]:
-        """Block until every actor has started (placed, phones built); raise if they cannot."""
+    def wait_ready(self, stop: Any = None) -> list[dict[str, Any]]:
+        """Block until every actor has started (placed, phones built); raise if they cannot.
+
+        Waits a second at a time, so a Ctrl-C (``stop``, a threading.Event) ends it.
+        """
         import ray
 
         refs = [a.ready.remote() for _, a in self.actors()]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.opts.ready_timeout_s)
+        pending = refs
+        give_up = time.monotonic() + self.opts.ready_timeout_s
+        while pending and time.monotonic() < give_up and not (stop and stop.is_set()):
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        if stop is not None and stop.is_set():
+            return []
+        ready = refs
         if pending:
             raise RuntimeError(
                 f"{len(pending)} of {len(refs)} fleet actors did not start within "
@@ -221,7 +251,7 @@ def run_on_ray(fleet: Any, clock: Any, status_client: Any, t0: float
         wall0_epoch = time.time() - (time.monotonic() - clock._wall0)
         t_build = time.monotonic()
         run = RayFleet(fleet.cfg, wall0_epoch)
-        run.wait_ready()
+        run.wait_ready(fleet._stop)
         run.timings = {"connect_s": round(t_build - t_connect, 2),
                        "actors_ready_s": round(time.monotonic() - t_build, 2)}
         while True:
