@@ -235,7 +235,11 @@ def test_the_flags_reach_the_servers_config_file(tiny_data, tmp_path):
     demo = build_parser().parse_args(["demo", "--uplink", "q2"])
     assert isinstance(demo, argparse.Namespace) and (demo.uplink, demo.rotate) == ("q2", False)
     a = build_parser().parse_args(["demo"])
-    dcfg = demo_config(tiny_data, tmp_path, 40, a.rounds, a.clients_per_round, a.workers,
+    assert a.rounds is None  # the demo's own (or fitted to --corpus) unless given
+    from fedkb.simulation.demo import DEMO_ROUND
+
+    dcfg = demo_config(tiny_data, tmp_path, 40, DEMO_ROUND.max_rounds, DEMO_ROUND.report_goal,
+                       a.workers,
                        a.preset, a.strategy, a.lr, a.server_lr)
     assert dcfg.compression == DEMO_COMPRESSION == CompressionConfig(
         a.uplink, a.rotate, a.downlink)

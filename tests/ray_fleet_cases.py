@@ -1,0 +1,155 @@
+"""Cases run by tests/test_ray_fleet.py, each in its own pytest process: the fleet on a
+real two-node Ray cluster on this machine (loopback only).
+
+A ``ray.cluster_utils.Cluster`` with two nodes (a head and one more, each its own raylet,
+few CPUs and a small object store declared) runs a tiny-preset fleet against a real
+server: rounds are committed with phones on both nodes. Then one node is killed mid-round
+(its raylet and workers, no graceful shutdown): the round is abandoned or completes
+without it, the restarted shard registers its phones again, the run finishes, and the
+summary counts the lost life. No Ray process is left afterwards.
+
+Skipped only where Ray is not installed (``uv sync --extra ray``; CI installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+from server_support import kill, start_server
+
+# Loopback only: Ray otherwise binds every node to the default route's address (and
+# rewrites 127.0.0.1 to it); read when Ray is imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"  # workers run the installed package
+os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")  # a loaded CI machine
+ray = pytest.importorskip("ray")
+
+from fedkb.device_runtime.fleet import Fleet, FleetConfig  # noqa: E402
+from fedkb.device_runtime.ray_options import RayOptions  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MB = 1024 * 1024
+NODE = {"num_cpus": 2, "object_store_memory": 80 * MB, "node_ip_address": "127.0.0.1"}
+
+
+def _status(url: str) -> dict:
+    return requests.get(f"{url}/v1/status", timeout=10).json()
+
+
+def _ray_processes() -> set[psutil.Process]:
+    return set(psutil.Process().children(recursive=True))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    before = _ray_processes()
+    c = Cluster(initialize_head=True,
+                head_node_args={**NODE, "include_dashboard": False})
+    try:
+        c.other = c.add_node(**NODE)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        started = _ray_processes() - before
+        c.shutdown()
+        _, alive = psutil.wait_procs(list(started), timeout=20)
+        for p in alive:
+            p.kill()
+        assert not alive, f"Ray processes left: {alive}"
+
+
+@pytest.fixture
+def server(tmp_path, tiny_artifact):
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps({"tick_s": 0.2, "round": {
+        "report_goal": 3, "selection_window_s": 2, "reporting_deadline_s": 8,
+        "eval_every": 0}, "client": {"max_steps": 5}}))
+    proc, url = start_server(tmp_path / "state", tiny_artifact, config, tmp_path / "server.log")
+    try:
+        yield url
+    finally:
+        kill(proc)
+
+
+def _fleet(cluster, url: str, data, rounds: int | None) -> Fleet:
+    opts = RayOptions(address=cluster.address, shards=2, trainers=2, phone_bytes=16_000,
+                      shard_base_bytes=50 * MB, trainer_bytes=100 * MB, ready_timeout_s=120)
+    return Fleet(FleetConfig(url, data, 24, speedup=60, start_hour=1, rounds=rounds,
+                             duration_s=300, seed=3, ray=opts))
+
+
+def test_a_two_node_cluster_commits_rounds_with_phones_on_both_nodes(cluster, server,
+                                                                      tiny_data):
+    summary = _fleet(cluster, server, tiny_data, rounds=3).run()
+    print(json.dumps({"ray": summary["ray"], "tasks": summary["tasks"]}))
+    status = _status(server)
+    assert status["rounds_committed"] >= 3
+    ray_part = summary["ray"]
+    assert ray_part["nodes"] == 2 and ray_part["shards"] == 2 and ray_part["trainers"] == 2
+    # the phones live on both nodes, and so do the training workers
+    assert len(ray_part["phones_by_node"]) == 2, ray_part
+    assert sum(ray_part["phones_by_node"].values()) == 24
+    assert summary["phones"] == 24
+    assert summary["tasks"]["completed"] >= 9
+    assert ray_part["jobs_taken"] >= summary["tasks"]["completed"]
+    assert ray_part["actor_lives_ended"] == 0
+    assert not ray.is_initialized()  # the fleet disconnected from the cluster
+
+
+def _registered(status: dict) -> int:
+    return sum(status.get("devices", {}).values())
+
+
+def test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on(cluster, server,
+                                                                       tiny_data):
+    fleet = _fleet(cluster, server, tiny_data, rounds=None)
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(summary=fleet.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 150
+        # mid-round: a round committed already, the next one has tasks out
+        while time.monotonic() < deadline and thread.is_alive():
+            s = _status(server)
+            if s["rounds_committed"] >= 2:
+                break
+            time.sleep(0.3)
+        assert thread.is_alive(), out
+        before = _registered(s)
+        doomed = {p.pid for p in psutil.Process(cluster.other.all_processes[
+            "raylet"][0].process.pid).children(recursive=True)}
+        cluster.remove_node(cluster.other, allow_graceful=False)
+        # the run goes on: more rounds commit, and the restarted shard's phones register
+        # again (new devices on the server)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and thread.is_alive():
+            s = _status(server)
+            if s["rounds_committed"] >= 5 and _registered(s) > before:
+                break
+            time.sleep(0.5)
+        fleet.stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the fleet did not finish after losing a node"
+    finally:
+        fleet.stop()
+        thread.join(timeout=60)
+    summary = out["summary"]
+    print(json.dumps({"ray": summary["ray"], "tasks": summary["tasks"]}))
+    status = _status(server)
+    assert status["rounds_committed"] >= 5
+    assert _registered(status) > before
+    # the killed node's shard was restarted on the head: its phones registered again
+    assert summary["ray"]["actor_lives_ended"] >= 1, summary["ray"]
+    assert summary["phones"] == 24
+    assert len(summary["ray"]["phones_by_node"]) == 1
+    assert not [pid for pid in doomed if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
