@@ -108,7 +108,9 @@ def test_demo_defaults_are_the_demo_recipe(tiny_data, tmp_path):
     from fedkb.simulation.demo import DEMO_CLIENT, DEMO_ROUND, DEMO_STRATEGY, demo_config
 
     a = _args("demo")
-    cfg = demo_config(tiny_data, tmp_path, 40, a.rounds, a.clients_per_round, a.workers,
+    assert (a.rounds, a.clients_per_round) == (None, None)  # the demo's own, or fitted
+    cfg = demo_config(tiny_data, tmp_path, 40, DEMO_ROUND.max_rounds, DEMO_ROUND.report_goal,
+                      a.workers,
                       a.preset, a.strategy, a.lr, a.server_lr)
     assert cfg.round == DEMO_ROUND.replace(eval_every=DEMO_ROUND.max_rounds // 8)
     assert cfg.client == DEMO_CLIENT
@@ -207,7 +209,7 @@ def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
         "selection_window_s", "reporting_deadline_s", "pipeline", "claim_poll_s",
         "claim_hold_s", "overselect", "pace_margin", "clip_norm", "lr_decay", "eval_every",
         "eval_goal", "seed", "artifact", "rejoin_after_rounds", "faults", "dp", "uplink",
-        "rotate", "downlink", "grad_clip"]
+        "rotate", "downlink", "grad_clip", "ray"]
     assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
         (20, 20, True, "fedavg")
     json.dumps(doc)  # plain JSON
