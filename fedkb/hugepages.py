@@ -5,9 +5,9 @@ softmax and their gradients are 40-50 MB a step (batch x sequence x vocabulary f
 glibc's mmap threshold (32 MB at most), so each step maps fresh memory and the kernel faults
 it in 4 KiB pages: 12,500 faults for one 51 MB softmax on the project's 2-core VM, where a
 fault costs ~6 us. On a kernel whose transparent huge pages are in ``madvise`` mode (the
-default of many distributions, and of this VM), nothing asks for huge pages, and the demo's
-central baseline ran 5-20x slower than on a machine with THP ``always`` (bench/README.md,
-"Huge pages for TensorFlow's tensors").
+default of many distributions, and of this VM), nothing asks for huge pages: a third of the
+demo's central-training CPU time went to the kernel (bench/README.md, "Huge pages for
+TensorFlow's tensors").
 
 glibc >= 2.35 reads ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` at process start and then
 madvises its mmapped chunks and heap for huge pages. A tunable is read only at start, so
