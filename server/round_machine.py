@@ -407,7 +407,10 @@ class RoundMachine:
         self.last_round_bytes = round_bytes(rnd.stats)
         self.metrics.round_bytes.labels("up").set(self.last_round_bytes["upload_bytes"])
         self.metrics.round_bytes.labels("down").set(self.last_round_bytes["download_bytes"])
-        if self.cfg.eval_every and version % self.cfg.eval_every == 0:
+        # every eval_every versions, and the run's last: a run that ends between two of
+        # them would otherwise never see its final model evaluated on held-out phones
+        if self.cfg.eval_every and (version % self.cfg.eval_every == 0
+                                    or self._enough_rounds(0)):
             self._queue_eval(version)
 
     def _abandon(self, rnd: RoundState, now: float, reason: str) -> None:

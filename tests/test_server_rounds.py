@@ -222,6 +222,23 @@ def test_max_rounds_stops_training_but_keeps_serving(tmp_path):
     assert h.client.get("/v1/models/1/weights").status_code == 200
 
 
+def test_the_last_version_of_a_run_is_evaluated_even_off_the_eval_every_grid(tmp_path):
+    # 2 rounds, an evaluation every 5 versions: without a final one, a run's last model
+    # would never be evaluated on held-out phones (the demo then waited 120 s for it)
+    h = harness(tmp_path, max_rounds=2, eval_every=5, eval_goal=1, pipeline=False)
+    train = [h.register() for _ in range(2)]
+    held = h.register("heldout")
+    first = held.task()
+    assert first["plan"]["kind"] == "evaluate" and first["model_version"] == 0
+    held.upload(first, None, n=10, loss=3.0, top1_recall=0.1, top3_recall=0.2)
+    for _ in range(2):
+        for d in train:
+            d.upload(d.task(), deltas(0.5))
+    assert h.status()["training"] == "finished" and h.status()["model_version"] == 2
+    last = held.task()
+    assert last["plan"]["kind"] == "evaluate" and last["model_version"] == 2
+
+
 def test_admin_stops_starts_and_reconfigures(tmp_path):
     h = harness(tmp_path, pipeline=False)
     assert h.client.post("/v1/admin/training", json={"enabled": False}).status_code == 401
