@@ -7,6 +7,9 @@ its step time once the model is exported (:func:`measure_step_s`), predicts the 
 the run from it (:func:`predict`) and, if that does not fit the budget, scales the
 federated rounds and the central baseline's steps by one factor (both see the same share
 of their nominal work, so the comparison stays fair), and says so (:class:`BudgetPlan`).
+Once the baselines have run, :func:`replan_rounds` compares their wall time with the
+prediction and cuts the federated rounds by the same overrun (a machine busier or slower
+than its step time says: the tenth session's demo ran its baselines 1.16x over).
 
 The cost model is linear in the step time s, per stage, fitted to those two measured
 demos (bench/README.md, "The fleet at the compute floor"):
@@ -136,6 +139,31 @@ def plan(budget_s: float, step_s: float, elapsed_s: float, w: Workload) -> Budge
                       sum(predict(w, step_s, rounds, central)), scale)
 
 
+def replan_rounds(p: BudgetPlan, w: Workload, elapsed_s: float,
+                  baselines_s: float) -> tuple[int, str | None]:
+    """The federated rounds that still fit once the baselines ran (``elapsed_s`` since the
+    demo started, ``baselines_s`` of it the baselines'), and a line saying why, or
+    ``(p.rounds, None)`` when the plan still holds.
+
+    The baselines are the first measured stage: where they ran over their prediction, the
+    federated stage, on the same machine under the same load, will too, by the same
+    factor. Rounds are only ever cut here (the central baseline already ran its share)."""
+    predicted_baselines, predicted_fed = predict(w, p.step_s, p.rounds, p.central_steps)
+    slow = max(1.0, baselines_s / max(predicted_baselines, 1e-9))
+    evaluation = w.heldout_batches * p.step_s / 2 / w.cores
+    per_round = (predicted_fed - evaluation) / max(p.rounds, 1)
+    room = p.budget_s * SAFETY - elapsed_s - evaluation * slow
+    fits = math.floor(room / (per_round * slow))
+    floor_rounds = max(1, math.floor(w.rounds * MIN_SCALE))
+    rounds = max(floor_rounds, min(p.rounds, fits))
+    if rounds >= p.rounds:
+        return p.rounds, None
+    return rounds, (f"re-planned: the baselines took {baselines_s:.0f} s against "
+                    f"~{predicted_baselines:.0f} s predicted ({slow:.2f}x), so the "
+                    f"federated stage will too; {p.rounds} -> {rounds} rounds to stay in "
+                    f"the budget")
+
+
 def demo_workload(data: Path, rounds: int, clients_per_round: int, central_epochs: float,
                   central_batch: int, batch_size: int) -> Workload:
     """The nominal demo's work on the prepared dataset ``data``."""
@@ -153,11 +181,13 @@ def demo_workload(data: Path, rounds: int, clients_per_round: int, central_epoch
 
 
 def fit_demo(args, data: Path, artifact: Path, elapsed_s: float, rounds: int,
-             clients_per_round: int, central_epochs: float) -> tuple[int, int | None]:
-    """`fedkb demo`'s rounds and central max_steps under ``args.budget`` (printed), from
-    the run it would do otherwise (``rounds`` of ``clients_per_round``, ``central_epochs``:
-    the flags, or the values fitted to the user's corpus); ``args.budget_step_ms`` replaces
-    the measured step time (emulating another machine)."""
+             clients_per_round: int, central_epochs: float
+             ) -> tuple[BudgetPlan, Workload]:
+    """`fedkb demo`'s plan under ``args.budget`` (printed: its rounds, and the central
+    baseline's max steps where scaled), from the run it would do otherwise (``rounds`` of
+    ``clients_per_round``, ``central_epochs``: the flags, or the values fitted to the
+    user's corpus); ``args.budget_step_ms`` replaces the measured step time (emulating
+    another machine). :func:`replan_rounds` revises the rounds after the baselines."""
     import json
 
     from fedkb.datasets.store import Dataset
@@ -175,4 +205,4 @@ def fit_demo(args, data: Path, artifact: Path, elapsed_s: float, rounds: int,
         how = "measured"
     p = plan(args.budget, step_s, elapsed_s, w)
     print(f"      {p.describe(w)} (step time {how})", flush=True)
-    return p.rounds, (None if p.scale >= 1.0 else p.central_steps)
+    return p, w

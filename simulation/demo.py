@@ -240,13 +240,14 @@ def _run_demo(args: argparse.Namespace, emit=None) -> int:
               f"{init_stats['shared_words']:,} of {init_stats['words']:,} words shared "
               f"(their embedding rows copied; {init_stats['new_words']:,} new words keep "
               "their initial rows)", flush=True)
-    central_steps = None
+    central_steps, budget = None, None
     if args.budget:
         from fedkb.simulation.budget import fit_demo
 
-        rounds, central_steps = fit_demo(args, data, artifact,
-                                         time.perf_counter() - t_all,
-                                         rounds, cohort, epochs)
+        budget = fit_demo(args, data, artifact, time.perf_counter() - t_all,
+                          rounds, cohort, epochs)
+        rounds = budget[0].rounds
+        central_steps = None if budget[0].scale >= 1.0 else budget[0].central_steps
 
     t = _step(3, "baselines on the same training users: n-gram, then central training")
     ngram = run_ngram(data)
@@ -262,6 +263,13 @@ def _run_demo(args: argparse.Namespace, emit=None) -> int:
 
     save_as_artifact(plain_artifact, central_weights, work / "model-central")  # --init-from
     _done(t, f"(central model kept in {work / 'model-central'})")
+    if budget is not None:
+        from fedkb.simulation.budget import replan_rounds
+
+        rounds, why = replan_rounds(*budget, time.perf_counter() - t_all,
+                                    time.perf_counter() - t)
+        if why:
+            print(f"      {why}", flush=True)
 
     devices = args.devices or c["train_users"] + c["heldout_users"]  # one phone per user
     t = _step(4, f"federated training: fedkb server + {devices} emulated phones, "
