@@ -181,7 +181,7 @@ def test_a_run_whose_model_diverges_stops_at_once(tmp_path, tiny_data, tiny_arti
         [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
          str(tiny_data), "--preset", "tiny", "--rounds", "40", "--clients-per-round", "3",
          "--devices", "24", "--workers", "1", "--speedup", "300", "--overselect", "1.0",
-         "--selection-window", "0.5", "--reporting-deadline", "5", "--lr", "300",
+         "--selection-window", "0.5", "--reporting-deadline", "3", "--lr", "300",
          "--artifact", str(tiny_artifact), "--json"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
