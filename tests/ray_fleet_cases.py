@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -37,6 +38,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MB = 1024 * 1024
 NODE = {"num_cpus": 2, "object_store_memory": 80 * MB, "node_ip_address": "127.0.0.1"}
+# tests/test_ray_fleet.py gives each attempt a short temp dir of its own (Ray's sockets
+# live under it: a Unix socket path has ~107 bytes), and waits for the marker file that
+# says the cluster is up before it gives the case time to run
+TEMP_DIR = os.environ.get("FEDKB_RAY_TEMP_DIR")
+UP_MARKER = os.environ.get("FEDKB_RAY_UP_MARKER")
 
 
 def _status(url: str) -> dict:
@@ -52,11 +58,14 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     before = _ray_processes()
+    node = {**NODE, **({"temp_dir": TEMP_DIR} if TEMP_DIR else {})}
     c = Cluster(initialize_head=True,
-                head_node_args={**NODE, "include_dashboard": False})
+                head_node_args={**node, "include_dashboard": False})
     try:
-        c.other = c.add_node(**NODE)
+        c.other = c.add_node(**node)
         c.wait_for_nodes()
+        if UP_MARKER:
+            Path(UP_MARKER).write_text(c.address)
         yield c
     finally:
         started = _ray_processes() - before

@@ -1,43 +1,115 @@
 """The Ray two-node cluster tests (``tests/ray_fleet_cases.py``), each in its own pytest
-process.
+process, with a watchdog on the cluster's start-up.
 
 Ray's core runs in the test process as a driver. Once, at load 18, a run of the node-kill
 case aborted the whole process inside Ray (``actor_manager.cc`` "Cannot find an actor
 handle" from ``ray.kill``, right after a second driver session connected in the same
 process): in-process, that ends every other test of the session with it. A child process
 per case keeps such a crash to one failing test, and gives each case one driver session.
+
+In the ninth session's fresh-clone CI rehearsal the first case hung five minutes in
+``ray.init`` (``Node._init_gcs_client``: the head's own GCS never answered on 127.0.0.1,
+machine idle), after passing three times elsewhere; it did not happen again in ten runs
+since, so its cause is not known. So each attempt gets a short temp dir of its own (no
+session, socket or cached port of an earlier Ray is shared) and :data:`START_S` to bring
+its two nodes up (the case writes a marker then). An attempt that does not is killed
+with its whole process group, its Ray logs are kept for the report, and the case runs
+once more; a second start-up failure fails the test with both attempts' logs. Failures
+after the cluster is up are never retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytest.importorskip("ray")
 
-# In the ninth session's fresh-clone CI rehearsal the first case hung in `ray.init` (the
-# driver never reached the cluster's GCS on 127.0.0.1, five minutes, machine idle), after
-# passing three times in the helper's checkout: until that is understood the cluster cases
-# run only when asked (FEDKB_RAY_CLUSTER_TESTS=1), so they cannot take CI down with them.
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skipif(
-    os.environ.get("FEDKB_RAY_CLUSTER_TESTS") != "1",
-    reason="Ray cluster cases hang in ray.init on a fresh clone (see the comment above); "
-           "FEDKB_RAY_CLUSTER_TESTS=1 runs them")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 CASES = ("test_a_two_node_cluster_commits_rounds_with_phones_on_both_nodes",
          "test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on")
+START_S = 150.0  # two nodes up; ~15 s on an idle 2-core VM
+CASE_S = 420.0  # the case after that
 
 
+def _ray_logs(temp_dir: Path, limit: int = 3000) -> str:
+    """The tails of the GCS's and raylets' logs of an attempt."""
+    out = []
+    for name in ("gcs_server.err", "gcs_server.out", "raylet.err", "raylet.out"):
+        for f in sorted(temp_dir.glob(f"session_*/logs/{name}")):
+            text = f.read_text(errors="replace")[-limit:]
+            out.append(f"--- {f.relative_to(temp_dir)}\n{text}")
+    return "\n".join(out) or "(no Ray logs written)"
+
+
+def _kill_group(proc: subprocess.Popen, temp_dir: Path) -> None:
+    """The child, everything in its process group, and any Ray process of its temp dir."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(temp_dir) in " ".join(p.info["cmdline"] or []):
+                p.kill()
+
+
+def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
+    """One run of the case: ('up'|'no_start', exit code, output and logs)."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="fkray", dir="/tmp"))
+    marker = temp_dir / "cluster-up"
+    log = basetemp / "child.log"
+    basetemp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FEDKB_RAY_TEMP_DIR": str(temp_dir), "FEDKB_RAY_UP_MARKER": str(marker)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", f"{HERE / 'ray_fleet_cases.py'}::{case}", "-q",
+             "-p", "no:cacheprovider", "--basetemp", str(basetemp / "t")],
+            stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent, env=env,
+            start_new_session=True)
+    try:
+        started = time.monotonic()
+        while not marker.exists() and proc.poll() is None:
+            if time.monotonic() - started > START_S:
+                _kill_group(proc, temp_dir)
+                return ("no_start", None, f"{log.read_text(errors='replace')[-4000:]}\n"
+                        f"{_ray_logs(temp_dir)}")
+            time.sleep(0.5)
+        if not marker.exists():  # it ended before its cluster was up
+            return ("no_start", proc.returncode, f"{log.read_text(errors='replace')[-6000:]}"
+                    f"\n{_ray_logs(temp_dir)}")
+        try:
+            rc = proc.wait(timeout=CASE_S)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, temp_dir)
+            rc = None
+        return ("up", rc, f"{log.read_text(errors='replace')[-8000:]}\n"
+                + ("" if rc == 0 else _ray_logs(temp_dir)))
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(2 * START_S + CASE_S + 60)
 @pytest.mark.parametrize("case", CASES)
 def test_ray_cluster_case_in_its_own_process(case, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", f"{HERE / 'ray_fleet_cases.py'}::{case}", "-q",
-         "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t")],
-        capture_output=True, text=True, timeout=420, cwd=HERE.parent)
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}")
+    state, rc, out = _attempt(case, tmp_path / "1")
+    if state == "no_start":  # the start-up hang above: once more, with the first's logs
+        print(f"attempt 1: the cluster did not come up (exit {rc}):\n{out}")
+        first = out
+        state, rc, out = _attempt(case, tmp_path / "2")
+        assert state == "up", (f"the cluster did not come up twice\n--- attempt 1\n{first}"
+                               f"\n--- attempt 2 (exit {rc})\n{out}")
+    assert rc == 0, f"exit {rc}\n{out}"
