@@ -39,6 +39,16 @@ def _suspects() -> dict[int, str]:
     return found
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist every end-to-end test joins one group, so they run one at a time
+    on one worker: each starts a server and phones whose rounds have wall-clock deadlines
+    and expects both cores to be mostly its own; the unit tests fill the other worker.
+    (Each xdist worker is a session of its own, with its own leak marker below.)"""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_processes():
     """Fail the session if a test left a server, fleet worker, browser or TFF worker."""

@@ -29,6 +29,7 @@ from fedkb.device_runtime.clock import SimClock
 from fedkb.device_runtime.profile import TIERS, DeviceProfile
 from fedkb.device_runtime.traces import NETWORKS, Trace
 from fedkb.device_runtime.worker import Worker
+from fedkb.keyboard import FIGURES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -137,6 +138,12 @@ def test_tff_replaying_a_fleet_run_reaches_the_same_recall(tmp_path, tiny_data, 
     theirs = json.loads(tff.stdout)
     assert [r["participants"] for r in theirs["rounds"]] == \
         [r["participants"] for r in ours["rounds"]]
+    # `--engine tff` reports the shared schema (the CLI's sampled path: test_schedule.py)
+    assert theirs["engine"] == "tff"
+    assert [r["round"] for r in theirs["rounds"]] == list(range(1, len(ours["rounds"]) + 1))
+    assert all(r["clients"] > 0 and r["train_loss"] > 0 for r in theirs["rounds"])
+    assert set(theirs["heldout"]) == {"users", "iv_targets", "top1_recall", "top3_recall",
+                                      "loss", *FIGURES}
     a, b = ours["heldout"], theirs["heldout"]
     print(f"fleet {a}\nTFF replay {b}")
     assert abs(a["loss"] - b["loss"]) < 1e-3, (a, b)
