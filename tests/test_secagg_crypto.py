@@ -102,20 +102,22 @@ def test_work_dtype(k, dt):
 
 # -- residues on the wire
 @pytest.mark.parametrize("k", [7, 16, 17, 24, 40])
-def test_residues_pack_to_ceil_k_over_8_bytes(k):
+def test_residues_pack_to_k_bits_each(k):
     y = prg.MaskStream(999, k).mask(secrets.token_bytes(32))
     raw = pack_residues(y, k)
-    assert len(raw) == 999 * -(-k // 8)
+    assert len(raw) == -(-999 * k // 8)
     assert np.array_equal(unpack_residues(raw, k, 999), y)
 
 
-def test_unpack_refuses_wrong_length_and_modulus():
+def test_unpack_refuses_wrong_length_and_padding():
     y = np.full(10, 2**17 - 1, dtype=np.uint32)
-    raw = pack_residues(y, 18)
-    with pytest.raises(MessageError, match="wrong modulus"):
-        unpack_residues(pack_residues(np.full(10, 2**18 - 1, dtype=np.uint32), 18), 17, 10)
+    raw = pack_residues(y, 18)  # 180 bits: 23 bytes, the last 4 bits padding
+    with pytest.raises(MessageError, match="do not hold"):
+        unpack_residues(raw, 17, 10)  # another modulus: another length
     with pytest.raises(MessageError, match="do not hold"):
         unpack_residues(raw[:-1], 18, 10)
+    with pytest.raises(MessageError, match="padding bits"):
+        unpack_residues(raw[:-1] + bytes([raw[-1] | 0x10]), 18, 10)
 
 
 # -- messages

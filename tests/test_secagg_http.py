@@ -242,10 +242,10 @@ def _mutate(kind: str):
             bad["message"]["length"] = m["length"] - 1
         elif kind == "wrong_modulus" and m["type"] == "masked_input":
             bad["message"]["k"] = m["k"] + 1
-        elif kind == "out_of_field" and m["type"] == "masked_input":
-            raw = bytearray(base64.b64decode(m["data"]))
-            raw[1] = 0xFF  # entry 0 >= 2^k
-            bad["message"]["data"] = base64.b64encode(bytes(raw)).decode()
+        elif kind == "extra_byte" and m["type"] == "masked_input":
+            # a byte past length x k bits (nonzero padding bits: tests/test_secagg_crypto.py)
+            raw = base64.b64decode(m["data"]) + b"\x00"
+            bad["message"]["data"] = base64.b64encode(raw).decode()
         elif kind == "wrong_sender" and m["type"] == "masked_input":
             bad["message"]["sender"] = 2
         elif kind == "misaddressed" and m["type"] == "share_keys":
@@ -271,7 +271,7 @@ def _mutate(kind: str):
 
 @pytest.mark.parametrize("kind, code", [
     ("short_vector", "secagg_bad_vector"), ("wrong_modulus", "secagg_bad_vector"),
-    ("out_of_field", "secagg_bad_vector"), ("wrong_sender", "secagg_wrong_sender"),
+    ("extra_byte", "secagg_bad_vector"), ("wrong_sender", "secagg_wrong_sender"),
     ("misaddressed", "secagg_bad_recipients"), ("both_shares", "secagg_both_shares"),
     ("wrong_peer", "secagg_wrong_peer")])
 def test_bad_messages_are_refused_counted_and_leave_the_sum_exact(tmp_path, kind, code):

@@ -193,10 +193,13 @@ def test_bad_masked_vectors_are_refused_and_leave_the_sum_alone():
     y = unpack_residues(m.data, p.k, p.dim)
     wide = y.copy()
     wide[0] = 2**p.k  # one entry outside Z_2^k
+    assert (p.dim * p.k) % 8, "the padding case below needs unused bits in the last byte"
+    padded = m.data[:-1] + bytes([m.data[-1] | 0x80])  # a bit past the last entry
     bad = [dataclasses.replace(m, k=p.k + 1),
            dataclasses.replace(m, length=p.dim - 1),
            dataclasses.replace(m, data=m.data[:-2]),
-           dataclasses.replace(m, data=pack_residues(wide, p.k + 8)),  # wrong byte width
+           dataclasses.replace(m, data=pack_residues(wide, p.k + 8)),  # wrong bit width
+           dataclasses.replace(m, data=padded),
            MaskedInput(p.round_id, 3, p.k, p.dim, pack_residues(wide, 24)[: p.dim * 2])]
     for b in bad:
         r = server.receive_masked(b)
@@ -368,3 +371,23 @@ def test_server_refuses_bad_advertise_and_share_messages():
     _, _, res = inputs(p)
     masked = {u: phones[u].masked_input(relays[u], res[u]) for u in p.clients}
     expect_sum(finish(server, phones, masked), res, set(p.clients), p.k)
+
+
+@pytest.mark.parametrize("k", [1, 5, 8, 13, 16, 20, 32, 33, 64])
+def test_residues_pack_k_bits_each_and_round_trip(k):
+    from fedkb.secagg.messages import CHUNK, packed_size
+    from fedkb.secagg.prg import work_dtype
+
+    rng = np.random.default_rng(k)
+    for length in (0, 1, 7, 9, CHUNK - 1, CHUNK + 3, 2 * CHUNK + 5):
+        hi = 2**k - 1
+        y = (rng.integers(0, 2**min(k, 63), length, dtype=np.uint64) & np.uint64(hi)).astype(
+            work_dtype(k))
+        if length:
+            y[-1] = hi  # the top bits of the last entry are real bits, not padding
+        raw = pack_residues(y, k)
+        assert len(raw) == packed_size(length, k) == -(-length * k // 8)
+        back = unpack_residues(raw, k, length)
+        assert back.dtype == work_dtype(k) and np.array_equal(back, y)
+    # the first entry's bits are the first bits of the first byte, least significant first
+    assert pack_residues(np.array([1, 0], dtype=work_dtype(k)), k)[0] & 1 == 1

@@ -5,9 +5,10 @@ checks the ``type`` tag, the field set, every field's type and size and raises
 :class:`MessageError` with the reason. Phone ids are integers in [1, 2^32); in JSON maps
 they are decimal-string keys without sign or leading zeros.
 
-A masked vector travels as ``ceil(k / 8)`` little-endian bytes per entry
-(:func:`pack_residues`), so its size is ``dim * ceil(k/8)`` bytes before base64, and an
-entry at or above 2^k is refused on reading (:func:`unpack_residues`).
+A masked vector travels as ``k`` bits per entry, least significant bit first, entries
+back to back (:func:`pack_residues`): ``ceil(dim * k / 8)`` bytes before base64 (13 bits
+for 20 phones of q8: 2.26 MB for the `small` model instead of 2.79 MB at two bytes an
+entry); the unused bits of the last byte must be zero (:func:`unpack_residues`).
 """
 
 from __future__ import annotations
@@ -248,30 +249,63 @@ class UnmaskResponse(_Message):
     sk_shares: dict[int, bytes]
 
 
+CHUNK = 1 << 16  # entries packed at a time (a multiple of 8: whole bytes per chunk)
+
+
+def packed_size(length: int, k: int) -> int:
+    """Bytes of ``length`` entries of ``k`` bits."""
+    return -(-length * k // 8)
+
+
 def pack_residues(y: np.ndarray, k: int) -> bytes:
-    """``ceil(k/8)`` little-endian bytes per entry."""
-    nb = -(-k // 8)
+    """``k`` bits per entry, least significant first, entries back to back; the bits of
+    the last byte past the end are zero. Entries must be below 2^k (the caller's
+    residues are: :func:`~fedkb.compression.field.encode` reduces them)."""
     w = work_dtype(k).itemsize
-    le = np.ascontiguousarray(y, dtype=np.dtype(f"<u{w}"))
-    if nb == w:
+    le = np.ascontiguousarray(y, dtype=np.dtype(f"<u{w}")).reshape(-1)
+    if k == 8 * w:
         return le.tobytes()
-    return np.ascontiguousarray(le.view(np.uint8).reshape(-1, w)[:, :nb]).tobytes()
+    out = []
+    for i in range(0, len(le), CHUNK):
+        bits = np.unpackbits(le[i:i + CHUNK].view(np.uint8).reshape(-1, w), axis=1,
+                             bitorder="little")[:, :k]
+        out.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
+    return b"".join(out)
 
 
 def unpack_residues(raw: bytes, k: int, length: int) -> np.ndarray:
-    """The inverse of :func:`pack_residues` (dtype :func:`~.prg.work_dtype`); refuses
-    a wrong byte count or an entry >= 2^k with :class:`MessageError`."""
-    nb = -(-k // 8)
+    """The inverse of :func:`pack_residues` (dtype :func:`~.prg.work_dtype`); refuses a
+    wrong byte count or nonzero padding bits with :class:`MessageError`."""
     dt = work_dtype(k)
     w = dt.itemsize
-    if len(raw) != length * nb:
-        raise MessageError(f"{len(raw)} bytes do not hold {length} entries of {nb} bytes")
-    if nb == w:
-        y = np.frombuffer(raw, dtype=np.dtype(f"<u{w}")).astype(dt)
-    else:
-        buf = np.zeros((length, w), dtype=np.uint8)
-        buf[:, :nb] = np.frombuffer(raw, dtype=np.uint8).reshape(length, nb)
-        y = buf.view(np.dtype(f"<u{w}")).reshape(length).astype(dt)
-    if k < 8 * w and length and int(y.max()) >> k:
-        raise MessageError(f"an entry is not in Z_2^{k}: wrong modulus")
+    if len(raw) != packed_size(length, k):
+        raise MessageError(f"{len(raw)} bytes do not hold {length} entries of {k} bits")
+    if k == 8 * w:
+        return np.frombuffer(raw, dtype=np.dtype(f"<u{w}")).astype(dt)
+    pad = len(raw) * 8 - length * k
+    if pad and int(raw[-1]) >> (8 - pad):
+        raise MessageError("the padding bits after the last entry are not zero")
+    if k <= 25:  # every entry lies in the 4 bytes from its first: one gather and a shift
+        return _unpack_gather(raw, k, length).astype(dt)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    y = np.empty(length, dtype=dt)
+    step = CHUNK * k // 8  # bytes of one chunk
+    for j, i in enumerate(range(0, length, CHUNK)):
+        n = min(CHUNK, length - i)
+        bits = np.unpackbits(buf[j * step:j * step + packed_size(n, k)],
+                             bitorder="little")[:n * k].reshape(n, k)
+        wide = np.zeros((n, 8 * w), dtype=np.uint8)
+        wide[:, :k] = bits
+        y[i:i + n] = np.packbits(wide, axis=1, bitorder="little").view(
+            np.dtype(f"<u{w}")).reshape(n)
     return y
+
+
+def _unpack_gather(raw: bytes, k: int, length: int) -> np.ndarray:
+    """Entries of ``k`` <= 25 bits as uint32: the server unpacks each phone's masked
+    vector (1.39M entries of 13 bits: ~20 ms, where the bit-matrix path takes ~85 ms)."""
+    buf = np.frombuffer(raw + bytes(4), dtype=np.uint8).astype(np.uint32)
+    offset = np.arange(length, dtype=np.int64) * k
+    at = offset >> 3
+    word = buf[at] | (buf[at + 1] << 8) | (buf[at + 2] << 16) | (buf[at + 3] << 24)
+    return (word >> (offset & 7).astype(np.uint32)) & np.uint32((1 << k) - 1)
