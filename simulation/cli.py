@@ -61,6 +61,11 @@ def add_ray_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="fleet: run the phones on a Ray cluster ('auto', HOST:PORT, or alone "
                         "for a private Ray on this machine; needs `uv sync --extra ray`)")
+    p.add_argument("--ray-shards", type=int, default=0, metavar="N",
+                   help="fleet, with --ray: phone shard actors (default: one per node)")
+    p.add_argument("--ray-trainers", type=int, default=0, metavar="N",
+                   help="fleet, with --ray: training workers, one CPU each (default: as "
+                        "many as the cluster's CPUs hold)")
 
 
 def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
@@ -88,7 +93,8 @@ def fleet_config(args: argparse.Namespace) -> FleetRunConfig:
                             grad_clip=_grad_clip(args)),
         strategy=_strategy(args), faults=_faults(args),
         privacy=privacy_config(args), compression=compression_config(args),
-        ray=ray_options(args.ray), secagg=secagg_config(args))
+        ray=ray_options(args.ray, args.ray_shards, args.ray_trainers),
+        secagg=secagg_config(args))
 
 
 def _faults(args: argparse.Namespace):

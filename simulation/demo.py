@@ -280,7 +280,7 @@ def _run_demo(args: argparse.Namespace, emit=None) -> int:
     cfg = demo_config(data, artifact, devices, rounds, cohort,
                       args.workers, args.preset, strategy_name(args), args.lr, args.server_lr,
                       privacy_config(args), compression_config(args),
-                      ray_options(args.ray), fit=fit)
+                      ray_options(args.ray, args.ray_shards, args.ray_trainers), fit=fit)
     if args.secagg:  # checked like the server checks it (check_secagg), before the run
         cfg = dataclasses.replace(cfg, secagg=secagg_config(args))
     report, run, server = run_fleet_engine(cfg, workdir=work / "federated",

@@ -104,6 +104,18 @@ def test_simulate_defaults_are_the_configs_defaults(tiny_data):
     assert central_config(args) == CentralConfig(learning_rate=lr)
 
 
+def test_simulate_and_demo_take_the_ray_fleets_shards_and_trainers(tiny_data):
+    pytest.importorskip("ray")  # ray_options checks that Ray is installed
+    from fedkb.device_runtime.ray_options import RayOptions
+
+    for head in (["simulate", "--engine", "fleet", "--data", str(tiny_data)], ["demo"]):
+        args = _args(*head, "--ray", "auto", "--ray-shards", "3", "--ray-trainers", "2")
+        assert (args.ray, args.ray_shards, args.ray_trainers) == ("auto", 3, 2)
+    args = _args("simulate", "--engine", "fleet", "--data", str(tiny_data), "--ray",
+                 "--ray-shards", "3", "--ray-trainers", "2")
+    assert fleet_config(args).ray == RayOptions(address="local", shards=3, trainers=2)
+
+
 def test_demo_defaults_are_the_demo_recipe(tiny_data, tmp_path):
     from fedkb.simulation.demo import DEMO_CLIENT, DEMO_ROUND, DEMO_STRATEGY, demo_config
 
