@@ -75,7 +75,7 @@ def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", f"{HERE / 'ray_fleet_cases.py'}::{case}", "-q",
-             "-p", "no:cacheprovider", "--basetemp", str(basetemp / "t")],
+             "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(basetemp / "t")],
             stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent, env=env,
             start_new_session=True)
     try:
