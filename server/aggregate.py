@@ -263,10 +263,24 @@ class Clipped(_Wrapper):
         return {"clipped": self._clipped, **self._norms.measurements()}
 
 
-def mean_factory(specs: Sequence[WeightSpec], clip_norm: float | None = None) -> Aggregator:
-    """A weighted mean, wrapped in clipping when ``clip_norm`` is set (else in a stage that
-    only measures the norms, so every round reports them)."""
-    agg: Aggregator = WeightedMean(specs)
+class Uniform(_Wrapper):
+    """Every update weight 1 (``strategy.weighting = "uniform"``): the mean a secure or DP
+    round computes, where the server cannot weight what it never sees, for plain rounds
+    to be compared with them."""
+
+    def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
+        self.inner.accumulate(arrays, 1.0)
+
+    def measurements(self) -> Measurements:
+        return {}
+
+
+def mean_factory(specs: Sequence[WeightSpec], clip_norm: float | None = None,
+                 uniform: bool = False) -> Aggregator:
+    """A weighted mean (by examples; ``uniform``: every update weight 1), wrapped in
+    clipping when ``clip_norm`` is set (else in a stage that only measures the norms, so
+    every round reports them)."""
+    agg: Aggregator = Uniform(WeightedMean(specs)) if uniform else WeightedMean(specs)
     return Clipped(agg, clip_norm) if clip_norm is not None else UpdateNorms(agg)
 
 

@@ -195,6 +195,9 @@ class StrategyConfig:
         clip_norm: clip each device delta to this L2 norm before averaging (None: off).
         decay_rounds: cosine decay of ``server_lr`` to a tenth of it over this many model
             versions (0: constant); set it to the rounds the run will have.
+        weighting: ``examples`` (FedAvg: each update weighted by its examples) or
+            ``uniform`` (weight 1 each: what secure and DP rounds compute, which cannot
+            weight an update the server never sees).
     """
 
     name: str = "fedavg"
@@ -206,9 +209,13 @@ class StrategyConfig:
     tau: float = 1e-3
     clip_norm: float | None = None
     decay_rounds: int = 0
+    weighting: str = "examples"
 
     def __post_init__(self) -> None:
         check_fields(self, "strategy")
+        if self.weighting not in ("examples", "uniform"):
+            raise ConfigError(f"strategy.weighting must be examples or uniform, not "
+                              f"{self.weighting!r}")
         if self.decay_rounds < 0:
             raise ConfigError("strategy.decay_rounds must be >= 0")
         # the registry lives with the strategies, which import this module: read it lazily

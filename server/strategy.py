@@ -131,7 +131,7 @@ class FedAvg(Strategy):
                     epochs=c.epochs, max_steps=c.max_steps, grad_clip=c.grad_clip)
 
     def aggregator(self, specs: Sequence[WeightSpec]) -> Aggregator:
-        return mean_factory(specs, self.cfg.clip_norm)
+        return mean_factory(specs, self.cfg.clip_norm, self.cfg.weighting == "uniform")
 
     def lr(self, version: int) -> float:
         """The server learning rate of the step that makes ``version``."""

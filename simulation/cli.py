@@ -42,7 +42,8 @@ def _strategy(args: argparse.Namespace) -> StrategyConfig:
 
     return StrategyConfig(name=strategy_name(args), server_lr=args.server_lr,
                           clip_norm=args.clip_norm,
-                          decay_rounds=args.rounds if args.lr_decay else 0)
+                          decay_rounds=args.rounds if args.lr_decay else 0,
+                          weighting=getattr(args, "weighting", "examples"))
 
 
 def _client_lr(args: argparse.Namespace) -> float:
@@ -182,6 +183,9 @@ def central_config(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> EngineReport:
     from fedkb.simulation import engines
 
+    if args.engine == "tff" and args.weighting != "examples":
+        raise UserError("--weighting uniform runs on the fleet engine (the TFF reference "
+                        "is example-weighted FedAvg)")
     if args.engine != "fleet":
         refuse_dp(args, args.engine)
         if args.secagg:
@@ -221,6 +225,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-norm", type=float, default=default_of(sc, "clip_norm"),
                    metavar="C",
                    help="federated: clip each client's delta to L2 norm C before the mean")
+    p.add_argument("--weighting", default=default_of(sc, "weighting"),
+                   choices=("examples", "uniform"),
+                   help="fleet: the mean of the updates, weighted by examples (FedAvg) or "
+                        "uniform (weight 1 each, what --secagg and --dp compute): a plain "
+                        "run to compare them with")
     p.add_argument("--grad-clip", type=float, default=default_of(ClientConfig, "grad_clip"),
                    metavar="G",
                    help="federated: clip each local SGD step's gradient to global L2 norm G "

@@ -11,6 +11,7 @@ import pytest
 
 from fedkb.cli import build_parser
 from fedkb.datasets.store import Dataset
+from fedkb.errors import UserError
 from fedkb.server.config import ClientConfig, ConfigError, RoundConfig, StrategyConfig, load_config
 from fedkb.simulation.cli import NO_CAP, central_config, fleet_config, tff_config
 from fedkb.simulation.fleet_config import (
@@ -114,6 +115,18 @@ def test_simulate_and_demo_take_the_ray_fleets_shards_and_trainers(tiny_data):
     args = _args("simulate", "--engine", "fleet", "--data", str(tiny_data), "--ray",
                  "--ray-shards", "3", "--ray-trainers", "2")
     assert fleet_config(args).ray == RayOptions(address="local", shards=3, trainers=2)
+
+
+def test_uniform_weighting_reaches_the_fleet_server_and_tff_refuses_it(tiny_data):
+    from fedkb.simulation.cli import _run
+
+    args = _args("simulate", "--engine", "fleet", "--data", str(tiny_data), "--weighting",
+                 "uniform")
+    assert fleet_config(args).strategy.weighting == "uniform"
+    tff = _args("simulate", "--engine", "tff", "--data", str(tiny_data), "--weighting",
+                "uniform")
+    with pytest.raises(UserError, match="fleet engine"):
+        _run(tff)
 
 
 def test_demo_defaults_are_the_demo_recipe(tiny_data, tmp_path):

@@ -81,6 +81,22 @@ def test_clipped_mean_composes_clip_then_mean():
     assert res.measurements["clipped"] == 1
 
 
+def test_uniform_weighting_gives_every_update_weight_one_through_the_strategy():
+    updates = [(arr([1, 2], [3, 4]), 1.0), (arr([5, 6], [7, 8]), 3.0)]
+    means = {}
+    for weighting in ("examples", "uniform"):
+        agg = make_strategy(StrategyConfig(weighting=weighting, clip_norm=100.0)).aggregator(
+            SPECS)
+        for u, w in updates:
+            agg.accumulate(u, w)
+        means[weighting] = agg.result().value
+    np.testing.assert_array_equal(means["examples"][0], [4, 5])
+    np.testing.assert_array_equal(means["uniform"][0], [3, 4])  # (1 + 5) / 2, (2 + 6) / 2
+    np.testing.assert_array_equal(means["uniform"][1], [[5, 6]])
+    with pytest.raises(ConfigError, match="weighting"):
+        StrategyConfig(weighting="by_size")
+
+
 def test_every_stage_reports_its_measurements_and_wrappers_merge_them():
     agg = mean_factory(SPECS, clip_norm=2.0)
     agg.accumulate(arr([3, 0], [0, 4]), 1)  # norm 5: clipped
