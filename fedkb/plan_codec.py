@@ -36,7 +36,7 @@ def plan_encoding(plan: Plan) -> Encoding | None:
     """The encoding ``plan`` asks for; None: plain float32 codec arrays (the default)."""
     if plan.uplink == "float32" and not plan.rotate:
         return None
-    return Encoding(name=plan.uplink, rotate=plan.rotate)
+    return Encoding(name=plan.uplink, rotate=plan.rotate, min_elements=plan.min_elements)
 
 
 def encode_delta(arrays: Sequence[np.ndarray], plan: Plan) -> tuple[bytes, float]:

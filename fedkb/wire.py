@@ -261,6 +261,8 @@ class Plan(_Message):
     rotate: bool = False
     rotation_seed: int | None = None
     downlink: str = "float32"
+    # a quantized uplink leaves tensors of fewer values float32 (Encoding.min_elements)
+    min_elements: int = 20_000
     # each local SGD step's gradient clipped to this global L2 norm inside the LiteRT
     # train signature (so local training cannot blow up); None: not clipped
     grad_clip: float | None = None
@@ -276,6 +278,8 @@ class Plan(_Message):
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip)
                                                and self.grad_clip > 0):
             raise WireError(f"plan.grad_clip must be a positive number, got {self.grad_clip}")
+        if not 0 <= self.min_elements < 1 << 31:
+            raise WireError(f"plan.min_elements must be in [0, 2**31), got {self.min_elements}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -300,13 +304,15 @@ class Plan(_Message):
                    downlink=_choice(_get(d, "downlink", str, "plan", "float32"), DOWNLINKS,
                                     "plan.downlink"),
                    grad_clip=_get(d, "grad_clip", float, "plan", None),
-                   secagg=_get(d, "secagg", bool, "plan", False))
+                   secagg=_get(d, "secagg", bool, "plan", False),
+                   min_elements=_get(d, "min_elements", int, "plan", 20_000))
 
 
 UPLINKS = ("float32", "q8", "q4", "q2")  # fedkb.compression.encoding.NAMES
 DOWNLINKS = ("float32", "float16")
 _PLAN_DEFAULTS = {"clip": None, "uplink": "float32", "rotate": False, "rotation_seed": None,
-                  "downlink": "float32", "grad_clip": None, "secagg": False}
+                  "downlink": "float32", "grad_clip": None, "secagg": False,
+                  "min_elements": 20_000}
 
 
 @dataclass(frozen=True)

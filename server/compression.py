@@ -53,7 +53,7 @@ def with_compression(plan: Plan, cfg: CompressionConfig) -> Plan:
     if plan.kind != "train":
         return plan
     return dataclasses.replace(plan, uplink=cfg.uplink, rotate=cfg.rotate,
-                               downlink=cfg.downlink)
+                               downlink=cfg.downlink, min_elements=cfg.min_elements)
 
 
 class Float16Weights:

@@ -398,11 +398,15 @@ class CompressionConfig:
         downlink: ``float16``: training phones download the global weights as float16
             (half the bytes) and train in float32 from them; the server keeps and
             updates its exact float32 model. Evaluation tasks always get float32.
+        min_elements: tensors of fewer values stay float32 (and unrotated) in a
+            quantized uplink: TFF's threshold, 20,000, by default; the `small` model's
+            output bias (its vocabulary, 10,000) is quantized below it.
     """
 
     uplink: str = "float32"
     rotate: bool = False
     downlink: str = "float32"
+    min_elements: int = 20_000
 
     def __post_init__(self) -> None:
         check_fields(self, "compression")
@@ -414,6 +418,8 @@ class CompressionConfig:
         if self.downlink not in DOWNLINKS:
             raise ConfigError(f"compression.downlink must be one of {', '.join(DOWNLINKS)}, "
                               f"not {self.downlink!r}")
+        if self.min_elements < 0:
+            raise ConfigError("compression.min_elements must be >= 0")
 
     @property
     def label(self) -> str:

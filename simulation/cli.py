@@ -111,8 +111,10 @@ def _faults(args: argparse.Namespace):
 
 
 def compression_config(args: argparse.Namespace) -> CompressionConfig:
-    """The server's ``[compression]`` table from ``--uplink``, ``--rotate``, ``--downlink``."""
-    return CompressionConfig(uplink=args.uplink, rotate=args.rotate, downlink=args.downlink)
+    """The server's ``[compression]`` table from ``--uplink``, ``--rotate``, ``--downlink``,
+    ``--quantize-min``."""
+    return CompressionConfig(uplink=args.uplink, rotate=args.rotate, downlink=args.downlink,
+                             min_elements=args.quantize_min)
 
 
 def add_compression_flags(p: argparse.ArgumentParser, default_uplink: str) -> None:
@@ -127,6 +129,10 @@ def add_compression_flags(p: argparse.ArgumentParser, default_uplink: str) -> No
                    default=default_of(CompressionConfig, "downlink"),
                    help="fleet: dtype of the global weights training phones download "
                         "(they train in float32; the server's model stays float32)")
+    p.add_argument("--quantize-min", type=int, metavar="N",
+                   default=default_of(CompressionConfig, "min_elements"),
+                   help="fleet: with a quantized uplink, tensors of fewer than N values "
+                        "stay float32 (the small model's output bias has 10,000)")
 
 
 def secagg_config(args: argparse.Namespace) -> SecAggConfig:

@@ -85,8 +85,12 @@ def test_a_float32_plan_reads_as_before_and_a_compressed_one_round_trips():
     comp = Plan("train", 0.5, 16, 1, 50, 3, uplink="q4", rotate=True, rotation_seed=2**63 - 5,
                 downlink="float16")
     assert Plan.from_json(json.loads(json.dumps(comp.to_json()))) == comp
+    lowered = Plan("train", 0.5, 16, 1, 50, 3, uplink="q4", min_elements=5000)
+    assert lowered.to_json()["min_elements"] == 5000
+    assert Plan.from_json(json.loads(json.dumps(lowered.to_json()))) == lowered
     for bad in ({"uplink": "q3"}, {"downlink": "int8"}, {"rotate": 1},
-                {"rotation_seed": -1}, {"rotation_seed": 2**64}):
+                {"rotation_seed": -1}, {"rotation_seed": 2**64}, {"min_elements": -1},
+                {"min_elements": 2.5}):
         with pytest.raises(WireError):
             Plan.from_json({**plain.to_json(), **bad})
 
@@ -208,7 +212,10 @@ def test_the_compression_table_is_checked_like_the_others(tmp_path):
     f.write_text('[compression]\nuplink = "q2"\nrotate = true\ndownlink = "float16"\n')
     assert load_config(f).compression == CompressionConfig("q2", True, "float16")
     assert load_config(None).compression == CompressionConfig()
+    f.write_text('[compression]\nuplink = "q4"\nmin_elements = 5000\n')
+    assert load_config(f).compression == CompressionConfig("q4", min_elements=5000)
     for bad in ('uplink = "q3"', 'rotate = 1', 'downlink = "bf16"', 'chunk = 1024',
+                'min_elements = -1', 'min_elements = 0.5',
                 'uplink = "float32"\nrotate = true'):
         f.write_text(f"[compression]\n{bad}\n")
         with pytest.raises(ConfigError):
@@ -227,6 +234,9 @@ def test_the_flags_reach_the_servers_config_file(tiny_data, tmp_path):
                                       "--downlink", "float16"])
     cfg = fleet_config(args)
     assert cfg.compression == CompressionConfig("q4", True, "float16")
+    low = build_parser().parse_args(["simulate", "--engine", "fleet", "--data",
+                                     str(tiny_data), "--uplink", "q4", "--quantize-min", "5000"])
+    assert fleet_config(low).compression == CompressionConfig("q4", min_elements=5000)
     path = write_server_config(cfg, tmp_path / "server.json", 10, 2)
     assert load_config(path).compression == cfg.compression
     plain = build_parser().parse_args(["simulate", "--engine", "fleet", "--data",
@@ -267,3 +277,20 @@ def test_the_reports_communication_object_and_the_progress_line_read_the_rounds(
                                                "download_bytes": 2_500_000}}}
     assert bytes_postfix(status) == " | q4 up 0.00 MB/update (10.0x less) down 2.5 MB/round"
     assert bytes_postfix(None) == "" and bytes_postfix({"communication": {}}) == ""
+
+
+def test_a_lower_quantize_min_quantizes_the_small_models_output_bias():
+    from fedkb.compression.encoding import Encoding
+    from fedkb.plan_codec import encode_delta
+
+    shapes = [(10_000, 96), (10_000,)]  # an output layer and its bias, as in `small`
+    rng = np.random.default_rng(1)
+    arrays = [rng.normal(0, 0.01, s).astype(np.float32) for s in shapes]
+    sizes = {}
+    for n in (20_000, 5_000):
+        plan = Plan("train", 0.5, 16, 1, 50, 3, uplink="q4", min_elements=n)
+        body, _ = encode_delta(arrays, plan)
+        sizes[n] = len(body)
+        assert Encoding("q4", min_elements=n).compressed(10_000) == (n == 5_000)
+    # the bias: 40,000 float32 bytes at the default, ~5,000 bytes of 4-bit codes (+ grids)
+    assert 30_000 < sizes[20_000] - sizes[5_000] < 36_000
