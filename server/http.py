@@ -49,9 +49,12 @@ def parse(cls: type[T], body: dict[str, Any]) -> T:
 
 def query_int(args: MultiDict[str, str], name: str, default: int) -> int:
     """The 64-bit integer query parameter ``name``; 400 ``bad_query`` if not one."""
-    raw = args.get(name)
-    if raw is None:
+    values = args.getlist(name)
+    if not values:
         return default
+    if len(values) > 1:  # which one would be meant? (a fuzzer's ?limit=6&limit=False)
+        raise BadRequest(f"{name} is given {len(values)} times", "bad_query")
+    raw = values[0]
     text = raw.strip()
     digits = text[1:] if text[:1] in "+-" else text
     if not digits.isascii() or not digits.isdigit() or len(digits) > 19:

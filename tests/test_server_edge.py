@@ -140,8 +140,9 @@ def test_huge_integers_in_paths_are_404(tmp_path, path):
 
 @pytest.mark.parametrize("query", [
     f"before={HUGE}", f"limit={HUGE}", f"before={VERY_HUGE}", f"limit={VERY_HUGE}",
-    f"before=-{HUGE}", "limit=abc", "before=1.5",
-], ids=["before", "limit", "before_5000", "limit_5000", "before_neg", "limit_abc", "float"])
+    f"before=-{HUGE}", "limit=abc", "before=1.5", "limit=6&limit=False", "limit=1&limit=2",
+], ids=["before", "limit", "before_5000", "limit_5000", "before_neg", "limit_abc", "float",
+        "repeated_bad", "repeated"])
 def test_huge_or_broken_listing_queries_are_400_bad_query(tmp_path, query):
     h = harness(tmp_path)
     error(h.client.get(f"/v1/rounds?{query}"), 400, "bad_query")
