@@ -157,7 +157,7 @@ def run_tff(cfg: TffRunConfig) -> EngineReport:
         rounds, planned = replay_schedule(cfg.schedule, ds, {
             "lr": cfg.lr, "server_lr": sc.server_lr, "epochs": cfg.epochs,
             "strategy": sc.name, "clip_norm": sc.clip_norm, "lr_decay": sc.decay_rounds > 0,
-            "grad_clip": cfg.grad_clip})
+            "grad_clip": cfg.grad_clip, "weighting": "examples"})
     else:
         rounds = federated_rounds(ds.train_users, cfg.rounds, cfg.clients_per_round, cfg.seed)
         planned = len(rounds)

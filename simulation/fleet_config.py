@@ -232,5 +232,7 @@ def report_config(cfg: FleetRunConfig) -> dict[str, Any]:
             "faults": cfg.faults.text() if cfg.faults is not None else None,
             "dp": cfg.privacy.mechanism,
             "uplink": cfg.compression.uplink, "rotate": cfg.compression.rotate,
-            "downlink": cfg.compression.downlink, "grad_clip": cc.grad_clip,
+            "downlink": cfg.compression.downlink,
+            "quantize_min": cfg.compression.min_elements, "weighting": sc.weighting,
+            "grad_clip": cc.grad_clip,
             "ray": cfg.ray.address if cfg.ray is not None else None}

@@ -39,7 +39,8 @@ def replay_schedule(path: Path, ds, knobs: dict[str, Any]) -> tuple[list[list[li
     and the number of rounds that run was planned for (its lr decay spans them).
 
     ``knobs`` are the replay's ``lr``, ``server_lr``, ``epochs``, ``strategy``,
-    ``clip_norm``, ``lr_decay`` and ``grad_clip``: each must be what the report's run used
+    ``clip_norm``, ``lr_decay``, ``grad_clip`` and ``weighting`` (TFF's is example-weighted
+    FedAvg): each must be what the report's run used
     (a replay with other knobs would not be the same run). The report must list every round's
     participants (the fleet logs them) and name only training users of ``ds``.
     """
@@ -83,7 +84,8 @@ def replay_schedule(path: Path, ds, knobs: dict[str, Any]) -> tuple[list[list[li
 
 # what a report that does not name a knob ran with (reports older than the knob)
 REPLAY_DEFAULTS: dict[str, Any] = {"strategy": "fedavg", "clip_norm": None,
-                                   "lr_decay": False, "grad_clip": None}
+                                   "lr_decay": False, "grad_clip": None,
+                                   "weighting": "examples"}
 
 
 def _same(theirs: Any, mine: Any) -> bool:

@@ -18,6 +18,7 @@ from fedkb.simulation.fleet_config import (
     FLEET_ROUND,
     FleetRunConfig,
     rejoin_rounds,
+    report_config,
     server_config,
     server_round,
     train_phones,
@@ -123,6 +124,7 @@ def test_uniform_weighting_reaches_the_fleet_server_and_tff_refuses_it(tiny_data
     args = _args("simulate", "--engine", "fleet", "--data", str(tiny_data), "--weighting",
                  "uniform")
     assert fleet_config(args).strategy.weighting == "uniform"
+    assert report_config(fleet_config(args))["weighting"] == "uniform"  # in the report
     tff = _args("simulate", "--engine", "tff", "--data", str(tiny_data), "--weighting",
                 "uniform")
     with pytest.raises(UserError, match="fleet engine"):
@@ -224,8 +226,6 @@ def test_a_loss_above_100_nats_or_not_finite_is_a_divergence():
 
 
 def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
-    from fedkb.simulation.fleet_config import report_config
-
     cfg = FleetRunConfig(data=tiny_data, strategy=StrategyConfig(decay_rounds=20))
     doc = report_config(cfg)
     assert list(doc) == [
@@ -234,7 +234,7 @@ def test_a_fleet_reports_config_keeps_its_flat_fields(tiny_data):
         "selection_window_s", "reporting_deadline_s", "pipeline", "claim_poll_s",
         "claim_hold_s", "overselect", "pace_margin", "clip_norm", "lr_decay", "eval_every",
         "eval_goal", "seed", "artifact", "rejoin_after_rounds", "faults", "dp", "uplink",
-        "rotate", "downlink", "grad_clip", "ray"]
+        "rotate", "downlink", "quantize_min", "weighting", "grad_clip", "ray"]
     assert (doc["rounds"], doc["clients_per_round"], doc["lr_decay"], doc["strategy"]) == \
         (20, 20, True, "fedavg")
     json.dumps(doc)  # plain JSON

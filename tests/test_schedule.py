@@ -51,7 +51,7 @@ def _report(tmp_path, rows, **config):
 def _knobs(lr=0.5, server_lr=1.0, epochs=1, strategy="fedavg", clip_norm=None,
            lr_decay=False):
     return {"lr": lr, "server_lr": server_lr, "epochs": epochs, "strategy": strategy,
-            "clip_norm": clip_norm, "lr_decay": lr_decay}
+            "clip_norm": clip_norm, "lr_decay": lr_decay, "weighting": "examples"}
 
 
 def test_replay_reads_the_clients_back_and_refuses_what_would_not_be_the_same_run(
@@ -80,6 +80,8 @@ def test_replay_reads_the_clients_back_and_refuses_what_would_not_be_the_same_ru
         (_report(tmp_path, rows), _knobs(clip_norm=4.0), "clip_norm None"),
         (_report(tmp_path, rows, lr_decay=True), _knobs(), "--lr-decay"),
         (old, _knobs(strategy="fedavgm"), "strategy fedavg,"),
+        # TFF is example-weighted FedAvg: a uniform-weighted fleet run is another run
+        (_report(tmp_path, rows, weighting="uniform"), _knobs(), "weighting uniform"),
         (_report(tmp_path, [{**rows[0], "clients": 3}]), _knobs(), "incomplete"),
         (_report(tmp_path, [{"round": 1, "clients": 2}]), _knobs(), "incomplete"),
         (_report(tmp_path, [{**rows[1], "participants": [["nobody", 0]]}]), _knobs(),
