@@ -35,6 +35,7 @@ from typing import Any
 from fedkb.device_runtime.ray_options import LOCAL, RayOptions
 
 SNAPSHOT_TIMEOUT_S = 2.0
+STOP_SILENT_WAIT_S = 15.0  # at the end, how long an actor that stopped answering may take
 
 # Read when Ray is imported, so set before this module or anything else imports it. Under
 # `uv run`, Ray would start every worker with `uv run` and ship the working tree as a
@@ -119,6 +120,7 @@ class RayFleet:
         self.accepted: dict[tuple[str, int, str], list[list]] = {}
         self.lives_ended = 0
         self.silent: set[tuple[str, int]] = set()  # did not answer the last poll
+        self.pending: dict[tuple[str, int], Any] = {}  # the call out to each actor
         self.timings: dict[str, float] = {}  # connecting, and the actors' start (phones built)
         self.lost_in_flight = 0
 
@@ -156,29 +158,40 @@ class RayFleet:
         life = prev.get("incarnation", "")
         return getattr(actor, method).remote(life, len(self.accepted.get((*key, life), [])))
 
-    def poll(self, method: str = "snapshot", timeout_s: float = SNAPSHOT_TIMEOUT_S) -> None:
+    def poll(self, method: str = "snapshot", timeout_s: float = SNAPSHOT_TIMEOUT_S,
+             silent_wait_s: float = 0.0) -> None:
         """Collect every live actor's counters (a dead or slow one keeps its last ones).
 
         Waits up to ``timeout_s`` for the actors that answered last time; one that did not
-        (dead, restarting, or pending for want of resources) is not waited for again
-        until it answers.
+        (dead, restarting, or pending for want of resources) is waited for only
+        ``silent_wait_s`` more, and its call stays out: a later poll takes its answer
+        when it comes (a restarted shard answers its first call only once its phones are
+        built, which takes longer than one poll). One call per actor is out at a time, so
+        no accepted report is counted twice. A ``stop`` supersedes the snapshots still out.
         """
         import ray
 
-        calls = {key: self._call(key, a, method) for key, a in self.actors()}
-        awaited = [ref for key, ref in calls.items() if key not in self.silent]
+        if method != "snapshot":
+            self.pending.clear()
+        for key, actor in self.actors():
+            if key not in self.pending:
+                self.pending[key] = self._call(key, actor, method)
+        awaited = [ref for key, ref in self.pending.items() if key not in self.silent]
         if awaited:
             ray.wait(awaited, num_returns=len(awaited), timeout=timeout_s)
-        ready, _ = ray.wait(list(calls.values()), num_returns=len(calls), timeout=0)
+        refs = list(self.pending.values())
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=silent_wait_s)
         done = set(ready)
-        for key, ref in calls.items():
-            self.silent.add(key)
+        for key, ref in list(self.pending.items()):
             if ref not in done:
+                self.silent.add(key)
                 continue
+            del self.pending[key]
             try:
                 snap = ray.get(ref)
             except ray.exceptions.RayError:
-                continue  # its node or process died: Ray restarts it, or it stays gone
+                self.silent.add(key)  # its node or process died: Ray restarts it, or not
+                continue
             self.silent.discard(key)
             self._take(key, snap)
 
@@ -224,7 +237,7 @@ class RayFleet:
 
     def stop(self) -> None:
         """Stop every actor's loop and collect its final counters (bounded in time)."""
-        self.poll("stop", timeout_s=60.0)
+        self.poll("stop", timeout_s=60.0, silent_wait_s=STOP_SILENT_WAIT_S)
 
     def close(self) -> None:
         import ray

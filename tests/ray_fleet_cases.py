@@ -59,6 +59,10 @@ def cluster():
 
     before = _ray_processes()
     node = {**NODE, **({"temp_dir": TEMP_DIR} if TEMP_DIR else {})}
+    # Cluster writes the address file under $RAY_TMPDIR/ray (default /tmp/ray) even when
+    # the nodes have a temp_dir of their own, and does not create that folder itself
+    from ray._common.utils import get_ray_temp_dir
+    os.makedirs(get_ray_temp_dir(), exist_ok=True)
     c = Cluster(initialize_head=True,
                 head_node_args={**node, "include_dashboard": False})
     try:

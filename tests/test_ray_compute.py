@@ -71,3 +71,71 @@ def test_results_of_an_earlier_life_are_dropped_and_lost_jobs_given_up(monkeypat
     lost = rc.results.get(timeout=1)
     assert lost.job_id == 2 and lost.outcome is None and lost.cached_version == 3
     assert rc.counts["lost_jobs"] == 1 and rc.in_flight() == 0
+
+
+
+class _Clock:
+    now = 0.0
+
+
+class _Ref:
+    """A fake ObjectRef, answered at ``ready_at`` on the fake clock."""
+
+    def __init__(self, value, ready_at: float) -> None:
+        self.value, self.ready_at = value, ready_at
+
+
+class _Method:
+    def __init__(self, actor: _Actor, name: str) -> None:
+        self.actor, self.name = actor, name
+
+    def remote(self, *args):
+        self.actor.calls.append((self.name, args))
+        # a call waits for the actor to be built, then takes its latency
+        ready_at = max(self.actor.built_at, _Clock.now) + self.actor.latency_s
+        return _Ref({"incarnation": self.actor.life, "node": "n", "phones": 12,
+                     "accepted": []}, ready_at)
+
+
+class _Actor:
+    def __init__(self, life: str, built_at: float, latency_s: float) -> None:
+        self.life, self.built_at, self.latency_s, self.calls = life, built_at, latency_s, []
+        self.snapshot, self.stop = _Method(self, "snapshot"), _Method(self, "stop")
+
+
+def test_a_restarted_shard_that_answers_slowly_is_counted_once_it_answers(monkeypatch):
+    """A shard restarted after its node died answers only once its phones are built
+    again, seconds after the driver's polls began to find it silent. Its call stays out
+    until it answers (one call out at a time), and its new life is counted; a fresh call
+    each poll, looked at without waiting, would never be seen answered."""
+    import ray
+
+    from fedkb.device_runtime.ray_fleet import RayFleet
+
+    def wait(refs, num_returns, timeout):
+        # returns when all are answered or the timeout passed, whichever is first
+        _Clock.now = min(_Clock.now + timeout, max([_Clock.now, *(r.ready_at for r in refs)]))
+        ready = [r for r in refs if r.ready_at <= _Clock.now]
+        return ready, [r for r in refs if r not in ready]
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "get", lambda ref: ref.value)
+    _Clock.now = 0.0
+    slow = _Actor("second-life", built_at=5.0, latency_s=0.05)
+    quick = _Actor("only-life", built_at=0.0, latency_s=0.01)
+    run = object.__new__(RayFleet)
+    run.shards, run.trainers = [slow, quick], []
+    run.latest = {("shard", 0): {"incarnation": "first-life", "training": 2, "phones": 12,
+                                 "node": "dead"}}
+    run.accepted, run.ended, run.silent, run.pending = {}, [], {("shard", 0)}, {}
+    run.lives_ended = run.lost_in_flight = 0
+    for _ in range(14):  # the driver polls twice a second
+        run.poll()
+        _Clock.now += 0.5
+    assert run.lives_ended == 1 and run.lost_in_flight == 2
+    assert run.latest[("shard", 0)]["incarnation"] == "second-life"
+    assert ("shard", 0) not in run.silent
+    # while it was silent (the first 11 polls) they shared one call
+    assert len(slow.calls) == 14 - 11 + 1 and len(quick.calls) == 14
+    run.poll("stop", timeout_s=60.0)
+    assert slow.calls[-1][0] == "stop" and quick.calls[-1][0] == "stop"

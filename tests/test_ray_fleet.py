@@ -54,6 +54,17 @@ def _ray_logs(temp_dir: Path, limit: int = 3000) -> str:
     return "\n".join(out) or "(no Ray logs written)"
 
 
+def _child_report(text: str, limit: int = 6000) -> str:
+    """The child pytest's failure section (or its output's tail), at most ``limit`` chars."""
+    start = text.find("= FAILURES =")
+    if start < 0:
+        start = text.find("= ERRORS =")
+    part = text[max(start, 0):] if start >= 0 else text
+    if len(part) > limit:
+        part = part[:limit // 2] + "\n[...]\n" + part[-limit // 2:]
+    return f"--- the case's pytest output\n{part}"
+
+
 def _kill_group(proc: subprocess.Popen, temp_dir: Path) -> None:
     """The child, everything in its process group, and any Ray process of its temp dir."""
     with contextlib.suppress(ProcessLookupError):
@@ -71,7 +82,10 @@ def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
     marker = temp_dir / "cluster-up"
     log = basetemp / "child.log"
     basetemp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "FEDKB_RAY_TEMP_DIR": str(temp_dir), "FEDKB_RAY_UP_MARKER": str(marker)}
+    # RAY_TMPDIR too: ``Cluster`` writes the current cluster's address under
+    # $RAY_TMPDIR/ray whatever a node's temp_dir is (and fails where /tmp/ray is missing)
+    env = {**os.environ, "FEDKB_RAY_TEMP_DIR": str(temp_dir), "FEDKB_RAY_UP_MARKER": str(marker),
+           "RAY_TMPDIR": str(temp_dir)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", f"{HERE / 'ray_fleet_cases.py'}::{case}", "-q",
@@ -94,8 +108,9 @@ def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
         except subprocess.TimeoutExpired:
             _kill_group(proc, temp_dir)
             rc = None
-        return ("up", rc, f"{log.read_text(errors='replace')[-8000:]}\n"
-                + ("" if rc == 0 else _ray_logs(temp_dir)))
+        # the child's own report last: CI shows the tail of a failure's message
+        return ("up", rc, ("" if rc == 0 else _ray_logs(temp_dir, limit=1200) + "\n")
+                + _child_report(log.read_text(errors="replace")))
     finally:
         if proc.poll() is None:
             _kill_group(proc, temp_dir)
