@@ -32,7 +32,13 @@ from fedkb.plan_codec import ROUNDING_STREAM
 from fedkb.secagg.client import Phone
 from fedkb.secagg.messages import KeyRoster, MessageError, Refusal, ShareRelay, UnmaskRequest
 from fedkb.secagg.params import RoundParams
-from fedkb.secagg.update_codec import BITS_OF, UpdateLayout, as_residues, encode_codes
+from fedkb.secagg.update_codec import (
+    BITS_OF,
+    UpdateLayout,
+    as_residues,
+    encode_codes,
+    example_weight,
+)
 
 WAIT, DONE, STOPPED = "wait", "done", "stopped"
 
@@ -49,6 +55,7 @@ class SecureTask:
     phone: Phone | None = None
     k: int = 0
     sigmas: float = 4.0
+    weight_cap: int = 0  # > 0: scale the clipped delta by example_weight(examples, cap)
     refusal: str = ""  # why the phone stopped, if it did
     sent: dict[str, int] = field(default_factory=dict)  # bytes per phase
 
@@ -111,6 +118,7 @@ class SecureTask:
                              setup.dim, setup.k, setup.degree, bytes.fromhex(setup.graph_seed))
         self.k = setup.k
         self.sigmas = setup.range_sigmas
+        self.weight_cap = setup.weight_cap
         self.phone = Phone(setup.uid, params)
         return self.phone
 
@@ -118,7 +126,9 @@ class SecureTask:
         assert self.phone is not None
         plan = self.task.plan
         rng = np.random.default_rng([plan.seed, ROUNDING_STREAM])
-        enc = encode_codes(self.update, self._layout(self.sigmas), rng)
+        scale = (example_weight(self.num_examples, self.weight_cap) if self.weight_cap
+                 else 1.0)
+        enc = encode_codes(self.update, self._layout(self.sigmas), rng, scale)
         out = self.phone.masked_input(relay, as_residues(enc.codes, self.k))
         if isinstance(out, Refusal):
             return out

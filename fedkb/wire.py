@@ -493,6 +493,9 @@ class SecAggSetup(_Message):
     degree: int | None = None
     graph_seed: str = ""
     range_sigmas: float = 4.0  # the shared grid's radius (fedkb.secagg.update_codec)
+    # > 0: an example-weighted round; the phone scales its clipped delta by
+    # fedkb.secagg.update_codec.example_weight(examples, weight_cap). 0: every phone weight 1
+    weight_cap: int = 0
 
     @classmethod
     def from_json(cls, d: Any) -> SecAggSetup:
@@ -502,12 +505,15 @@ class SecAggSetup(_Message):
             bytes.fromhex(seed)
         except ValueError:
             raise WireError("secagg_setup.graph_seed must be hex") from None
+        if _get(d, "weight_cap", int, "secagg_setup", 0) < 0:
+            raise WireError("secagg_setup.weight_cap must be >= 0")
         return cls(_get(d, "round_id", str, "secagg_setup"), _get(d, "uid", int, "secagg_setup"),
                    _int_list(_get(d, "clients", list, "secagg_setup"), "secagg_setup.clients"),
                    _get(d, "threshold", int, "secagg_setup"), _get(d, "dim", int, "secagg_setup"),
                    _get(d, "k", int, "secagg_setup"),
                    _get(d, "degree", int, "secagg_setup", None), seed,
-                   _get(d, "range_sigmas", float, "secagg_setup", 4.0))
+                   _get(d, "range_sigmas", float, "secagg_setup", 4.0),
+                   _get(d, "weight_cap", int, "secagg_setup", 0))
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,9 @@ class RoundMachine:
         self._derived_update_norm: float | None = None  # from the artifact, on attach
         self.unsaved = PendingRows()  # closed rounds' rows a full disk kept from the db
         self.last_round_bytes: dict[str, int] = {}  # of the last committed training round
+        # the mean examples per report of the last committed training round (public: the
+        # reports' metadata), the example-weighted secure mean's cap (_secure_weight_cap)
+        self.last_examples_per_report: float | None = None
 
     @property
     def artifact(self) -> Artifact | None:
@@ -293,6 +296,20 @@ class RoundMachine:
         return int(self.db.one("SELECT COUNT(*) n FROM rounds WHERE kind = ? AND state = ?",
                                (kind, COMMITTED))["n"])
 
+    def _secure_weight_cap(self, plan: Plan) -> int:
+        """A secure round's example cap ŵ: a phone weighs ``min(n / ŵ, 1)`` (McMahan et
+        al. 2018's bounded weights), ŵ the last committed training round's mean examples
+        per report (within the plan's budget). 0 (every phone weight 1) with
+        ``strategy.weighting = "uniform"``, with DP (sensitivity needs weight 1) and in
+        the first round (no mean yet). Why not ŵ = the budget, exact FedAvg weights: each
+        phone's quantization error is that of an unscaled delta, so the decoded mean's
+        error grows as 1 / (mean weight), 16x for phones at a twentieth of the budget."""
+        if self.privacy is not None or self.strategy.cfg.weighting != "examples":
+            return 0
+        if self.last_examples_per_report is None:
+            return 0
+        return max(1, min(examples_budget(plan), round(self.last_examples_per_report)))
+
     def _open_round(self, kind: str, goal: int, now: float, version: int | None = None,
                     configured: bool = True) -> None:
         assert self.artifact is not None and self.model is not None
@@ -316,7 +333,7 @@ class RoundMachine:
             rnd.secure = SecureRound(self.secagg, rid,
                                      tuple(tuple(sp.shape) for sp in self.artifact.specs),
                                      plan.uplink, float(plan.clip or 0), plan.rotation_seed,
-                                     self.cfg.min_reports(goal))
+                                     self.cfg.min_reports(goal), self._secure_weight_cap(plan))
         # the id is taken only once its row is written: a full disk skips no round id
         if not best_effort(lambda: self.db.insert("rounds", rnd.row()), f"round {rid}"):
             return
@@ -405,6 +422,8 @@ class RoundMachine:
         self.selection.round_took(0.0 if start is None else now - start)
         self._record_metrics(rnd)
         self.last_round_bytes = round_bytes(rnd.stats)
+        if rnd.kind == TRAIN and rnd.stats.reported > 0:
+            self.last_examples_per_report = rnd.stats.num_examples / rnd.stats.reported
         self.metrics.round_bytes.labels("up").set(self.last_round_bytes["upload_bytes"])
         self.metrics.round_bytes.labels("down").set(self.last_round_bytes["download_bytes"])
         # every eval_every versions, and the run's last: a run that ends between two of

@@ -22,9 +22,16 @@ commitments, the running *sum* of masked vectors, revealed shares), each phone's
 masked or not, is kept: a masked vector is folded into the sum and dropped as it arrives,
 and nothing of it is written to the database or the logs. The unmasked sum is decoded
 (:func:`fedkb.secagg.update_codec.decode_sum`: field decoding, un-rotation), divided by
-the number of summands and handed to the round's ordinary aggregator as one update, so
-the strategy and the model checks after it are unchanged. The mean is unweighted: a
-phone's ``num_examples`` cannot weight an update the server never sees. With
+the summands' total weight and handed to the round's ordinary aggregator as one update,
+so the strategy and the model checks after it are unchanged. With
+``strategy.weighting = "examples"`` (the default) and no DP, the mean is example-weighted
+with bounded weights (McMahan et al. 2018): the setup carries a cap ŵ as ``weight_cap``
+(the last round's mean examples per report,
+:meth:`~fedkb.server.round_machine.RoundMachine._secure_weight_cap`), each phone scales
+its clipped delta by :func:`~fedkb.secagg.update_codec.example_weight` (``min(n, ŵ) /
+ŵ``, at most 1, so the field's range holds) and the server divides the sum by the same
+weights computed from the examples the survivors reported. Otherwise (``uniform``, DP,
+whose sensitivity needs weight 1, or the first round) every summand weighs 1. With
 ``[privacy]`` the round's DP stage takes the unmasked *sum* instead
 (``accumulate_sum``: each phone clipped to the round's C itself) and adds its central
 Gaussian noise to it, as for plain rounds: the server is trusted with the noise.
@@ -60,7 +67,7 @@ from fedkb.secagg.messages import (
 )
 from fedkb.secagg.params import RoundParams
 from fedkb.secagg.server import SecAggServer, SumResult
-from fedkb.secagg.update_codec import BITS_OF, UpdateLayout, decode_sum
+from fedkb.secagg.update_codec import BITS_OF, UpdateLayout, decode_sum, example_weight
 from fedkb.server.config import RoundConfig, SecAggConfig
 from fedkb.server.phases import TRAINING, Phase
 from fedkb.wire import SecAggSetup, SecAggStep, SecAggSubmit
@@ -109,8 +116,10 @@ class SecureRound:
     """One secure round's protocol state on the server."""
 
     def __init__(self, cfg: SecAggConfig, round_id: int, shapes: tuple[tuple[int, ...], ...],
-                 uplink: str, clip: float, rotation_seed: int, min_reports: int = 1) -> None:
+                 uplink: str, clip: float, rotation_seed: int, min_reports: int = 1,
+                 weight_cap: int = 0) -> None:
         self.cfg, self.min_reports = cfg, min_reports
+        self.weight_cap = weight_cap  # > 0: example-weighted (the phones scale, see _fold_sum)
         self.rid = f"r{round_id}"
         self.layout = UpdateLayout(shapes, BITS_OF[uplink], clip, rotation_seed,
                                    cfg.range_sigmas)
@@ -217,10 +226,13 @@ class SecureRound:
             rnd.aggregator.accumulate_sum(total, n, [self.unclipped.get(u)
                                                      for u in result.survivors])
             return
-        mean = [(a / np.float32(n)).astype(np.float32) for a in total]
-        if rnd.aggregator is not None:
-            weight = sum(self.scalars.get(u, (0, None))[0] for u in result.survivors)
-            rnd.aggregator.accumulate(mean, float(max(weight, 1)))
+        # example-weighted: each phone sent example_weight(examples) x its clipped delta,
+        # so the sum over the survivors' total of those weights is FedAvg's weighted mean
+        examples = [self.scalars.get(u, (0, None))[0] for u in result.survivors]
+        denom = (sum(example_weight(e, self.weight_cap) for e in examples)
+                 if self.weight_cap else float(n))
+        mean = [(a / np.float32(denom)).astype(np.float32) for a in total]
+        rnd.aggregator.accumulate(mean, float(max(sum(examples), 1)))
 
     # -- a phone's requests ---------------------------------------------------------
 
@@ -243,7 +255,8 @@ class SecureRound:
         if name == ADVERTISE:
             p = self.params
             setup = SecAggSetup(p.round_id, uid, list(p.clients), p.threshold, p.dim, p.k,
-                                p.degree, p.graph_seed.hex(), self.layout.sigmas)
+                                p.degree, p.graph_seed.hex(), self.layout.sigmas,
+                                self.weight_cap)
         elif name == SHARE:
             msg = self.roster
         elif name == MASKED:

@@ -24,7 +24,7 @@ from fedkb.artifact import write_artifact as write_artifact_files
 from fedkb.device_runtime.client import Refused
 from fedkb.device_runtime.secagg_client import DONE, STOPPED, WAIT, SecureTask
 from fedkb.plan_codec import ROUNDING_STREAM
-from fedkb.secagg.update_codec import encode_codes
+from fedkb.secagg.update_codec import encode_codes, example_weight
 from fedkb.server.app import create_app
 from fedkb.server.config import CompressionConfig, PrivacyConfig, SecAggConfig, StrategyConfig
 from fedkb.weights import WeightSpec
@@ -94,8 +94,8 @@ def secure_harness(tmp: Path, n: int = 5, threshold: float = 0.6,
                    neighbours: int | None = None, bits: str = "q8",
                    privacy: PrivacyConfig | None = None, **round_kw: Any) -> Harness:
     round_kw.setdefault("min_fraction", 0.6)
-    cfg = make_config(tmp, model=False, report_goal=n, overselect=1.0,
-                      strategy=StrategyConfig(clip_norm=CLIP), **round_kw)
+    round_kw.setdefault("strategy", StrategyConfig(clip_norm=CLIP))
+    cfg = make_config(tmp, model=False, report_goal=n, overselect=1.0, **round_kw)
     cfg = cfg.replace(model=write_artifact(tmp / "artifact"),
                       compression=CompressionConfig(uplink=bits),
                       privacy=privacy or PrivacyConfig(),
@@ -109,15 +109,16 @@ def secure_harness(tmp: Path, n: int = 5, threshold: float = 0.6,
 class SecureHarness:
     """n phones of one secure round, stepped together."""
 
-    def __init__(self, h: Harness, n: int, tamper: Callable[[str, dict], dict] | None = None
-                 ) -> None:
+    def __init__(self, h: Harness, n: int, tamper: Callable[[str, dict], dict] | None = None,
+                 examples: list[int] | None = None) -> None:
         self.h, self.n = h, n
         self.transport = TestTransport(h, tamper)
         devices = [h.register() for _ in range(n)]
         self.members: list[Member] = []
         for i, d in enumerate(devices):
             task = wire.Task.from_json(d.task())
-            self.members.append(Member(d, task, SecureTask(task, phone_delta(i), 10 + i, 1.0)))
+            n_i = 10 + i if examples is None else examples[i]
+            self.members.append(Member(d, task, SecureTask(task, phone_delta(i), n_i, 1.0)))
         self.round_id = self.members[0].task.round_id
         self.round = h.state.machine.open[self.round_id]  # kept: it outlives the commit
 
@@ -166,7 +167,12 @@ class SecureHarness:
         m = self.members[i]
         rng = np.random.default_rng([m.task.plan.seed, ROUNDING_STREAM])
         layout = self.round.secure.layout
-        return encode_codes(phone_delta(i), layout, rng).codes
+        return encode_codes(phone_delta(i), layout, rng, self.weight(i)).codes
+
+    def weight(self, i: int) -> float:
+        """Phone i's scale: its example weight in an example-weighted round, else 1."""
+        cap = self.round.secure.weight_cap
+        return example_weight(self.members[i].secure.num_examples, cap) if cap else 1.0
 
 
 def done(sh: SecureHarness) -> list[int]:

@@ -47,6 +47,54 @@ def mean_bound(sh: SecureHarness) -> float:
     return float(np.sqrt(blocks) * 2 * layout.sigmas * CLIP / 255)
 
 
+def _moved_by(h, before, want) -> float:
+    """The L2 distance between the model's move and ``want``."""
+    return np.sqrt(sum(float(np.sum(((b - a) - m) ** 2))
+                       for a, b, m in zip(before, h.global_weights(), want, strict=True)))
+
+
+EXAMPLES = [2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("weighting", ["examples", "uniform"])
+def test_the_secure_mean_is_weighted_by_examples_or_uniform(tmp_path, weighting):
+    """With ``strategy.weighting = "examples"`` (the default), no DP and a previous round
+    (its mean examples per report ŵ = 16 here), the model moves by the mean of the clipped
+    deltas weighted ``min(n / ŵ, 1)``, though the server never sees one; with
+    ``uniform`` by their plain mean. The two differ by more than the bound."""
+    h = secure_harness(tmp_path, N, strategy=StrategyConfig(clip_norm=CLIP,
+                                                             weighting=weighting))
+    h.state.machine.last_examples_per_report = 16.4  # as if a round had committed
+    before = h.global_weights()
+    sh = SecureHarness(h, N, examples=EXAMPLES)
+    assert sh.round.secure.weight_cap == (16 if weighting == "examples" else 0)
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    clipped = [clip_update(phone_delta(i), CLIP)[0] for i in range(N)]
+    w = [min(e / 16, 1.0) for e in EXAMPLES]
+    assert [sh.weight(i) for i in range(N)] == (w if weighting == "examples" else [1.0] * N)
+    weighted = [sum(wi * c[j] for wi, c in zip(w, clipped, strict=True)) / sum(w)
+                for j in range(len(before))]
+    uniform = [sum(c[j] for c in clipped) / N for j in range(len(before))]
+    # each phone's rounding error is an unscaled delta's: the mean's grows as N / sum(w)
+    bound = mean_bound(sh) * (N / sum(w) if weighting == "examples" else 1.0)
+    want, other = (weighted, uniform) if weighting == "examples" else (uniform, weighted)
+    assert _moved_by(h, before, want) < bound
+    assert _moved_by(h, before, other) > 2 * bound
+
+
+def test_the_first_secure_round_weighs_every_phone_one(tmp_path):
+    """No round has committed yet, so there is no ŵ: weight 1 each (exact FedAvg weights,
+    ŵ = the plan's budget, would cost precision; see RoundMachine._secure_weight_cap)."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    assert sh.round.secure.weight_cap == 0
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    stats = sh.round.stats
+    assert h.state.machine.last_examples_per_report == stats.num_examples / stats.reported
+
+
 def test_a_secure_round_commits_the_exact_sum(tmp_path):
     h = secure_harness(tmp_path, N)
     before = h.global_weights()
@@ -59,12 +107,12 @@ def test_a_secure_round_commits_the_exact_sum(tmp_path):
     sec = sh.round.secure
     # exact modulo 2^k: the unmasked sum is the sum of the phones' quantized inputs
     assert np.array_equal(sec.result.total, expected_sum(sh, list(range(N))))
-    # and the model moved by the mean of the clipped deltas, within quantization error
-    mean = [sum(clip_update(phone_delta(i), CLIP)[0][j] for i in range(N)) / N
+    # and the model moved by the weighted mean of the clipped deltas, within quantization
+    # error (the weights: test_the_secure_mean_is_fedavgs_weighted_mean_or_uniform)
+    w = [sh.weight(i) for i in range(N)]
+    mean = [sum(w[i] * clip_update(phone_delta(i), CLIP)[0][j] for i in range(N)) / sum(w)
             for j in range(len(before))]
-    err = np.sqrt(sum(float(np.sum(((b - a) - m) ** 2))
-                      for a, b, m in zip(before, h.global_weights(), mean, strict=True)))
-    assert err < mean_bound(sh)
+    assert _moved_by(h, before, mean) < mean_bound(sh)
     stats = sh.round.stats
     assert stats.reported == N and stats.num_examples == sum(10 + i for i in range(N))
     assert stats.secagg["survivors"] == {"advertise_keys": N, "share_keys": N,
@@ -316,6 +364,7 @@ def test_with_dp_the_noise_goes_on_the_unmasked_sum_over_the_report_goal(tmp_pat
         pipeline=False)
     before = h.global_weights()
     sh = SecureHarness(h, N)
+    assert sh.round.secure.weight_cap == 0  # DP's sensitivity: every phone weight 1
     assert sh.members[0].task.plan.clip == clip
     sh.run(drop={"masked_input": {4}})
     assert sh.round.state == "committed", sh.round.reason

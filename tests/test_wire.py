@@ -134,3 +134,20 @@ def test_plan_grad_clip_round_trips_is_checked_and_absent_by_default():
     for bad in (0.0, -1.0, "5"):
         with pytest.raises(WireError):
             Plan.from_json({**plan.to_json(), "grad_clip": bad})
+
+
+def test_secagg_setup_weight_cap_round_trips_defaults_to_zero_and_is_checked():
+    setup = wire.SecAggSetup("r3", 1, [1, 2, 3], 2, 10, 12, weight_cap=16)
+    assert wire.SecAggSetup.from_json(json.loads(setup.dumps())) == setup
+    old = {k: v for k, v in setup.to_json().items() if k != "weight_cap"}
+    assert wire.SecAggSetup.from_json(old).weight_cap == 0  # an older server: weight 1
+    with pytest.raises(wire.WireError, match="weight_cap"):
+        wire.SecAggSetup.from_json({**setup.to_json(), "weight_cap": -1})
+
+
+def test_the_secure_example_weight_is_bounded_by_one_and_checked():
+    from fedkb.secagg.update_codec import example_weight
+
+    assert [example_weight(n, 16) for n in (0, 4, 16, 40)] == [1 / 16, 0.25, 1.0, 1.0]
+    with pytest.raises(ValueError, match="cap"):
+        example_weight(3, 0)

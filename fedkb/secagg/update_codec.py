@@ -96,13 +96,29 @@ class EncodedUpdate:
     unclipped: bool  # norm <= C
 
 
+def example_weight(num_examples: int, cap: int) -> float:
+    """The weight in (0, 1] a phone scales its clipped delta by in an example-weighted
+    secure round: ``min(examples, cap) / cap`` (McMahan et al. 2018's ``min(n / ŵ, 1)``).
+    The server computes the same from the examples the phone reports and divides the sum
+    by the survivors' total: a weighted mean without seeing an update. Scaled by at most
+    1, a delta stays within the clip, so the field's range and headroom hold."""
+    if cap <= 0:
+        raise ValueError(f"the example cap must be positive, not {cap}")
+    return max(1, min(int(num_examples), cap)) / cap
+
+
 def encode_codes(arrays: Sequence[np.ndarray], layout: UpdateLayout,
-                 rng: np.random.Generator) -> EncodedUpdate:
-    """The phone's delta as ``layout.dim`` shared-grid codes (stochastic rounding)."""
+                 rng: np.random.Generator, scale: float = 1.0) -> EncodedUpdate:
+    """The phone's delta as ``layout.dim`` shared-grid codes (stochastic rounding); with
+    ``scale`` (its :func:`example_weight`) the clipped delta is scaled before encoding."""
     if [tuple(np.shape(a)) for a in arrays] != [tuple(s) for s in layout.shapes]:
         raise ValueError("the update's shapes are not the round's")
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"the scale must be in (0, 1], not {scale}")
     clipped, unclipped, norm = clip_update([np.asarray(a, np.float32) for a in arrays],
                                            layout.clip)
+    if scale != 1.0:
+        clipped = [a * np.float32(scale) for a in clipped]
     parts, beyond = [], 0
     for i, (a, grid) in enumerate(zip(clipped, layout.grids, strict=True)):
         r = rotate(np.ravel(a), layout.rotation_seed, stream=i)
