@@ -14,6 +14,7 @@ Skipped only where Ray is not installed (``uv sync --extra ray``; CI installs it
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MB = 1024 * 1024
 NODE = {"num_cpus": 2, "object_store_memory": 80 * MB, "node_ip_address": "127.0.0.1"}
+OTHER_IP = "127.0.0.2"  # the second node's (Linux routes all of 127/8 to loopback)
 # tests/test_ray_fleet.py gives each attempt a short temp dir of its own (Ray's sockets
 # live under it: a Unix socket path has ~107 bytes), and waits for the marker file that
 # says the cluster is up before it gives the case time to run
@@ -66,7 +68,9 @@ def cluster():
     c = Cluster(initialize_head=True,
                 head_node_args={**node, "include_dashboard": False})
     try:
-        c.other = c.add_node(**node)
+        # the other node on a loopback address of its own, so that a driver told the
+        # head's IP can take only the head's raylet (the node-kill case)
+        c.other = c.add_node(**{**node, "node_ip_address": OTHER_IP})
         c.wait_for_nodes()
         if UP_MARKER:
             Path(UP_MARKER).write_text(c.address)
@@ -124,6 +128,20 @@ def _registered(status: dict) -> int:
 
 def test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on(cluster, server,
                                                                        tiny_data):
+    # The driver (this process) must hang off the head's raylet, not the doomed node's:
+    # a driver takes a raylet of its node IP, which Ray reads from a file the last node
+    # started wrote (here the other's), so it is told the head's IP. Killing the node a
+    # driver hangs off kills the driver (exit 1, nothing printed: 1 run in 4 before).
+    ray.init(address=cluster.address, _node_ip_address=NODE["node_ip_address"],
+             logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        _kill_the_other_node_mid_round(cluster, server, tiny_data)
+    finally:
+        ray.shutdown()
+
+
+def _kill_the_other_node_mid_round(cluster, server, tiny_data) -> None:
+    assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
     fleet = _fleet(cluster, server, tiny_data, rounds=None)
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(summary=fleet.run()), daemon=True)

@@ -47,7 +47,8 @@ CASE_S = 420.0  # the case after that
 def _ray_logs(temp_dir: Path, limit: int = 3000) -> str:
     """The tails of the GCS's and raylets' logs of an attempt."""
     out = []
-    for name in ("gcs_server.err", "gcs_server.out", "raylet.err", "raylet.out"):
+    for name in ("gcs_server.err", "gcs_server.out", "raylet.err", "raylet.out",
+                 "python-core-driver-*.log"):
         for f in sorted(temp_dir.glob(f"session_*/logs/{name}")):
             text = f.read_text(errors="replace")[-limit:]
             out.append(f"--- {f.relative_to(temp_dir)}\n{text}")
@@ -65,15 +66,26 @@ def _child_report(text: str, limit: int = 6000) -> str:
     return f"--- the case's pytest output\n{part}"
 
 
-def _kill_group(proc: subprocess.Popen, temp_dir: Path) -> None:
-    """The child, everything in its process group, and any Ray process of its temp dir."""
+def _kill_group(proc: subprocess.Popen, *dirs: Path) -> None:
+    """The child, everything in its process group, and any process whose command line
+    names one of ``dirs`` (Ray's of its temp dir; the case's server, whose state lies
+    under the child's basetemp and which runs in a session of its own)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    _kill_leftovers(*dirs)
+
+
+def _kill_leftovers(*dirs: Path) -> list[str]:
+    """Kill every process whose command line names one of ``dirs``; their commands."""
+    killed = []
     for p in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if str(temp_dir) in " ".join(p.info["cmdline"] or []):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(f"{d}{os.sep}" in cmd for d in dirs) and p.pid != os.getpid():
                 p.kill()
+                killed.append(cmd[:200])
+    return killed
 
 
 def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
@@ -85,7 +97,7 @@ def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
     # RAY_TMPDIR too: ``Cluster`` writes the current cluster's address under
     # $RAY_TMPDIR/ray whatever a node's temp_dir is (and fails where /tmp/ray is missing)
     env = {**os.environ, "FEDKB_RAY_TEMP_DIR": str(temp_dir), "FEDKB_RAY_UP_MARKER": str(marker),
-           "RAY_TMPDIR": str(temp_dir)}
+           "RAY_TMPDIR": str(temp_dir), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", f"{HERE / 'ray_fleet_cases.py'}::{case}", "-q",
@@ -96,7 +108,7 @@ def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
         started = time.monotonic()
         while not marker.exists() and proc.poll() is None:
             if time.monotonic() - started > START_S:
-                _kill_group(proc, temp_dir)
+                _kill_group(proc, temp_dir, basetemp)
                 return ("no_start", None, f"{log.read_text(errors='replace')[-4000:]}\n"
                         f"{_ray_logs(temp_dir)}")
             time.sleep(0.5)
@@ -106,14 +118,17 @@ def _attempt(case: str, basetemp: Path) -> tuple[str, int | None, str]:
         try:
             rc = proc.wait(timeout=CASE_S)
         except subprocess.TimeoutExpired:
-            _kill_group(proc, temp_dir)
+            _kill_group(proc, temp_dir, basetemp)
             rc = None
         # the child's own report last: CI shows the tail of a failure's message
         return ("up", rc, ("" if rc == 0 else _ray_logs(temp_dir, limit=1200) + "\n")
                 + _child_report(log.read_text(errors="replace")))
     finally:
         if proc.poll() is None:
-            _kill_group(proc, temp_dir)
+            _kill_group(proc, temp_dir, basetemp)
+        # a child that died abruptly (Ray's core exits a driver whose raylet died) ran no
+        # fixture teardown: its server and Ray processes would outlive the test
+        _kill_leftovers(temp_dir, basetemp)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
