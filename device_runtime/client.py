@@ -136,9 +136,12 @@ class DeviceClient:
                              json_body=wire.AbortRequest(reason).to_json())
         return wire.AbortResult.from_json(self._json(resp))
 
-    def secagg_step(self, token: str, task_id: str) -> wire.SecAggStep:
-        """A secure round: what its current phase wants of this task's phone."""
-        resp = self._request("GET", f"/v1/tasks/{task_id}/secagg", token=token)
+    def secagg_step(self, token: str, task_id: str, wait_s: float = 0.0) -> wire.SecAggStep:
+        """A secure round: what its current phase wants of this task's phone; with
+        ``wait_s``, the server may hold the request until the phase changes."""
+        wait_ms = max(0, min(30_000, round(wait_s * 1000)))
+        path = f"/v1/tasks/{task_id}/secagg" + (f"?wait_ms={wait_ms}" if wait_ms else "")
+        resp = self._request("GET", path, token=token, extra_timeout_s=wait_ms / 1000)
         try:
             return wire.SecAggStep.from_json(self._json(resp))
         except wire.WireError as exc:

@@ -164,6 +164,10 @@ def summarize(total: dict[str, Any], status: dict[str, Any] | None, wall_s: floa
         "bonawitz_2019": {"completed": 0.75, "late": 0.22, "interrupted": 0.02,
                           "dropout": "0.06-0.10"},
         "server": status or {},
+        # the phones' side of secure rounds: exchanges held by the server (held_steps),
+        # protocols completed, stopped, and unplugged mid-protocol; empty without secagg
+        "secure_steps": {k.removeprefix("secagg_"): v for k, v in sorted(c.items())
+                         if k.startswith("secagg_")},
         # what the injected faults were and how the server answered them (fault_<kind>,
         # fault_<kind>:<answer>); empty without --faults
         "faults": {k: v for k, v in sorted(c.items()) if k.startswith("fault_")},

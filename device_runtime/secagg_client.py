@@ -22,6 +22,7 @@ the contract layer: no TensorFlow.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,16 +60,24 @@ class SecureTask:
     refusal: str = ""  # why the phone stopped, if it did
     sent: dict[str, int] = field(default_factory=dict)  # bytes per phase
 
-    def advance(self, client: DeviceClient, token: str) -> tuple[str, float]:
+    def advance(self, client: DeviceClient, token: str,
+                wait_s: float = 0.0) -> tuple[str, float]:
         """One exchange: ``(WAIT, seconds)`` (ask again then), ``(DONE, 0)`` or
-        ``(STOPPED, 0)`` (the round aborted, dropped this phone, or the phone refused)."""
-        step = client.secagg_step(token, self.task.task_id)
+        ``(STOPPED, 0)`` (the round aborted, dropped this phone, or the phone refused).
+
+        With ``wait_s`` the server may hold the request until the phase changes: a
+        "waiting" answer after a hold of the whole ``wait_s`` means ask again at once
+        (``(WAIT, 0)``); one that came at once (no thread to spare) keeps its retry."""
+        t0 = time.monotonic()
+        step = client.secagg_step(token, self.task.task_id, wait_s=wait_s)
         if step.phase == "done":
             return DONE, 0.0
         if step.phase == "aborted":
             self.refusal = self.refusal or f"server: {step.reason}"
             return STOPPED, 0.0
         if step.phase == "waiting":
+            if wait_s > 0 and time.monotonic() - t0 >= 0.9 * wait_s:
+                return WAIT, 0.0
             return WAIT, float(step.retry_after_s or 1.0)
         try:
             sub = self._answer(step)

@@ -40,6 +40,7 @@ from fedkb.device_runtime.holds import CheckinHolds, Claimed
 from fedkb.device_runtime.model_cache import ModelCache
 from fedkb.device_runtime.phone import Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
+from fedkb.device_runtime.secure_steps import SecureSteps, Stepped
 from fedkb.device_runtime.traces import State
 
 MAX_BACKOFF_S = 30.0  # wall seconds
@@ -100,6 +101,9 @@ class Worker:
         self.hold_s = hold_s
         self._held: dict[int, Phone] = {}
         self._holds: CheckinHolds | None = None  # started on the first hold
+        # with hold_s, a secure round's exchanges run on held requests off this loop
+        self._secure: dict[int, tuple[Phone, Outcome]] = {}  # by step id
+        self._steps: SecureSteps | None = None  # started on the first secure exchange
         self._rng = random.Random(seed)
         self.faults = faults  # phones that misbehave on purpose (None: all honest)
 
@@ -144,6 +148,8 @@ class Worker:
         finally:
             if self._holds is not None:
                 self._holds.close()
+            if self._steps is not None:
+                self._steps.close()
             trainer_thread.join(timeout=30)  # it sees the stopped clock within 0.2 s
             cache.close()
             self.client.close()
@@ -157,11 +163,14 @@ class Worker:
             except queue.Empty:
                 return
 
-    def _finished(self, done: Done | Claimed) -> None:
+    def _finished(self, done: Done | Claimed | Stepped) -> None:
         """A training thread is done with a phone's task: schedule its report (or a held
-        check-in came back)."""
+        check-in or a secure exchange came back)."""
         if isinstance(done, Claimed):
             self._claimed(done)
+            return
+        if isinstance(done, Stepped):
+            self._stepped(done)
             return
         phone = self._pending.pop(done.job_id, None)
         if phone is None:
@@ -310,19 +319,57 @@ class Worker:
             c["secagg_unplugged"] += 1
             self._deliver(phone, outcome, now)
             return
+        if self.hold_s > 0:  # on a pool thread, held by the server until there is news
+            self._step_off_loop(phone, outcome, now)
+            return
         try:
             what, wait_s = outcome.secure.advance(self.client, phone.token or "")
-        except Retry as r:
-            c["delivery_retries"] += 1
-            self._push(now + self._backoff(phone, r.after_s), phone, "send", outcome)
+        except (Retry, Refused) as exc:
+            self._secure_result(phone, outcome, now, "", 0.0, exc)
             return
-        except Refused as r:
+        self._secure_result(phone, outcome, now, what, wait_s)
+
+    def _step_off_loop(self, phone: Phone, outcome: Outcome, now: float) -> None:
+        """The exchange on a :class:`SecureSteps` thread, held at most ``hold_s`` and never
+        past the simulated moment the phone stops being eligible (it looks then)."""
+        assert outcome.secure is not None
+        wait = self.hold_s
+        until = phone.profile.trace.next_ineligible(now)
+        if until is not None:
+            wait = min(wait, self.clock.wall_for(until - now))
+        if self._steps is None:
+            self._steps = SecureSteps(self.server_url, self.compute.results)
+        step_id = next(self._job_ids)
+        self._secure[step_id] = (phone, outcome)
+        self._steps.submit(step_id, outcome.secure, phone.token or "",
+                           round(max(wait, 0.0), 3))
+        self.stats.counts["secagg_held_steps"] += 1
+
+    def _stepped(self, done: Stepped) -> None:
+        phone, outcome = self._secure.pop(done.step_id, (None, None))
+        if phone is None or outcome is None:
+            return
+        self._secure_result(phone, outcome, self.clock.now(), done.what, done.wait_s,
+                            done.error)
+
+    def _secure_result(self, phone: Phone, outcome: Outcome, now: float, what: str,
+                       wait_s: float, error: Retry | Refused | None = None) -> None:
+        """Act on one secure exchange's result: ask again, or the phone is done."""
+        assert outcome.secure is not None
+        c = self.stats.counts
+        if isinstance(error, Retry):
+            c["delivery_retries"] += 1
+            self._push(now + self._backoff(phone, error.after_s), phone, "send", outcome)
+            return
+        if isinstance(error, Refused):
             what, wait_s = "stopped", 0.0
-            outcome.secure.refusal = f"{r.code}: {r.message}"
-            if r.code not in LATE_CODES | {"secagg_phase_closed"}:
-                self.stats.failed[f"secagg_{r.code}"] += 1
+            outcome.secure.refusal = f"{error.code}: {error.message}"
+            if error.code not in LATE_CODES | {"secagg_phase_closed"}:
+                self.stats.failed[f"secagg_{error.code}"] += 1
         if what == "wait":  # the wait is wall seconds; the heap runs in simulated ones
-            self._push(now + max(wait_s, 0.2) * self.clock.speedup, phone, "send", outcome)
+            # (0 after a hold: ask again at once; a floor only for the polling exchanges)
+            floor = 0.0 if self.hold_s > 0 else 0.2
+            self._push(now + max(wait_s, floor) * self.clock.speedup, phone, "send", outcome)
             return
         if what == "done":
             c["completed"] += 1

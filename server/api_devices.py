@@ -6,6 +6,7 @@
 ``POST /v1/tasks/<task_id>/result``      framed upload (fedkb.wire) -> UploadResult
 ``POST /v1/tasks/<task_id>/abort``       AbortRequest -> AbortResult
 ``GET /v1/tasks/<task_id>/secagg``       a secure round's phase for the task -> SecAggStep
+                                         (``?wait_ms=``: held until the phase changes)
 ``POST /v1/tasks/<task_id>/secagg``      SecAggSubmit -> SecAggAck
 =======================================  ==============================================
 """
@@ -15,8 +16,13 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from fedkb.server.app import server_state
-from fedkb.server.errors import PayloadTooLarge, TooManyRequests, UnsupportedMediaType
-from fedkb.server.http import json_body, parse
+from fedkb.server.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
+from fedkb.server.http import json_body, parse, query_int
 from fedkb.wire import (
     UPLOAD_CONTENT_TYPE,
     AbortRequest,
@@ -27,6 +33,7 @@ from fedkb.wire import (
 
 bp = Blueprint("devices", __name__, url_prefix="/v1")
 SECAGG_JSON_SLACK = 4  # a masked vector in base64 JSON: under 4x the float32 update
+MAX_SECAGG_WAIT_MS = 30_000  # the longest a secure step may be held (?wait_ms=)
 
 
 @bp.post("/devices")
@@ -93,7 +100,18 @@ def abort(task_id: str):
 def secagg_step(task_id: str):
     s = server_state()
     device_id = s.authenticate(request)
-    return jsonify(s.machine.secagg_step(device_id, task_id).to_json())
+    wait_ms = query_int(request.args, "wait_ms", 0)
+    if not 0 <= wait_ms <= MAX_SECAGG_WAIT_MS:
+        raise BadRequest(f"wait_ms must be in 0..{MAX_SECAGG_WAIT_MS}", "bad_query")
+    step = s.machine.secagg_step(device_id, task_id)
+    # Nothing to do yet and willing to wait: hold the request (one of the WSGI threads
+    # that may be held, shared with held check-ins) until the round's phase changes
+    if wait_ms > 0 and step.phase == "waiting" and s.holds.acquire(False):
+        try:
+            step = s.machine.secagg_step(device_id, task_id, wait_s=wait_ms / 1000)
+        finally:
+            s.holds.release()
+    return jsonify(step.to_json())
 
 
 @bp.post("/tasks/<task_id>/secagg")

@@ -221,7 +221,10 @@ PATH_PARAMS = {"task_id": {"type": "string", "pattern": "^t-[0-9a-f]{24}$"},
                "name": FILE_NAME, "filename": FILE_NAME}
 QUERY = {"listRounds": [
     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
-    {"name": "before", "in": "query", "required": False, "schema": {"type": "integer"}}]}
+    {"name": "before", "in": "query", "required": False, "schema": {"type": "integer"}}],
+    "secaggStep": [  # hold the request until the phase changes, at most this long
+        {"name": "wait_ms", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0, "maximum": 30_000}}]}
 LINKS = {  # for stateful runs: a check-in's task, a listing's round, the latest version
     "checkin": {"upload": ("upload", {"task_id": "$response.body#/task/task_id"}),
                 "abort": ("abort", {"task_id": "$response.body#/task/task_id"})},

@@ -120,6 +120,7 @@ if TYPE_CHECKING:
     from fedkb.server.privacy.dp_rounds import PrivacyRounds
 
 log = logging.getLogger(__name__)
+HOLD_RECHECK_S = 0.5  # wall s: a held secure step looks again this often (a deadline)
 
 
 class RoundMachine:
@@ -243,6 +244,7 @@ class RoundMachine:
                     begin = getattr(self.handlers[rnd.phase.name], "begin", None)
                     if begin is not None:  # a phase that sets itself up (secure rounds)
                         begin(rnd, now)
+                    self.changed.notify_all()  # phones held on a secure step look again
                     best_effort(lambda r=rnd: self.db.update("rounds", "id", r.id, r.row()),
                                 f"round {rnd.id}'s phase")
         if self.model is None:
@@ -547,8 +549,24 @@ class RoundMachine:
 
     # --- secure rounds: the protocol's phases over HTTP ------------------------------------
 
-    def secagg_step(self, device_id: str, task_id: str) -> SecAggStep:
-        """What the secure round's current phase wants of the task's phone."""
+    def secagg_step(self, device_id: str, task_id: str, wait_s: float = 0.0) -> SecAggStep:
+        """What the secure round's current phase wants of the task's phone.
+
+        With ``wait_s``, a phone with nothing to do yet is held (at most that many wall
+        seconds) until the round's phase changes, instead of being told to ask again in
+        ``POLL_S``: the request handler's thread waits on :attr:`changed` (notified when
+        a phase ends) and looks again at least every ``HOLD_RECHECK_S``, when a phase
+        deadline may have passed."""
+        end = time.monotonic() + wait_s
+        with self.lock:
+            while True:
+                step = self._secagg_step(device_id, task_id)
+                left = end - time.monotonic()
+                if step.phase != "waiting" or left <= 0:
+                    return step
+                self.changed.wait(min(left, HOLD_RECHECK_S))
+
+    def _secagg_step(self, device_id: str, task_id: str) -> SecAggStep:
         with self.lock:
             self.advance()
             task = self.reports.owned_task(device_id, task_id, self.open)

@@ -152,8 +152,9 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
 
         shutil.rmtree(state)
     # phones selected ahead hold a check-in open (one server thread each) until their
-    # round's model exists: a thread per seat, the four the server never lends, four more
-    threads = max(8, seats(cfg.round) + 8)
+    # round's model exists: a thread per seat, the four the server never lends, four more;
+    # in secure rounds the training round's phones also hold their secure steps open
+    threads = max(8, seats(cfg.round) * (2 if cfg.secagg.enabled else 1) + 8)
     server = ServerProcess(state, model=artifact, config=config_file, rounds=cfg.rounds,
                            threads=threads if cfg.claim_hold_s > 0 else None)
     url = server.start()
@@ -193,7 +194,8 @@ def run_fleet_engine(cfg: FleetRunConfig, workdir: Path | None = None,
         config=config, rounds=round_rows(run.rounds, run.accepted),
         privacy=privacy_report(run.status),
         communication=communication(run.rounds, cfg.compression, run.served),
-        secure_aggregation=secure_aggregation(run.rounds, cfg.secagg))
+        secure_aggregation=secure_aggregation(run.rounds, cfg.secagg,
+                                              run.fleet.get("secure_steps")))
     if tmp is not None and not keep_server:
         tmp.cleanup()
     return report, run, (server if keep_server else None)

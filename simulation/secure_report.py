@@ -14,11 +14,12 @@ from fedkb.server.secure_round import SECURE_PHASES
 SECURE_PHASE_KEYS = tuple(f"{name}_s" for name in SECURE_PHASES)  # in a round's durations
 
 
-def secure_aggregation(rounds: list[dict[str, Any]], cfg: SecAggConfig
-                       ) -> dict[str, Any] | None:
+def secure_aggregation(rounds: list[dict[str, Any]], cfg: SecAggConfig,
+                       phones: dict[str, int] | None = None) -> dict[str, Any] | None:
     """Rounds run securely and aborted (by reason), dropouts seen and recovered per
-    phase, refused messages by code, the server's CPU seconds and each phase's median
-    duration; None when the run was not secure."""
+    phase, refused messages by code, the server's CPU seconds, each phase's median
+    duration, and the phones' own counts (``phones``: the fleet summary's
+    ``secure_steps``); None when the run was not secure."""
     if not cfg.enabled:
         return None
     train = [r for r in rounds if r["kind"] == "train"]
@@ -46,4 +47,5 @@ def secure_aggregation(rounds: list[dict[str, Any]], cfg: SecAggConfig
         "clipped_values": sum(int(r["secagg"].get("clipped_values") or 0) for r in secure),
         "server_cpu_s": {k: round(v, 4) for k, v in sums["server_cpu_s"].items()},
         "phase_s_median": phase_s,
+        "phones": dict(phones or {}),
     }

@@ -59,8 +59,9 @@ class TestTransport:
             raise Refused(r.status_code, err["code"], err["message"])
         return r.get_json()
 
-    def secagg_step(self, token: str, task_id: str) -> wire.SecAggStep:
-        r = self.h.client.get(f"/v1/tasks/{task_id}/secagg",
+    def secagg_step(self, token: str, task_id: str, wait_s: float = 0.0) -> wire.SecAggStep:
+        query = f"?wait_ms={round(wait_s * 1000)}" if wait_s > 0 else ""
+        r = self.h.client.get(f"/v1/tasks/{task_id}/secagg{query}",
                               headers={"Authorization": f"Bearer {token}"})
         return wire.SecAggStep.from_json(self._check(r))
 

@@ -38,6 +38,10 @@ def test_a_secure_fleet_run_commits_its_rounds_and_reports_them(tiny_data, tiny_
     # each round summed at least t inputs; the server saw only the masked vectors' bytes
     assert all(r["clients"] >= 3 for r in report["rounds"])
     assert all(r["wall_s"] > 0 for r in report["rounds"])
+    # the phones' exchanges ran on held requests (the fleet engine holds by default),
+    # and every phone that finished a protocol said so
+    phones = sa["phones"]
+    assert phones["held_steps"] > 0 and phones["completed"] >= 2 * 3
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -12,6 +12,8 @@ import gc
 import json
 import logging
 import sqlite3
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from secagg_support import CHI2_HIGH, CHI2_LOW, chi_square_top_byte
 from fedkb.clipping import clip_update
 from fedkb.compression.field import sum_mod
 from fedkb.secagg.messages import unpack_residues
+from fedkb.server import round_machine
 from fedkb.server.config import (
     CompressionConfig,
     ConfigError,
@@ -30,6 +33,7 @@ from fedkb.server.config import (
     ServerConfig,
     StrategyConfig,
 )
+from fedkb.server.secure_round import POLL_S
 
 N = 5  # t = ceil(0.6 * 5) = 3: up to n - t = 2 dropouts are survived
 
@@ -443,3 +447,70 @@ def test_a_broken_message_is_a_400_and_counted(tmp_path, body):
     assert r.status_code == 400, r.get_json()
     assert r.get_json()["error"]["code"] == "invalid_message"
     assert sh.round.stats.rejected == {"secagg_invalid_message": 1}
+
+
+def _held_step(sh: SecureHarness, i: int, wait_s: float, out: dict) -> threading.Thread:
+    """Phone i asks for its step with ``wait_s`` on a thread of its own (as a fleet
+    phone does); ``out`` gets the answer and how long it took."""
+    m = sh.members[i]
+
+    def ask() -> None:
+        t0 = time.monotonic()
+        out["step"] = sh.transport.secagg_step(m.device.token, m.task.task_id, wait_s)
+        out["took_s"] = time.monotonic() - t0
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_held_step_answers_the_moment_the_phase_changes(tmp_path, monkeypatch):
+    # no look at the deadlines within the test: only the phase change can wake the hold
+    monkeypatch.setattr(round_machine, "HOLD_RECHECK_S", 60.0)
+    sh = SecureHarness(secure_harness(tmp_path, N), N)
+    sh.step_all(skip={4})  # four phones advertised their keys; phone 4 has not
+    out: dict = {}
+    thread = _held_step(sh, 0, 20.0, out)
+    time.sleep(0.5)
+    assert thread.is_alive()  # nothing for phone 0 to do yet: the server holds it
+    sh.step_all(skip={0, 1, 2, 3})  # the last phone advertises: the phase ends now
+    thread.join(10)
+    assert out["step"].phase == "share_keys" and out["step"].message is not None
+    assert out["took_s"] < 10  # not the 20 s asked for: the phase change woke it
+    sh.run()
+    assert sh.round.state == "committed"
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
+
+
+def test_a_held_step_ends_at_its_wait_and_the_phone_asks_again_at_once(tmp_path):
+    sh = SecureHarness(secure_harness(tmp_path, N), N)
+    sh.step_all(skip={4})
+    m = sh.members[0]
+    t0 = time.monotonic()
+    what, after = m.secure.advance(sh.transport, m.device.token, wait_s=0.4)
+    assert time.monotonic() - t0 >= 0.4
+    assert (what, after) == ("wait", 0.0)  # held to the end: ask again now, not in 0.25 s
+    # with no WSGI thread to spare for holding, it is answered at once with its retry
+    holds = sh.h.state.holds
+    taken = 0
+    while holds.acquire(False):
+        taken += 1
+    try:
+        t0 = time.monotonic()
+        what, after = m.secure.advance(sh.transport, m.device.token, wait_s=5.0)
+        assert time.monotonic() - t0 < 2.0
+        assert what == "wait" and after == POLL_S
+    finally:
+        for _ in range(taken):
+            holds.release()
+    assert taken > 0
+
+
+@pytest.mark.parametrize("query", ["wait_ms=-1", "wait_ms=30001", "wait_ms=soon",
+                                   "wait_ms=1&wait_ms=2"])
+def test_a_bad_wait_is_a_400(tmp_path, query):
+    sh = SecureHarness(secure_harness(tmp_path, N), N)
+    m = sh.members[0]
+    r = sh.h.client.get(f"/v1/tasks/{m.task.task_id}/secagg?{query}",
+                        headers={"Authorization": f"Bearer {m.device.token}"})
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_query"
