@@ -154,8 +154,17 @@ class RoundMachine:
         self.unsaved = PendingRows()  # closed rounds' rows a full disk kept from the db
         self.last_round_bytes: dict[str, int] = {}  # of the last committed training round
         # the mean examples per report of the last committed training round (public: the
-        # reports' metadata), the example-weighted secure mean's cap (_secure_weight_cap)
-        self.last_examples_per_report: float | None = None
+        # reports' metadata), the example-weighted secure mean's cap (_secure_weight_cap);
+        # read back from that round's row after a restart
+        self.last_examples_per_report: float | None = self._examples_per_report_of_last()
+
+    def _examples_per_report_of_last(self) -> float | None:
+        row = self.db.one("SELECT stats FROM rounds WHERE kind = ? AND state = ? "
+                          "ORDER BY id DESC LIMIT 1", (TRAIN, COMMITTED))
+        if row is None:
+            return None
+        stats = RoundStats.from_json(row_dict(row)["stats"])
+        return stats.num_examples / stats.reported if stats.reported > 0 else None
 
     @property
     def artifact(self) -> Artifact | None:

@@ -24,6 +24,7 @@ from fedkb.clipping import clip_update
 from fedkb.compression.field import sum_mod
 from fedkb.secagg.messages import unpack_residues
 from fedkb.server import round_machine
+from fedkb.server.app import create_app
 from fedkb.server.config import (
     CompressionConfig,
     ConfigError,
@@ -97,6 +98,10 @@ def test_the_first_secure_round_weighs_every_phone_one(tmp_path):
     assert sh.round.state == "committed", sh.round.reason
     stats = sh.round.stats
     assert h.state.machine.last_examples_per_report == stats.num_examples / stats.reported
+    # a restarted server reads ŵ back from the committed round's row
+    again = create_app(h.state.config, clock=h.clock)
+    assert (again.extensions["fedkb"].machine.last_examples_per_report
+            == stats.num_examples / stats.reported)
 
 
 def test_a_secure_round_commits_the_exact_sum(tmp_path):
