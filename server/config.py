@@ -447,6 +447,11 @@ class SecAggConfig:
             neighbours (even, >= 2; None: every other phone, full SecAgg).
         phase_deadline_s: the deadline of each phase after the first (the first,
             advertise keys, has the round's ``reporting_deadline_s``: phones train in it).
+        unmask_quiet_s: unmasking also ends once at least t phones have answered and
+            none has for this long (0: only when all have, or at the deadline). t
+            answers are all the protocol needs; the rest are phones that unplugged after
+            their masked input, which cannot tell the server (their task is reported),
+            and would otherwise hold the round to the phase's deadline.
         clip: the L2 norm phones clip their delta to before encoding, when neither
             ``[privacy]`` (its clip wins) nor ``strategy.clip_norm`` sets one (the server
             cannot clip an update it never sees).
@@ -458,6 +463,7 @@ class SecAggConfig:
     threshold: float = 0.6
     neighbours: int | None = None
     phase_deadline_s: float = 30.0
+    unmask_quiet_s: float = 3.0
     clip: float | None = None
     range_sigmas: float = 4.0
 
@@ -470,6 +476,8 @@ class SecAggConfig:
         if self.neighbours is not None and (self.neighbours < 2 or self.neighbours % 2):
             raise ConfigError(f"secagg.neighbours must be even and >= 2, not {self.neighbours}")
         _positive(self, "phase_deadline_s", "range_sigmas")
+        if not (math.isfinite(self.unmask_quiet_s) and self.unmask_quiet_s >= 0):
+            raise ConfigError(f"secagg.unmask_quiet_s must be >= 0, not {self.unmask_quiet_s}")
         if self.clip is not None:
             _positive(self, "clip")
 

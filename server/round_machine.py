@@ -613,7 +613,7 @@ class RoundMachine:
             rnd = self.reports.open_round(task, self.open)  # late / abandoned: refused
             assert rnd.secure is not None
             phase = rnd.phase.name
-            refusal = rnd.secure.submit(task, rnd, sub, msg, len(body))
+            refusal = rnd.secure.submit(task, rnd, sub, msg, len(body), now)
             if refusal is not None:
                 self.reports.reject(task.round_id, f"secagg_{refusal.code}", self.open)
                 if refusal.code in LATE_CODES:

@@ -132,6 +132,7 @@ class SecureRound:
         self.result: SumResult | None = None
         self.abort: Abort | None = None
         self.responders: set[int] = set()
+        self.last_answer_at: float | None = None  # server clock of the newest accepted message
         self.scalars: dict[int, tuple[int, float | None]] = {}  # uid -> (examples, loss)
         self.unclipped: dict[int, bool | None] = {}  # uid -> the phone's clip bit
         self.refused: Counter[str] = Counter()
@@ -269,8 +270,9 @@ class SecureRound:
         return out
 
     def submit(self, task: TaskRecord, rnd: RoundState, sub: SecAggSubmit, msg: Any,
-               size: int) -> Refusal | None:
-        """Take a phone's message for the current phase (None) or refuse it."""
+               size: int, now: float | None = None) -> Refusal | None:
+        """Take a phone's message for the current phase (None) or refuse it; ``now``
+        (the server's clock) is when it came, for unmasking's quiet rule."""
         s = self.server
         uid = self.uids.get(task.id)
         name = rnd.phase.name
@@ -290,6 +292,8 @@ class SecureRound:
             self.refused[refusal.code] += 1
             return refusal
         self.bytes_up += size
+        if now is not None:
+            self.last_answer_at = now
         if name == MASKED:
             self.scalars[uid] = (int(sub.num_examples or 0), sub.loss)
             self.unclipped[uid] = sub.unclipped
@@ -351,7 +355,14 @@ class SecurePhase:
         if sec is None or sec.abort is not None or now >= rnd.phase_deadline:
             return True
         waiting = sec.expected(self.name) - sec.answered(self.name) - self._gone(rnd, sec)
-        return not waiting
+        if not waiting:
+            return True
+        # unmasking: t answers are enough; the silent rest unplugged after their masked
+        # input (they cannot abort a reported task), so do not wait out the deadline
+        quiet = sec.cfg.unmask_quiet_s
+        return (self.name == UNMASK and quiet > 0 and sec.params is not None
+                and len(sec.answered(UNMASK)) >= sec.params.threshold
+                and sec.last_answer_at is not None and now - sec.last_answer_at >= quiet)
 
     def end(self, rnd: RoundState, now: float) -> None:
         if rnd.secure is not None:

@@ -519,3 +519,42 @@ def test_a_bad_wait_is_a_400(tmp_path, query):
     r = sh.h.client.get(f"/v1/tasks/{m.task.task_id}/secagg?{query}",
                         headers={"Authorization": f"Bearer {m.device.token}"})
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_query"
+
+
+def test_unmasking_ends_once_t_answered_and_the_rest_stay_quiet(tmp_path):
+    """A phone that unplugs after its masked input cannot tell the server (its task is
+    reported): unmasking ends ``unmask_quiet_s`` after the last answer once t phones
+    have answered, not at the phase's deadline, and the sum is still every summand's."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    for _ in range(10):
+        if sh.phase() == "unmasking":
+            break
+        sh.step_all()
+    assert sh.phase() == "unmasking"
+    quiet = sh.round.secure.cfg.unmask_quiet_s
+    assert 0 < quiet < sh.round.phase.deadline_s
+    sh.step_all(skip={3, 4})  # three answers: t = 3; phones 3 and 4 have unplugged
+    h.clock.advance(quiet * 0.6)
+    sh.machine.tick()
+    assert sh.phase() == "unmasking"  # quiet for less than unmask_quiet_s: it waits
+    h.clock.advance(quiet * 0.6)
+    sh.machine.tick()
+    assert sh.round.state == "committed", sh.round.reason
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
+
+
+def test_with_fewer_than_t_answers_unmasking_waits_for_its_deadline(tmp_path):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    for _ in range(10):
+        if sh.phase() == "unmasking":
+            break
+        sh.step_all()
+    sh.step_all(skip={2, 3, 4})  # two answers, t = 3
+    h.clock.advance(sh.round.secure.cfg.unmask_quiet_s * 2)
+    sh.machine.tick()
+    assert sh.phase() == "unmasking"
+    h.clock.advance(sh.round.phase.deadline_s)
+    sh.machine.tick()
+    assert sh.round.state == "abandoned" and sh.round.reason == "secagg_unmasking"
