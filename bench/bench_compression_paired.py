@@ -1,0 +1,137 @@
+"""What an uplink encoding costs in held-out recall, paired: the same clients, the same
+batches, only the encoding differs.
+
+    uv run --frozen --no-sync python bench/bench_compression_paired.py --data DIR \
+        [--model DIR] [--seeds 0-4] [--rounds 20] [--clients-per-round 20] \
+        [--encodings float32,q4:5000,q8] [--jsonl OUT]
+
+Fleet runs of one seed are paired only loosely (a run's timing decides who reports), so
+their seed-to-seed spread (~4 top-1 points at 20x20) hides any 0.3-point effect. Here each
+seed fixes the client sampling and every client's batch seed (TFF's engine sampling,
+:func:`fedkb.simulation.schedule.federated_rounds`), and every encoding trains the same
+schedule with the fleet's math and no server: LiteRT clients (the artifact's ``train``
+signature, the plan's lr / max steps / gradient clip), each delta through the phone's
+encoder and the server's decoder (:func:`fedkb.plan_codec.encode_delta` /
+``decode_delta``, stochastic rounding seeded by the task's batch seed as on a phone),
+the server's aggregator and optimizer (:func:`fedkb.server.strategy.make_strategy`: the
+brief's fedavgm 0.7, clip 4, example-weighted mean), then the fleet engine's LiteRT
+held-out evaluation. The per-seed difference to float32 is the encoding's cost.
+
+An encoding is ``NAME[+rotate][:MIN_ELEMENTS]`` (``q4:5000``: 4 bits, tensors of 5,000
+values or more quantized). One JSON line per (seed, encoding) run; a table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_seeds(text: str) -> list[int]:
+    if "-" in text and "," not in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def parse_encoding(text: str) -> dict:
+    name, _, minimum = text.partition(":")
+    base, _, rot = name.partition("+")
+    return {"label": text, "uplink": base, "rotate": rot == "rotate",
+            "min_elements": int(minimum) if minimum else 20_000}
+
+
+def one_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> dict:
+    from fedkb.plan_codec import decode_delta, encode_delta
+    from fedkb.server.config import ClientConfig, StrategyConfig
+    from fedkb.server.strategy import make_strategy
+    from fedkb.simulation.fleet_engine import heldout_eval
+
+    client = ClientConfig(lr=args.lr, max_steps=args.max_steps, grad_clip=args.grad_clip)
+    strategy = make_strategy(StrategyConfig(name="fedavgm", server_lr=args.server_lr,
+                                            clip_norm=args.clip_norm), client)
+    shapes = [s.shape for s in trainer.specs]
+    w = trainer.artifact.initial_weights()
+    t0 = time.perf_counter()
+    up_bytes: list[int] = []
+    for version, clients in enumerate(schedule, 1):
+        agg = strategy.aggregator(trainer.specs)
+        for user, seed in clients:
+            plan = strategy.configure("train", trainer.artifact.batch_size)
+            plan = dataclasses.replace(
+                plan, seed=int(seed), uplink=enc["uplink"], rotate=enc["rotate"],
+                rotation_seed=int(seed) if enc["rotate"] else None,
+                min_elements=enc["min_elements"])
+            res = trainer.train(w, ds.shard(user).train, epochs=plan.epochs,
+                                max_steps=plan.max_steps, lr=plan.lr, seed=plan.seed,
+                                grad_clip=plan.grad_clip or None)
+            body, _ = encode_delta(res.delta, plan)
+            up_bytes.append(len(body))
+            agg.accumulate(decode_delta(body, plan, shapes), float(res.num_examples))
+        w = strategy.aggregate(w, agg.result(), version)
+    train_s = time.perf_counter() - t0
+    counts, loss = heldout_eval(artifact, w, ds)
+    return {"encoding": enc["label"], "top1": counts.top1_recall, "top3": counts.top3_recall,
+            "heldout_loss": loss, "uplink_bytes_median": int(statistics.median(up_bytes)),
+            "train_s": round(train_s, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, help="default: DATA/models/small")
+    p.add_argument("--seeds", default="0-4")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--clients-per-round", type=int, default=20)
+    p.add_argument("--encodings", default="float32,q4:5000,q8")
+    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=50)
+    p.add_argument("--grad-clip", type=float, default=5.0)
+    p.add_argument("--server-lr", type=float, default=0.7)
+    p.add_argument("--clip-norm", type=float, default=4.0)
+    p.add_argument("--jsonl", type=Path, default=None, help="append each run's line here")
+    args = p.parse_args()
+
+    from fedkb.datasets.store import Dataset
+    from fedkb.device_runtime.trainer import Trainer
+    from fedkb.simulation.schedule import federated_rounds
+
+    ds = Dataset.open(args.data)
+    artifact = args.model or args.data / "models" / "small"
+    trainer = Trainer(artifact, num_threads=1)
+    encodings = [parse_encoding(e) for e in args.encodings.split(",")]
+    rows: list[dict] = []
+    for seed in parse_seeds(args.seeds):
+        schedule = federated_rounds(ds.train_users, args.rounds, args.clients_per_round, seed)
+        for enc in encodings:
+            row = {"seed": seed, **one_run(trainer, ds, artifact, schedule, enc, args)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.jsonl is not None:
+                with args.jsonl.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+    base = encodings[0]["label"]
+    by = {(r["seed"], r["encoding"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"\n| encoding | bytes/update | top-1 per seed | mean top-1 | "
+          f"top-1 minus {base}, per seed | mean difference (± std error) |\n"
+          "|---|---:|---|---:|---|---:|")
+    for enc in encodings:
+        lab = enc["label"]
+        top1 = [100 * by[s, lab]["top1"] for s in seeds]
+        diff = [100 * (by[s, lab]["top1"] - by[s, base]["top1"]) for s in seeds]
+        se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+        print(f"| {lab} | {by[seeds[0], lab]['uplink_bytes_median']:,} | "
+              f"{', '.join(f'{t:.2f}' for t in top1)} | {np.mean(top1):.2f} | "
+              f"{', '.join(f'{d:+.2f}' for d in diff)} | {np.mean(diff):+.2f} ± {se:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
