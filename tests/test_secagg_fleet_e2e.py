@@ -5,22 +5,29 @@ phone processes (LiteRT training, the secure phases over HTTP), and its report's
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+def _command(tiny_data, tiny_artifact) -> list[str]:
+    return [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
+            str(tiny_data), "--preset", "tiny", "--rounds", "2", "--clients-per-round", "4",
+            "--devices", "16", "--workers", "1", "--selection-window", "3",
+            "--reporting-deadline", "30", "--overselect", "1.0", "--clip-norm", "4",
+            "--uplink", "q8", "--artifact", str(tiny_artifact), "--json"]
+
+
 def _simulate(tiny_data, tiny_artifact, *extra: str, timeout: float = 240):
-    return subprocess.run(
-        [sys.executable, "-m", "fedkb", "simulate", "--engine", "fleet", "--data",
-         str(tiny_data), "--preset", "tiny", "--rounds", "2", "--clients-per-round", "4",
-         "--devices", "16", "--workers", "1", "--selection-window", "3",
-         "--reporting-deadline", "30", "--overselect", "1.0", "--clip-norm", "4",
-         "--uplink", "q8", "--artifact", str(tiny_artifact), "--json", *extra],
-        capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*_command(tiny_data, tiny_artifact), *extra],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_a_secure_fleet_run_commits_its_rounds_and_reports_them(tiny_data, tiny_artifact):
@@ -60,3 +67,26 @@ def test_bad_secure_settings_are_refused_at_start(tiny_data, tiny_artifact, extr
                "--json", *extra])
     err = capsys.readouterr().err
     assert rc != 0 and message in err, err[-2000:]
+
+
+def test_a_secure_fleet_run_on_ray(tiny_data, tiny_artifact):
+    """The same secure run with the phones on a local Ray (``--ray``): shards' phones step
+    the protocol on their pool threads like worker processes' phones do."""
+    pytest.importorskip("ray")
+    # a short temp dir of its own: Ray's socket paths must fit in 107 bytes
+    temp = tempfile.mkdtemp(prefix="fkrs", dir="/tmp")
+    try:
+        proc = subprocess.run(
+            [*_command(tiny_data, tiny_artifact), "--secagg", "--secagg-threshold", "3",
+             "--ray", "--ray-shards", "1", "--ray-trainers", "1"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "RAY_TMPDIR": temp})
+        left = [p.pid for p in psutil.process_iter(["cmdline"])
+                if temp in " ".join(p.info["cmdline"] or [])]
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not left, f"Ray processes left: {left}"
+    sa = json.loads(proc.stdout)["secure_aggregation"]
+    assert sa["rounds_secure"] == 2
+    assert sa["phones"]["held_steps"] > 0 and sa["phones"]["completed"] >= 2 * 3
