@@ -119,6 +119,10 @@ class RayFleet:
         self.ended: list[dict[str, Any]] = []
         self.accepted: dict[tuple[str, int, str], list[list]] = {}
         self.lives_ended = 0
+        # each actor's current life as the driver knows it: from its ready() answer, then
+        # from every snapshot (a shard killed before it ever answered a snapshot still
+        # has one, so its restart counts)
+        self.lives: dict[tuple[str, int], str] = {}
         self.silent: set[tuple[str, int]] = set()  # did not answer the last poll
         self.pending: dict[tuple[str, int], Any] = {}  # the call out to each actor
         self.timings: dict[str, float] = {}  # connecting, and the actors' start (phones built)
@@ -142,14 +146,17 @@ class RayFleet:
             _, pending = ray.wait(refs, num_returns=len(refs), timeout=1.0)
         if stop is not None and stop.is_set():
             return []
-        ready = refs
         if pending:
             raise RuntimeError(
                 f"{len(pending)} of {len(refs)} fleet actors did not start within "
                 f"{self.opts.ready_timeout_s:g} s; the cluster has {ray.cluster_resources()} "
                 f"({ray.available_resources()} free): declare less per actor (RayOptions) "
                 f"or add nodes")
-        return ray.get(ready)
+        infos = [ray.get(ref) for ref in refs]
+        for (key, _), info in zip(self.actors(), infos, strict=True):
+            if info.get("incarnation"):
+                self.lives[key] = info["incarnation"]
+        return infos
 
     def _call(self, key: tuple[str, int], actor: Any, method: str) -> Any:
         if key[0] == "trainer":
@@ -198,10 +205,14 @@ class RayFleet:
     def _take(self, key: tuple[str, int], snap: dict[str, Any]) -> None:
         prev = self.latest.get(key)
         life = snap.get("incarnation", "")
+        known = self.lives.get(key, prev.get("incarnation") if prev is not None else None)
+        if known is not None and known != life:
+            self.lives_ended += 1  # it died and Ray restarted it
         if prev is not None and prev.get("incarnation", "") != life:
-            self.lives_ended += 1  # it died and Ray restarted it: keep what it had done
+            # keep what the ended life had done
             self.lost_in_flight += int(prev.get("training", 0))
             self.ended.append({**prev, "training": 0, "eligible": 0, "phones": 0})
+        self.lives[key] = life
         self.accepted.setdefault((*key, life), []).extend(snap.pop("accepted", []))
         self.latest[key] = snap
 

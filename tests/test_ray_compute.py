@@ -129,6 +129,7 @@ def test_a_restarted_shard_that_answers_slowly_is_counted_once_it_answers(monkey
                                  "node": "dead"}}
     run.accepted, run.ended, run.silent, run.pending = {}, [], {("shard", 0)}, {}
     run.lives_ended = run.lost_in_flight = 0
+    run.lives = {}
     for _ in range(14):  # the driver polls twice a second
         run.poll()
         _Clock.now += 0.5
@@ -139,3 +140,33 @@ def test_a_restarted_shard_that_answers_slowly_is_counted_once_it_answers(monkey
     assert len(slow.calls) == 14 - 11 + 1 and len(quick.calls) == 14
     run.poll("stop", timeout_s=60.0)
     assert slow.calls[-1][0] == "stop" and quick.calls[-1][0] == "stop"
+
+
+def test_a_shard_killed_before_its_first_snapshot_still_counts_its_restart(monkeypatch):
+    """Under load a shard may be killed before the driver ever got one of its snapshots
+    (stop 27's fresh-clone run: the restarted shard's phones registered, yet
+    ``actor_lives_ended`` was 0). The life its ready() answer named is the one that
+    ended."""
+    import ray
+
+    from fedkb.device_runtime.ray_fleet import RayFleet
+
+    def wait(refs, num_returns, timeout):
+        _Clock.now = min(_Clock.now + timeout, max([_Clock.now, *(r.ready_at for r in refs)]))
+        ready = [r for r in refs if r.ready_at <= _Clock.now]
+        return ready, [r for r in refs if r not in ready]
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "get", lambda ref: ref.value)
+    _Clock.now = 0.0
+    restarted = _Actor("second-life", built_at=0.0, latency_s=0.01)
+    run = object.__new__(RayFleet)
+    run.shards, run.trainers = [restarted], []
+    run.latest, run.accepted, run.ended, run.silent, run.pending = {}, {}, [], set(), {}
+    run.lives_ended = run.lost_in_flight = 0
+    run.lives = {("shard", 0): "first-life"}  # what wait_ready() recorded
+    run.poll()
+    assert run.lives_ended == 1
+    assert run.latest[("shard", 0)]["incarnation"] == "second-life"
+    run.poll()  # the same life again: nothing more ended
+    assert run.lives_ended == 1
