@@ -144,7 +144,7 @@ def test_a_restarted_shard_that_answers_slowly_is_counted_once_it_answers(monkey
 
 def test_a_shard_killed_before_its_first_snapshot_still_counts_its_restart(monkeypatch):
     """Under load a shard may be killed before the driver ever got one of its snapshots
-    (stop 27's fresh-clone run: the restarted shard's phones registered, yet
+    (a fresh-clone run under load: the restarted shard's phones registered, yet
     ``actor_lives_ended`` was 0). The life its ready() answer named is the one that
     ended."""
     import ray
