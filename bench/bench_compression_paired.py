@@ -17,8 +17,10 @@ the server's aggregator and optimizer (:func:`fedkb.server.strategy.make_strateg
 brief's fedavgm 0.7, clip 4, example-weighted mean), then the fleet engine's LiteRT
 held-out evaluation. The per-seed difference to float32 is the encoding's cost.
 
-An encoding is ``NAME[+rotate][:MIN_ELEMENTS]`` (``q4:5000``: 4 bits, tensors of 5,000
-values or more quantized). One JSON line per (seed, encoding) run; a table at the end.
+An encoding is ``NAME[+rotate][:MIN_ELEMENTS][/f16]`` (``q4:5000``: 4 bits, tensors of
+5,000 values or more quantized; ``/f16``: the global weights broadcast as float16, as
+``--downlink float16`` does: the phone trains from them widened to float32). One JSON
+line per (seed, encoding) run; a table at the end.
 """
 
 from __future__ import annotations
@@ -41,14 +43,18 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_encoding(text: str) -> dict:
-    name, _, minimum = text.partition(":")
+    spec, _, down = text.partition("/")
+    name, _, minimum = spec.partition(":")
     base, _, rot = name.partition("+")
+    if down not in ("", "f16"):
+        raise SystemExit(f"a downlink is /f16 or nothing, not /{down}")
     return {"label": text, "uplink": base, "rotate": rot == "rotate",
-            "min_elements": int(minimum) if minimum else 20_000}
+            "min_elements": int(minimum) if minimum else 20_000,
+            "downlink": "float16" if down == "f16" else "float32"}
 
 
 def one_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> dict:
-    from fedkb.plan_codec import decode_delta, encode_delta
+    from fedkb.plan_codec import decode_delta, encode_delta, float16_weights
     from fedkb.server.config import ClientConfig, StrategyConfig
     from fedkb.server.strategy import make_strategy
     from fedkb.simulation.fleet_engine import heldout_eval
@@ -68,7 +74,11 @@ def one_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> dict:
                 plan, seed=int(seed), uplink=enc["uplink"], rotate=enc["rotate"],
                 rotation_seed=int(seed) if enc["rotate"] else None,
                 min_elements=enc["min_elements"])
-            res = trainer.train(w, ds.shard(user).train, epochs=plan.epochs,
+            # a float16 broadcast: the phone trains from the weights rounded to float16
+            # (widened to float32); the server applies the mean delta to its exact model
+            start = w if enc["downlink"] == "float32" else \
+                [a.astype(np.float32) for a in float16_weights(w)]
+            res = trainer.train(start, ds.shard(user).train, epochs=plan.epochs,
                                 max_steps=plan.max_steps, lr=plan.lr, seed=plan.seed,
                                 grad_clip=plan.grad_clip or None)
             body, _ = encode_delta(res.delta, plan)
