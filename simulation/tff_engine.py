@@ -41,6 +41,24 @@ import numpy as np
 from fedkb.codec import decode_arrays, encode_arrays
 
 
+def _wait_group_gone(pgid: int, timeout_s: float = 10.0) -> None:
+    """Until no live process of group ``pgid`` is left, at most ``timeout_s``: a SIGKILLed
+    worker_binary takes a moment to die (a zombie left unreaped by an init that does not
+    reap counts as gone)."""
+    import psutil
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        alive = []
+        for p in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile
+                if os.getpgid(p.info["pid"]) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+        if not alive:
+            return
+        time.sleep(0.05)
+
+
 def run_tff_isolated(spec: dict[str, Any] | list[dict[str, Any]], workdir: Path,
                      timeout: float | None = None, quiet: bool = True) -> Any:
     """Run the TFF reference in a child process group; always reap the group.
@@ -62,6 +80,7 @@ def run_tff_isolated(spec: dict[str, Any] | list[dict[str, Any]], workdir: Path,
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the worker_binary lives in this group
         proc.wait()
+        _wait_group_gone(proc.pid)
         if log is not None:
             log.close()
     if rc != 0 or not out_path.exists():
