@@ -40,6 +40,7 @@ from fedkb.device_runtime.holds import CheckinHolds, Claimed
 from fedkb.device_runtime.model_cache import ModelCache
 from fedkb.device_runtime.phone import Outcome, Phone, run_task
 from fedkb.device_runtime.profile import DeviceProfile
+from fedkb.device_runtime.secagg_client import TRAIN, SecureTask
 from fedkb.device_runtime.secure_steps import SecureSteps, Stepped
 from fedkb.device_runtime.traces import State
 
@@ -104,6 +105,9 @@ class Worker:
         # with hold_s, a secure round's exchanges run on held requests off this loop
         self._secure: dict[int, tuple[Phone, Outcome]] = {}  # by step id
         self._steps: SecureSteps | None = None  # started on the first secure exchange
+        # secure tasks whose protocol runs beside their training job, by task id
+        self._chains: dict[str, Outcome] = {}
+        self._chain_jobs: dict[int, str] = {}  # their training jobs' ids -> task ids
         self._rng = random.Random(seed)
         self.faults = faults  # phones that misbehave on purpose (None: all honest)
 
@@ -178,6 +182,14 @@ class Worker:
         # the job may have run on a copy of the phone (another worker process)
         phone.cached_version, phone.has_artifact = done.cached_version, done.has_artifact
         outcome = done.outcome
+        chain = self._chains.pop(self._chain_jobs.pop(done.job_id, ""), None)
+        if chain is not None:
+            if chain.secure.ended:  # its protocol ended the task already (the phone is free)
+                return
+            if outcome is not None and outcome.kind == "secagg":
+                self._trained(phone, chain, outcome)
+                return
+            chain.secure.ended = True  # it will not train: its abort (or nothing) ends it
         if outcome is None:  # the task could not even start (download failed, etc.)
             phone.busy = False
             self.stats.training -= 1
@@ -253,6 +265,12 @@ class Worker:
         self._pending[job_id] = phone
         self.compute.submit(Job(self.owner, job_id, phone, resp.task, now, time.monotonic(),
                                 size))
+        if resp.task.plan.secagg and resp.task.plan.kind == "train":
+            # the keys go out while it trains (fedkb.device_runtime.secagg_client)
+            chain = Outcome(resp.task, now, "secagg", secure=SecureTask(resp.task))
+            self._chains[resp.task.task_id] = chain
+            self._chain_jobs[job_id] = resp.task.task_id
+            self._secure_step(phone, chain, now)
 
     def _hold(self, phone: Phone, state: State, now: float) -> None:
         """Check in again on a pool thread, asking the server to hold it open.
@@ -308,12 +326,16 @@ class Worker:
         exchanges the phone's conditions are read off its trace: one that stops being
         eligible mid-protocol aborts its task and answers nothing more (a dropout)."""
         c = self.stats.counts
+        secure = outcome.secure
+        if secure.ended:  # its training's abort ended the task meanwhile
+            return
         state = phone.profile.trace.state_at(now)
-        if not state.eligible and not outcome.secure.update:  # its masked input is in:
+        if not state.eligible and secure.masked:  # its masked input is in:
             c["secagg_unplugged"] += 1  # a dropout after it (the task is reported)
-            self._secure_end(phone)
+            self._secure_end(phone, outcome)
             return
         if not state.eligible:
+            secure.ended = True
             outcome = Outcome(outcome.task, now, "abort", reason=state.why_not() or "offline",
                               timings=outcome.timings)
             c["secagg_unplugged"] += 1
@@ -347,7 +369,7 @@ class Worker:
 
     def _stepped(self, done: Stepped) -> None:
         phone, outcome = self._secure.pop(done.step_id, (None, None))
-        if phone is None or outcome is None:
+        if phone is None or outcome is None or outcome.secure.ended:
             return
         self._secure_result(phone, outcome, self.clock.now(), done.what, done.wait_s,
                             done.error)
@@ -366,6 +388,12 @@ class Worker:
             outcome.secure.refusal = f"{error.code}: {error.message}"
             if error.code not in LATE_CODES | {"secagg_phase_closed"}:
                 self.stats.failed[f"secagg_{error.code}"] += 1
+        if what == TRAIN:  # at its masked input before its training came back
+            if outcome.secure.update is None:
+                outcome.secure.parked = True  # _trained sends it on
+            else:
+                self._push(now, phone, "send", outcome)
+            return
         if what == "wait":  # the wait is wall seconds; the heap runs in simulated ones
             # (0 after a hold: ask again at once; a floor only for the polling exchanges)
             floor = 0.0 if self.hold_s > 0 else 0.2
@@ -380,9 +408,20 @@ class Worker:
             c["bytes_up"] += sum(outcome.secure.sent.values())
         else:
             c["secagg_stopped"] += 1
-        self._secure_end(phone)
+        self._secure_end(phone, outcome)
 
-    def _secure_end(self, phone: Phone) -> None:
+    def _trained(self, phone: Phone, chain: Outcome, trained: Outcome) -> None:
+        """A secure task's training came back: its protocol masks the delta next."""
+        self.stats.counts["bytes_down"] += int(trained.timings.get("download_bytes", 0))
+        t = trained.secure
+        chain.timings.update(trained.timings)
+        chain.secure.trained(t.update, t.num_examples, t.loss, trained.timings)
+        if chain.secure.parked:  # it waits at the masked input: go on once trained
+            chain.secure.parked = False
+            self._push(trained.due, phone, "send", chain)
+
+    def _secure_end(self, phone: Phone, outcome: Outcome) -> None:
+        outcome.secure.ended = True
         phone.backoff_s = 1.0
         phone.busy = False
         self.stats.training -= 1

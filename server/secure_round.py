@@ -4,11 +4,16 @@ phases (data), driven by the round machine like selection and reporting.
 A secure training round's phases (:func:`secure_round_phases`)::
 
     selection --> advertise_keys --> share_keys --> masked_input --> unmasking --> commit
-                  (phones train,     (sealed        (the masked     (shares of b /
-                   then send keys)    shares)        vectors)        s_SK)
+                  (keys, while       (sealed        (phones train,  (shares of b /
+                   phones train)      shares)        mask, send)     s_SK)
 
-Each has its own deadline (advertise keys: ``round.reporting_deadline_s``, since phones
-train in it; the others ``secagg.phase_deadline_s``) and minimum count
+Phones start training when they get their task and send their keys meanwhile (from a
+pool thread: :mod:`fedkb.device_runtime.secagg_client`), so the key phases take a
+fraction of a second and each phone masks and sends as soon as it has trained: masking
+overlaps the others' training instead of starting after the slowest. A phone that stops
+in training is a dropout after ShareKeys, which the protocol recovers. Each phase has its
+own deadline (masked input: ``round.reporting_deadline_s``, since phones train in it;
+the others ``secagg.phase_deadline_s``) and minimum count
 ``max(t, min_reports)`` (unmasking: t responders; the summands are the masked-input
 phase's survivors); it ends at its deadline or once every phone still in the
 protocol has answered, and the round is abandoned (``secagg_<phase>``, the protocol's
@@ -97,7 +102,7 @@ def secure_round_phases(cfg: RoundConfig, sa: SecAggConfig, goal: int) -> tuple[
     t = sa.threshold_for(cfg.target(goal))
     sel = max(need, t if sa.threshold > 1 else 2)
     return (Phase("selection", "selecting", cfg.selection_window_s, sel, "too_few_devices"),
-            *(Phase(name, TRAINING, cfg.reporting_deadline_s if name == ADVERTISE
+            *(Phase(name, TRAINING, cfg.reporting_deadline_s if name == MASKED
                     else sa.phase_deadline_s, t if name == UNMASK else max(need, t),
                     f"secagg_{name}")
               for name in SECURE_PHASES))

@@ -22,6 +22,8 @@ from secagg_support import CHI2_HIGH, CHI2_LOW, chi_square_top_byte
 
 from fedkb.clipping import clip_update
 from fedkb.compression.field import sum_mod
+from fedkb.device_runtime.client import Retry
+from fedkb.device_runtime.secagg_client import STOPPED, TRAIN, WAIT, SecureTask
 from fedkb.secagg.messages import unpack_residues
 from fedkb.server import round_machine
 from fedkb.server.app import create_app
@@ -243,6 +245,108 @@ def test_an_unplugged_phone_aborts_and_the_phase_ends_early(tmp_path):
     assert h.clock() == t0  # nobody waited out a deadline for the unplugged phone
     assert sh.round.stats.aborted == {"not_charging": 1}
     assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, [0, 1, 2, 3]))
+
+
+def _untrained(sh: SecureHarness) -> list[str]:
+    """Every phone starts its protocol before it has trained (as the worker runs it);
+    returns the list the transport's GETs are logged to (by task id)."""
+    for m in sh.members:
+        m.secure = SecureTask(m.task)
+    gets: list[str] = []
+    get = sh.transport.secagg_step
+
+    def logged(token: str, task_id: str, wait_s: float = 0.0):
+        gets.append(task_id)
+        return get(token, task_id, wait_s)
+
+    sh.transport.secagg_step = logged  # type: ignore[method-assign]
+    return gets
+
+
+def test_phones_share_keys_before_they_train_and_mask_once_trained(tmp_path):
+    """The key phases need no delta; at the masked input an untrained phone keeps its
+    relay and says TRAIN; once trained it masks from that relay with no new GET."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    gets = _untrained(sh)
+    for _ in range(4):
+        if sh.phase() == "masked_input":
+            break
+        sh.step_all()
+    assert sh.phase() == "masked_input" and all(m.state == WAIT for m in sh.members)
+    sh.step_all()  # each gets its relay and has nothing to mask yet
+    assert [m.state for m in sh.members] == [TRAIN] * N
+    assert all(m.secure.relay is not None and not m.secure.masked for m in sh.members)
+    assert sh.phase() == "masked_input"  # nobody has answered it
+    before = len(gets)
+    for i, m in enumerate(sh.members):
+        assert m.secure.advance(sh.transport, m.device.token) == (TRAIN, 0.0)
+        m.secure.trained(phone_delta(i), 10 + i, 1.0, {"train_s": 0.5})
+        m.state, _ = m.secure.advance(sh.transport, m.device.token)
+        assert m.secure.masked and m.secure.relay is None and m.secure.update == []
+    assert len(gets) == before  # masked from the kept relays
+    assert sh.phase() == "unmasking"
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
+    assert sh.round.stats.num_examples == sum(10 + i for i in range(N))
+
+
+def test_a_phone_lost_in_training_is_a_dropout_after_shares(tmp_path):
+    """Phones 3 and 4 shared their keys, then never finish training: the survivors' sum
+    is exact, the lost phones' pairwise masks recovered from their s_SK shares."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    _untrained(sh)
+    for _ in range(4):
+        sh.step_all()
+    assert [m.state for m in sh.members] == [TRAIN] * N
+    for i in range(3):
+        sh.members[i].secure.trained(phone_delta(i), 10 + i, 1.0, {})
+        sh.members[i].state = WAIT
+    for i in (3, 4):
+        sh.members[i].state = STOPPED
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, [0, 1, 2]))
+    assert sh.round.stats.secagg["dropouts"]["after_shares"] == 2
+    assert sh.round.stats.secagg["recovered"]["after_shares"] == 2
+
+
+def test_a_post_with_no_answer_is_sent_again_unchanged(tmp_path):
+    """A masked input whose POST got no answer (Retry) is sent again as it was, not masked
+    again (its plaintext is gone); a resend the server already had counts as sent."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    while sh.phase() != "masked_input":
+        sh.step_all()
+    submit = sh.transport.secagg_submit
+    lost: list[int] = []
+
+    def flaky(token: str, task_id: str, body: dict):
+        if task_id == sh.members[0].task.task_id and len(lost) < 2:
+            lost.append(1)
+            if len(lost) == 2:  # it got through; only the answer was lost
+                submit(token, task_id, body)
+            raise Retry("ConnectionResetError", 2.0)
+        return submit(token, task_id, body)
+
+    sh.transport.secagg_submit = flaky  # type: ignore[method-assign]
+    m = sh.members[0]
+    with pytest.raises(Retry):
+        m.secure.advance(sh.transport, m.device.token)
+    assert m.secure.unsent is not None and not m.secure.masked and m.secure.update == []
+    with pytest.raises(Retry):  # the same body again; this time the server keeps it
+        m.secure.advance(sh.transport, m.device.token)
+    # the third try is refused as a repeat: the phone knows the server has it
+    assert m.secure.advance(sh.transport, m.device.token) == (WAIT, 0.0)
+    assert m.secure.unsent is None and m.secure.masked
+    bodies = [b for t, b in sh.transport.sent if t == m.task.task_id
+              and "masked" in json.dumps(b)[:200]]
+    assert len(bodies) >= 2 and all(b == bodies[0] for b in bodies)
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    assert np.array_equal(sh.round.secure.result.total, expected_sum(sh, list(range(N))))
 
 
 def test_a_late_phone_with_stale_messages_is_refused(tmp_path):
