@@ -74,6 +74,7 @@ class SecureTask:
     relay: ShareRelay | None = None  # the masked-input phase's relay, kept while training
     masked: bool = False  # its masked input is sent (a dropout after it is recovered)
     ended: bool = False  # the worker is done with it (late answers are dropped)
+    training: bool = False  # its training job has not come back yet (the phone is busy)
     parked: bool = False  # the worker waits for its training before stepping it again
     unsent: tuple[str, dict[str, Any]] | None = None  # (phase, body) of a POST to retry
 

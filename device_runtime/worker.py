@@ -105,9 +105,8 @@ class Worker:
         # with hold_s, a secure round's exchanges run on held requests off this loop
         self._secure: dict[int, tuple[Phone, Outcome]] = {}  # by step id
         self._steps: SecureSteps | None = None  # started on the first secure exchange
-        # secure tasks whose protocol runs beside their training job, by task id
-        self._chains: dict[str, Outcome] = {}
-        self._chain_jobs: dict[int, str] = {}  # their training jobs' ids -> task ids
+        # secure tasks whose protocol runs beside their training job, by the job's id
+        self._chains: dict[int, Outcome] = {}
         self._rng = random.Random(seed)
         self.faults = faults  # phones that misbehave on purpose (None: all honest)
 
@@ -182,18 +181,21 @@ class Worker:
         # the job may have run on a copy of the phone (another worker process)
         phone.cached_version, phone.has_artifact = done.cached_version, done.has_artifact
         outcome = done.outcome
-        chain = self._chains.pop(self._chain_jobs.pop(done.job_id, ""), None)
+        chain = self._chains.pop(done.job_id, None)
         if chain is not None:
-            if chain.secure.ended:  # its protocol ended the task already (the phone is free)
+            chain.secure.training = False
+            if chain.secure.ended:  # its protocol ended first: the phone is free only now
+                if outcome is not None:
+                    self.stats.counts["bytes_down"] += int(
+                        outcome.timings.get("download_bytes", 0))
+                self._free(phone, self.clock.now())
                 return
             if outcome is not None and outcome.kind == "secagg":
                 self._trained(phone, chain, outcome)
                 return
             chain.secure.ended = True  # it will not train: its abort (or nothing) ends it
         if outcome is None:  # the task could not even start (download failed, etc.)
-            phone.busy = False
-            self.stats.training -= 1
-            self._push(self.clock.now(), phone, "wake")
+            self._free(phone, self.clock.now(), backoff=False)
         else:
             self.stats.counts["bytes_down"] += int(outcome.timings.get("download_bytes", 0))
             if self.faults is not None:
@@ -267,9 +269,10 @@ class Worker:
                                 size))
         if resp.task.plan.secagg and resp.task.plan.kind == "train":
             # the keys go out while it trains (fedkb.device_runtime.secagg_client)
-            chain = Outcome(resp.task, now, "secagg", secure=SecureTask(resp.task))
-            self._chains[resp.task.task_id] = chain
-            self._chain_jobs[job_id] = resp.task.task_id
+            # (a phone does one task at a time: it is busy until both are over)
+            chain = Outcome(resp.task, now, "secagg",
+                            secure=SecureTask(resp.task, training=True))
+            self._chains[job_id] = chain
             self._secure_step(phone, chain, now)
 
     def _hold(self, phone: Phone, state: State, now: float) -> None:
@@ -337,7 +340,7 @@ class Worker:
         if not state.eligible:
             secure.ended = True
             outcome = Outcome(outcome.task, now, "abort", reason=state.why_not() or "offline",
-                              timings=outcome.timings)
+                              timings=outcome.timings, secure=secure)
             c["secagg_unplugged"] += 1
             self._deliver(phone, outcome, now)
             return
@@ -422,10 +425,16 @@ class Worker:
 
     def _secure_end(self, phone: Phone, outcome: Outcome) -> None:
         outcome.secure.ended = True
-        phone.backoff_s = 1.0
+        if not outcome.secure.training:  # else its training job's return frees it
+            self._free(phone, self.clock.now())
+
+    def _free(self, phone: Phone, now: float, backoff: bool = True) -> None:
+        """The phone's task is over: it may check in again."""
+        if backoff:
+            phone.backoff_s = 1.0
         phone.busy = False
         self.stats.training -= 1
-        self._push(self.clock.now(), phone, "wake")
+        self._push(now, phone, "wake")
 
     def _deliver(self, phone: Phone, outcome: Outcome, now: float) -> None:
         if outcome.kind == "secagg":
@@ -458,10 +467,10 @@ class Worker:
                 self.stats.failed[r.code] += 1
             if isinstance(r, Unauthorized):
                 phone.device_id = phone.token = None
-        phone.backoff_s = 1.0
-        phone.busy = False
-        self.stats.training -= 1
-        self._push(now, phone, "wake")
+        if outcome.secure is not None and outcome.secure.training:
+            outcome.secure.ended = True  # a secure task's abort: its job's return frees it
+            return
+        self._free(phone, now)
 
     # -- the training thread ----------------------------------------------------------
 

@@ -17,6 +17,7 @@ from fedkb.device_runtime.compute import Done, SharedCompute
 from fedkb.device_runtime.holds import CheckinHolds, Claimed
 from fedkb.device_runtime.phone import Outcome
 from fedkb.device_runtime.profile import TIERS, DeviceProfile
+from fedkb.device_runtime.secagg_client import SecureTask
 from fedkb.device_runtime.traces import NETWORKS, Trace
 from fedkb.device_runtime.worker import Worker
 
@@ -231,3 +232,42 @@ def test_checkin_holds_put_each_answer_on_the_main_loops_queue():
     assert got[1].held_to_the_end and got[1].response == WAITING
     assert not got[2].held_to_the_end and got[2].response == WAITING
     assert got[3].response is None
+
+
+def test_a_secure_phone_stays_busy_until_its_training_job_is_back(tiny_data):
+    """The protocol starts beside the training job; if the server stops it first (here:
+    aborted at once), the phone checks in again only once its job has come back, so it
+    never holds its task twice (the server hands a busy phone its task again)."""
+    always = _trace([(0.0, True, True, 0.9)])
+    secure = _task("t-1")
+    secure = wire.Task(**{**secure.__dict__,
+                          "plan": wire.Plan(**{**secure.plan.__dict__, "secagg": True,
+                                               "clip": 4.0, "uplink": "q8",
+                                               "rotation_seed": 7})})
+    worker, client = _worker(tiny_data, [always], wire.CheckinResponse(task=secure))
+    steps: list[str] = []
+
+    def secagg_step(token: str, task_id: str, wait_s: float = 0.0) -> wire.SecAggStep:
+        steps.append(task_id)
+        return wire.SecAggStep(1, "aborted", reason="dropped before share_keys")
+
+    client.secagg_step = secagg_step  # type: ignore[attr-defined]
+    phone = worker.phones[0]
+    try:
+        worker._wake(phone, 0.0)
+        assert steps == ["t-1"]  # the keys' step went out as the job was queued
+        assert worker.stats.counts["secagg_stopped"] == 1
+        assert phone.busy and worker.stats.training == 1  # still training
+        worker._wake(phone, 10.0)
+        assert len(client.checkins) == 1  # no second check-in while it trains
+        job = worker.compute.take(timeout=10)
+        assert job is not None
+        trained = Outcome(job.task, 40.0, "secagg",
+                          secure=SecureTask(job.task, [np.zeros(3, np.float32)], 5, 1.0))
+        worker.compute.finish(Done(job.owner, job.job_id, trained, 0, True))
+        worker._finished(worker.compute.results.get(timeout=10))
+        assert not phone.busy and worker.stats.training == 0
+        assert steps == ["t-1"]  # its protocol is over: not started again
+        assert worker.stats.counts["secagg_stopped"] == 1
+    finally:
+        worker.compute.close()
