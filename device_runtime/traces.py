@@ -133,6 +133,15 @@ class Trace:
         later = np.nonzero(~ok & (self.t > t))[0]
         return float(self.t[later[0]]) if len(later) else None
 
+    def eligible_seconds(self, start: float, end: float, min_battery: float = 0.0) -> float:
+        """Simulated seconds in ``[start, end)`` the phone is eligible with at least
+        ``min_battery`` (the last row holds for ever; before the first: offline)."""
+        ok = ((self.flags & 0b1111) == (1 | 2 | (_NET_CODE["wifi"] << 2))) \
+            & (self.battery.astype(np.float64) >= min_battery)
+        lo = np.clip(self.t, start, end)
+        hi = np.clip(np.append(self.t[1:], np.inf), start, end)
+        return float(np.sum((hi - lo)[ok]))
+
     def rows(self) -> list[tuple[float, bool, str, bool, float]]:
         out = []
         for t in self.t:

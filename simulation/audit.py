@@ -5,7 +5,8 @@ Unintended Memorization in Neural Networks", https://arxiv.org/abs/1802.08232):
 
 1. Make ``k`` random canary sentences of one fixed format, ``<prefix> w1 ... wL`` (the
    prefix "my pin is", the ``w`` drawn uniformly from the model's vocabulary), and put
-   each into one training user's shard ``repeats`` times (that user typed it that often).
+   each into one training user's shard ``repeats`` times (that user typed it that often;
+   the command picks the users: :func:`fedkb.simulation.audit_cli._training_users`).
    As many *control* canaries are made the same way and put nowhere.
 2. Train on the changed data with an existing engine (``fleet``: `fedkb server` and the
    emulated phones, the demo's recipe; ``central``: pooled Keras training, fast).

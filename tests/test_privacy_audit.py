@@ -93,12 +93,28 @@ def test_the_audit_sits_beside_the_plan_in_the_cli():
     assert plan.privacy_command == "plan"
 
 
-def test_fleet_canaries_go_only_to_users_a_phone_holds(tiny_data, tmp_path):
-    from fedkb.device_runtime.fleet import FleetConfig, phone_users
-    from fedkb.simulation.audit_cli import AuditConfig, _training_users
+def test_fleet_canaries_go_to_the_phones_eligible_longest(tiny_data, tmp_path):
+    """On the fleet the canaries go to users a phone holds, those whose phones are
+    eligible the longest over the run's span (they check in most, so they train)."""
+    from fedkb.device_runtime.fleet import FleetConfig, fleet_profiles
+    from fedkb.device_runtime.worker import BATTERY_NOT_LOW
+    from fedkb.simulation.audit_cli import ROUND_WALL_S, AuditConfig, _training_users
 
     ds = Dataset.open(tiny_data)
-    users = _training_users(AuditConfig(data=tiny_data, workdir=tmp_path, devices=4), ds)
-    held = {u for u, role in phone_users(FleetConfig("", tiny_data, 4), ds) if role == "train"}
-    assert set(users) == held and 0 < len(users) < len(ds.train_users)
-    assert _training_users(AuditConfig(data=tiny_data, workdir=tmp_path), ds) == ds.train_users
+    cfg = AuditConfig(data=tiny_data, workdir=tmp_path, devices=6, rounds=4,
+                      canary=CanaryConfig(canaries=2))
+    users = _training_users(cfg, ds)
+    fc = FleetConfig("", tiny_data, 6, start_hour=22.0)
+    start = 22.0 * 3600
+    end = start + 4 * ROUND_WALL_S * 60.0
+    eligible: dict[str, float] = {}
+    for p in fleet_profiles(fc, range(6)):
+        if p.role == "train":
+            e = p.trace.eligible_seconds(start, end, BATTERY_NOT_LOW)
+            eligible[p.user] = max(e, eligible.get(p.user, 0.0))
+    assert len(users) == 2 and set(users) <= set(eligible)
+    assert len(set(eligible.values())) > 1  # a ranking that can be wrong
+    rest = [eligible[u] for u in eligible if u not in users]
+    assert rest and min(eligible[u] for u in users) >= max(rest)
+    assert _training_users(AuditConfig(data=tiny_data, workdir=tmp_path,
+                                       engine="central"), ds) == ds.train_users

@@ -146,3 +146,15 @@ def test_trace_files_hold_a_percentage_and_phones_report_a_fraction(tmp_path, su
     assert wire.Conditions.from_json(sent.to_json()) == sent  # valid on the wire: 0..1
     save_traces({"x": trace}, tmp_path / f"again{suffix}")
     assert "47.5" in (tmp_path / f"again{suffix}").read_text()  # written back in percent
+
+
+def test_eligible_seconds_sums_the_eligible_rows_within_the_span():
+    wifi = NETWORKS.index("wifi")
+    # eligible 100-300 (battery 0.5), 300-400 at a low battery, 400-: not charging
+    tr = Trace(np.array([0.0, 100.0, 300.0, 400.0]), np.array([True, True, True, False]),
+               np.full(4, wifi), np.array([False, True, True, True]),
+               np.array([0.9, 0.5, 0.1, 0.9]))
+    assert tr.eligible_seconds(0, 1000) == 300.0
+    assert tr.eligible_seconds(0, 1000, min_battery=0.2) == 200.0
+    assert tr.eligible_seconds(150, 350, min_battery=0.2) == 150.0
+    assert tr.eligible_seconds(500, 900) == 0.0
