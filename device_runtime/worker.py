@@ -333,8 +333,14 @@ class Worker:
         if secure.ended:  # its training's abort ended the task meanwhile
             return
         state = phone.profile.trace.state_at(now)
-        if not state.eligible and secure.masked:  # its masked input is in:
-            c["secagg_unplugged"] += 1  # a dropout after it (the task is reported)
+        if not state.eligible and secure.masked:  # its masked input is in: a dropout after
+            c["secagg_unplugged"] += 1  # it, which says so if it can (best effort: else
+            try:  # unmasking waits out secagg.unmask_quiet_s for it)
+                left = self.client.abort(phone.token or "", outcome.task.task_id,
+                                         state.why_not() or "offline")
+                c["secagg_left"] += left.status == "left"
+            except (Retry, Refused):
+                pass
             self._secure_end(phone, outcome)
             return
         if not state.eligible:

@@ -445,7 +445,7 @@ class AbortRequest(_Message):
 @dataclass(frozen=True)
 class AbortResult(_Message):
     task_id: str
-    status: str  # "aborted"
+    status: str  # "aborted"; "left": a secure task after its masked input (still summed)
 
     @classmethod
     def from_json(cls, d: Any) -> AbortResult:

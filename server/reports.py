@@ -158,6 +158,10 @@ class Reporting:
         task = self.owned_task(device_id, task_id, rounds)
         if task.state == "aborted":
             return AbortResult(task.id, "aborted")
+        if task.state == "reported" and task.plan.secagg:  # after its masked input
+            rnd = rounds.get(task.round_id)
+            if rnd is not None and rnd.secure is not None and rnd.secure.leave(task.id):
+                return AbortResult(task.id, "left")
         if task.state != "assigned":
             raise Conflict(f"task {task.id} is already {task.state}", "task_finished")
         task.state = "aborted"

@@ -639,7 +639,9 @@ class RoundMachine:
     def abort(self, device_id: str, task_id: str, reason: str) -> AbortResult:
         """The device gives up its task (e.g. unplugged); counted by reason."""
         with self.lock:
-            return self.reports.abort(device_id, task_id, reason, self.open, self.clock())
+            out = self.reports.abort(device_id, task_id, reason, self.open, self.clock())
+            self.advance()  # a phase waiting only for this phone ends now
+            return out
 
 
 def _committed_row(rnd: RoundState, version: int, now: float, commit_s: float

@@ -137,6 +137,9 @@ class SecureRound:
         self.result: SumResult | None = None
         self.abort: Abort | None = None
         self.responders: set[int] = set()
+        # phones that said they left after their masked input (unplugged): still summands,
+        # but unmasking does not wait for them (their self-masks come from the others' shares)
+        self.left: set[int] = set()
         self.last_answer_at: float | None = None  # server clock of the newest accepted message
         self.scalars: dict[int, tuple[int, float | None]] = {}  # uid -> (examples, loss)
         self.unclipped: dict[int, bool | None] = {}  # uid -> the phone's clip bit
@@ -307,6 +310,17 @@ class SecureRound:
             self.responders.add(uid)
         return None
 
+    def leave(self, task_id: str) -> bool:
+        """The phone of ``task_id`` leaves after its masked input (its task is reported,
+        so it cannot abort it): unmasking stops waiting for it. False: not such a phone
+        (no masked input in, already answered unmasking, or the protocol is over)."""
+        uid = self.uids.get(task_id)
+        if (uid is None or self.abort is not None or self.result is not None
+                or uid not in self.answered(MASKED) or uid in self.responders):
+            return False
+        self.left.add(uid)
+        return True
+
     def _refuse(self, code: str, reason: str) -> Refusal:
         self.refused[code] += 1
         return Refusal(code, reason)
@@ -322,6 +336,7 @@ class SecureRound:
             "survivors": {name: len(self.answered(name)) for name in SECURE_PHASES},
             "dropouts": {} if s is None else s.dropouts(),
             "recovered": {}, "refused": dict(self.refused),
+            "left_after_masked_input": len(self.left),
             "abort": None if self.abort is None else {"phase": self.abort.phase,
                                                       "reason": self.abort.reason},
             "clipped_values": self.clipped_values,
@@ -347,8 +362,9 @@ class SecurePhase:
             rnd.secure.begin(rnd)
 
     def _gone(self, rnd: RoundState, sec: SecureRound) -> set[int]:
-        """Phones whose task was aborted (unplugged, ...): they answer nothing more."""
-        out = set()
+        """Phones whose task was aborted (unplugged, ...) or that left after their masked
+        input: they answer nothing more."""
+        out = set(sec.left)
         for tid, uid in sec.uids.items():
             task = self.tasks.get(tid)
             if task is None or task.state == "aborted":
@@ -363,7 +379,8 @@ class SecurePhase:
         if not waiting:
             return True
         # unmasking: t answers are enough; the silent rest unplugged after their masked
-        # input (they cannot abort a reported task), so do not wait out the deadline
+        # input without saying so (a phone that can says it left: SecureRound.leave), so
+        # do not wait out the deadline
         quiet = sec.cfg.unmask_quiet_s
         return (self.name == UNMASK and quiet > 0 and sec.params is not None
                 and len(sec.answered(UNMASK)) >= sec.params.threshold

@@ -662,3 +662,35 @@ def test_with_fewer_than_t_answers_unmasking_waits_for_its_deadline(tmp_path):
     h.clock.advance(sh.round.phase.deadline_s)
     sh.machine.tick()
     assert sh.round.state == "abandoned" and sh.round.reason == "secagg_unmasking"
+
+
+def test_a_phone_that_says_it_left_after_its_masked_input_is_not_waited_for(tmp_path):
+    """An unplugged phone whose masked input is in aborts its task: the server keeps it as
+    a summand (its self-mask from the others' shares) and unmasking ends as soon as the
+    rest have answered, with no quiet wait (saying it twice is saying it once)."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    for _ in range(10):
+        if sh.phase() == "unmasking":
+            break
+        sh.step_all()
+    assert sh.phase() == "unmasking"
+    t0 = h.clock()
+    m = sh.members[4]
+    r = m.device.abort(m.task.task_id)
+    assert r.status_code == 200 and r.get_json()["status"] == "left"
+    again = m.device.abort(m.task.task_id)
+    assert again.status_code == 200 and again.get_json()["status"] == "left"
+    m.state = STOPPED
+    sh.step_all()  # the four others answer: the phase is over at once
+    assert sh.round.state == "committed", sh.round.reason
+    assert h.clock() == t0
+    sec = sh.round.secure
+    assert list(sec.result.survivors) == [1, 2, 3, 4, 5]
+    assert np.array_equal(sec.result.total, expected_sum(sh, list(range(N))))
+    assert sh.round.stats.secagg["left_after_masked_input"] == 1
+    assert sh.round.stats.secagg["recovered"]["after_masked_input"] == 1
+    assert sh.round.stats.aborted == {}  # not an aborted task: it is summed
+    # once the round is over, an abort of a reported task is refused as before
+    late = sh.members[0].device.abort(sh.members[0].task.task_id)
+    assert late.status_code == 409 and late.get_json()["error"]["code"] == "task_finished"
