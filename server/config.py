@@ -445,13 +445,14 @@ class SecAggConfig:
             cannot both reach it; the threat model of ``fedkb.secagg``).
         neighbours: SecAgg+: each phone masks with and shares among this many graph
             neighbours (even, >= 2; None: every other phone, full SecAgg).
-        phase_deadline_s: the deadline of each phase after the first (the first,
-            advertise keys, has the round's ``reporting_deadline_s``: phones train in it).
+        phase_deadline_s: the deadline of each phase but the masked input (which has
+            the round's ``reporting_deadline_s``: phones train in it, keys sent first).
         unmask_quiet_s: unmasking also ends once at least t phones have answered and
             none has for this long (0: only when all have, or at the deadline). t
             answers are all the protocol needs; the rest are phones that unplugged after
-            their masked input, which cannot tell the server (their task is reported),
-            and would otherwise hold the round to the phase's deadline.
+            their masked input without saying they left (an abort of the reported task:
+            ``SecureRound.leave``), which would otherwise hold the round to the phase's
+            deadline.
         clip: the L2 norm phones clip their delta to before encoding, when neither
             ``[privacy]`` (its clip wins) nor ``strategy.clip_norm`` sets one (the server
             cannot clip an update it never sees).
