@@ -147,10 +147,12 @@ class DeviceClient:
         except wire.WireError as exc:
             raise Retry(f"bad secagg step: {exc}", 2.0) from None
 
-    def secagg_submit(self, token: str, task_id: str, body: dict) -> wire.SecAggAck:
-        """A secure round: this phone's message for the current phase."""
+    def secagg_submit(self, token: str, task_id: str, body: bytes,
+                      content_type: str = "application/json") -> wire.SecAggAck:
+        """A secure round: this phone's message for the current phase, already encoded
+        (JSON, or a framed masked input: :data:`fedkb.wire.SECAGG_CONTENT_TYPE`)."""
         resp = self._request("POST", f"/v1/tasks/{task_id}/secagg", token=token,
-                             json_body=body)
+                             data=body, content_type=content_type)
         return wire.SecAggAck.from_json(self._json(resp))
 
     def status(self) -> dict:

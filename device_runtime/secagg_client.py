@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -52,6 +51,7 @@ from fedkb.secagg.update_codec import (
 )
 
 WAIT, DONE, STOPPED = "wait", "done", "stopped"
+JSON = "application/json"
 TRAIN = "train"  # at the masked input, with no update yet: ask again once trained
 
 
@@ -76,7 +76,8 @@ class SecureTask:
     ended: bool = False  # the worker is done with it (late answers are dropped)
     training: bool = False  # its training job has not come back yet (the phone is busy)
     parked: bool = False  # the worker waits for its training before stepping it again
-    unsent: tuple[str, dict[str, Any]] | None = None  # (phase, body) of a POST to retry
+    # (phase, body, content type) of a POST to retry: sent again byte for byte
+    unsent: tuple[str, bytes, str] | None = None
 
     def trained(self, update: list[np.ndarray], num_examples: int, loss: float | None,
                 timings: dict[str, float]) -> None:
@@ -131,29 +132,34 @@ class SecureTask:
         return self._send(client, token, step.phase, sub)
 
     def _send(self, client: DeviceClient, token: str, phase: str,
-              sub: wire.SecAggSubmit | Refusal) -> tuple[str, float]:
+              sub: wire.SecAggSubmit | bytes | Refusal) -> tuple[str, float]:
+        """POST ``sub``: a JSON message, or (bytes) a framed masked input."""
         if isinstance(sub, Refusal):
             self.refusal = f"{sub.code}: {sub.reason}"
             return STOPPED, 0.0
-        return self._post(client, token, phase, sub.to_json())
+        if isinstance(sub, bytes):
+            return self._post(client, token, phase, sub, wire.SECAGG_CONTENT_TYPE)
+        return self._post(client, token, phase, json.dumps(sub.to_json()).encode("utf-8"),
+                          JSON)
 
-    def _post(self, client: DeviceClient, token: str, phase: str,
-              body: dict[str, Any], again: bool = False) -> tuple[str, float]:
-        self.unsent = (phase, body)  # kept until the server has it (Retry: sent again)
+    def _post(self, client: DeviceClient, token: str, phase: str, body: bytes,
+              content_type: str, again: bool = False) -> tuple[str, float]:
+        # kept until the server has it (Retry: sent again)
+        self.unsent = (phase, body, content_type)
         try:
-            client.secagg_submit(token, self.task.task_id, body)
+            client.secagg_submit(token, self.task.task_id, body, content_type)
         except Refused as r:
             # a resend refused as a repeat or as late: the lost answer's POST may have got
             # through (the phase can have moved on since). The next GET says which.
             if not (again and r.code == "secagg_phase_closed"):
                 raise
         self.unsent = None
-        self.sent[phase] = len(json.dumps(body))
+        self.sent[phase] = len(body)
         if phase == "masked_input_collection":
             self.masked = True  # (after a refused resend: maybe; a silent phone is safe)
         return WAIT, 0.0
 
-    def _answer(self, step: wire.SecAggStep) -> wire.SecAggSubmit | Refusal:
+    def _answer(self, step: wire.SecAggStep) -> wire.SecAggSubmit | bytes | Refusal:
         if step.phase == "advertise_keys":
             if step.setup is None or self.phone is not None:
                 return Refusal("bad_setup", "advertise_keys without a setup, or twice")
@@ -191,7 +197,9 @@ class SecureTask:
         self.phone = Phone(setup.uid, params)
         return self.phone
 
-    def _masked(self, relay: ShareRelay) -> wire.SecAggSubmit | Refusal:
+    def _masked(self, relay: ShareRelay) -> bytes | Refusal:
+        """The masked input, framed (FKBS: the packed vector as raw bytes after a JSON
+        header, :func:`fedkb.wire.frame_secagg`)."""
         assert self.phone is not None
         plan = self.task.plan
         rng = np.random.default_rng([plan.seed, ROUNDING_STREAM])
@@ -206,6 +214,7 @@ class SecureTask:
         if isinstance(out, Refusal):
             return out
         self.update = []  # masked (the body is kept until sent): the plaintext is not kept
-        return wire.SecAggSubmit(out.to_dict(), self.num_examples, self.loss, enc.unclipped,
-                                 enc.clipped_values,
-                                 {k: round(v, 4) for k, v in self.timings.items()})
+        sub = wire.SecAggSubmit(out.header(), self.num_examples, self.loss, enc.unclipped,
+                                enc.clipped_values,
+                                {k: round(v, 4) for k, v in self.timings.items()})
+        return wire.frame_secagg(sub, out.data)

@@ -24,6 +24,7 @@ from fedkb.server.errors import (
 )
 from fedkb.server.http import json_body, parse, query_int
 from fedkb.wire import (
+    SECAGG_CONTENT_TYPE,
     UPLOAD_CONTENT_TYPE,
     AbortRequest,
     CheckinRequest,
@@ -33,6 +34,7 @@ from fedkb.wire import (
 
 bp = Blueprint("devices", __name__, url_prefix="/v1")
 SECAGG_JSON_SLACK = 4  # a masked vector in base64 JSON: under 4x the float32 update
+# (framed, FKBS, it is its packed bytes: under 1x; the same limit holds for both)
 MAX_SECAGG_WAIT_MS = 30_000  # the longest a secure step may be held (?wait_ms=)
 
 
@@ -118,9 +120,10 @@ def secagg_step(task_id: str):
 def secagg_submit(task_id: str):
     s = server_state()
     device_id = s.authenticate(request)
-    if request.mimetype != "application/json":
+    if request.mimetype not in ("application/json", SECAGG_CONTENT_TYPE):
         s.machine.reject_for_task(task_id, "unsupported_media_type")
-        raise UnsupportedMediaType(f"secure-aggregation messages are application/json, "
+        raise UnsupportedMediaType(f"secure-aggregation messages are application/json "
+                                   f"(or a framed masked input, {SECAGG_CONTENT_TYPE}), "
                                    f"not {request.mimetype or 'none'!r}")
     limit = SECAGG_JSON_SLACK * s.max_upload_bytes
     if (request.content_length or 0) > limit:
@@ -131,4 +134,6 @@ def secagg_submit(task_id: str):
     if len(body) > limit:
         s.machine.reject_for_task(task_id, "payload_too_large")
         raise PayloadTooLarge(f"message is over the {limit}-byte limit")
-    return jsonify(s.machine.secagg_submit(device_id, task_id, body).to_json())
+    return jsonify(s.machine.secagg_submit(device_id, task_id, body,
+                                           framed=request.mimetype == SECAGG_CONTENT_TYPE
+                                           ).to_json())

@@ -176,7 +176,8 @@ OPERATIONS: list[Op] = [
      "a secure round: what its current phase wants of this task's phone", None,
      (200, "SecAggStep"), DEVICE, (400, 401, 403, 404)),
     ("/v1/tasks/{task_id}/secagg", "post", "secaggSubmit",
-     "a secure round: the phone's message for the current phase", "SecAggSubmit",
+     "a secure round: the phone's message for the current phase (a masked input may "
+     "come framed, FKBS)", f"SecAggSubmit|{wire.SECAGG_CONTENT_TYPE}",
      (200, "SecAggAck"), DEVICE, (400, 401, 403, 404, 409, 413, 415, 422, 507)),
     ("/v1/models", "get", "listModels", "committed model versions", None,
      (200, "ModelVersions"), [], ()),
@@ -249,11 +250,10 @@ def _operation(path: str, op: Op) -> dict[str, Any]:
               for p in PATH_PARAMS if f"{{{p}}}" in path] + QUERY.get(op_id, [])
     if params:
         out["parameters"] = params
-    if body is not None:
-        media = {"schema": {"type": "string", "format": "binary"}} if "/" in body \
-            else {"schema": _ref(body)}
-        out["requestBody"] = {"required": True,
-                              "content": {body if "/" in body else JSON: media}}
+    if body is not None:  # a schema (JSON), a media type (binary), or several, by "|"
+        out["requestBody"] = {"required": True, "content": {
+            b if "/" in b else JSON: {"schema": {"type": "string", "format": "binary"}}
+            if "/" in b else {"schema": _ref(b)} for b in body.split("|")}}
     ok: dict[str, Any] = {"description": summary, "content": _content(answer)}
     if op_id in LINKS:
         ok["links"] = {name: {"operationId": target, "parameters": params_}

@@ -113,6 +113,7 @@ from fedkb.wire import (
     SecAggSubmit,
     UploadResult,
     WireError,
+    split_secagg,
 )
 
 if TYPE_CHECKING:
@@ -590,12 +591,18 @@ class RoundMachine:
                                   reason="" if done or row is None else str(row["reason"]))
             return rnd.secure.step(task, rnd)
 
-    def secagg_submit(self, device_id: str, task_id: str, body: bytes) -> SecAggAck:
-        """Take a phone's protocol message (parsed outside the lock) for the round's phase;
-        a refusal is counted (``secagg_<code>``) and leaves the sum as it was."""
+    def secagg_submit(self, device_id: str, task_id: str, body: bytes,
+                      framed: bool = False) -> SecAggAck:
+        """Take a phone's protocol message (parsed outside the lock) for the round's phase:
+        JSON, or ``framed`` a masked input as FKBS (:func:`fedkb.wire.split_secagg`); a
+        refusal is counted (``secagg_<code>``) and leaves the sum as it was."""
         try:
-            sub = SecAggSubmit.from_json(strict_json.loads(body))
-            msg = parse_message(sub.message)
+            if framed:
+                sub, data = split_secagg(body)
+                msg = parse_message(sub.message, data)
+            else:
+                sub = SecAggSubmit.from_json(strict_json.loads(body))
+                msg = parse_message(sub.message)
         except (strict_json.JsonError, WireError, MessageError) as exc:
             with self.lock:
                 self.reports.reject_for_task(task_id, "secagg_invalid_message", self.open)

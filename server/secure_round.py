@@ -108,9 +108,14 @@ def secure_round_phases(cfg: RoundConfig, sa: SecAggConfig, goal: int) -> tuple[
               for name in SECURE_PHASES))
 
 
-def parse_message(d: dict[str, Any]) -> Any:
-    """A phone's protocol message from its JSON object (type tag first); MessageError."""
+def parse_message(d: dict[str, Any], data: bytes | memoryview | None = None) -> Any:
+    """A phone's protocol message from its JSON object (type tag first); with ``data``
+    the framed masked input's vector, which only a MaskedInput carries; MessageError."""
     kind = d.get("type")
+    if data is not None:
+        if kind != MaskedInput.TYPE:
+            raise MessageError(f"only a masked input comes framed, not {kind!r}")
+        return MaskedInput.from_json(d, data=bytes(data))
     for cls in MESSAGE_OF.values():
         if kind == cls.TYPE:
             return cls.from_json(d)

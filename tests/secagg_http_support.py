@@ -4,11 +4,13 @@ phone code (fedkb.device_runtime.secagg_client.SecureTask): helpers for the HTTP
 :class:`TestTransport` gives SecureTask the two calls of ``DeviceClient`` it uses, over
 the test client, with the same failure modes (``Refused`` on a 4xx), so every message
 crosses the HTTP boundary as JSON. :class:`SecureHarness` runs a round phase by phase and
-lets a test drop phones, tamper with messages and move the fake clock past deadlines.
+lets a test drop phones, tamper with messages and move the fake clock past deadlines. A
+phone's masked input goes framed (FKBS), as a phone sends it; tampers see its JSON form.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,16 +67,45 @@ class TestTransport:
                               headers={"Authorization": f"Bearer {token}"})
         return wire.SecAggStep.from_json(self._check(r))
 
-    def secagg_submit(self, token: str, task_id: str, body: dict) -> wire.SecAggAck:
+    def secagg_submit(self, token: str, task_id: str, body: bytes,
+                      content_type: str = "application/json") -> wire.SecAggAck:
+        """Sends what the phone sent, as it sent it (a framed masked input stays framed);
+        ``tamper`` and ``sent`` see every body as its JSON form (the vector base64)."""
+        framed = content_type == wire.SECAGG_CONTENT_TYPE
+        d = as_json_form(body, framed)
         if self.tamper is not None:
-            body = self.tamper(task_id, body)
-        self.sent.append((task_id, body))
-        return wire.SecAggAck.from_json(self._check(self.post(token, task_id, body)))
+            d = self.tamper(task_id, d)
+        self.sent.append((task_id, d))
+        r = self.post_framed(token, task_id, d) if framed else self.post(token, task_id, d)
+        return wire.SecAggAck.from_json(self._check(r))
 
     def post(self, token: str, task_id: str, body: dict) -> Any:
         return self.h.client.post(f"/v1/tasks/{task_id}/secagg", data=json.dumps(body),
                                   headers={"Authorization": f"Bearer {token}",
                                            "Content-Type": "application/json"})
+
+    def post_framed(self, token: str, task_id: str, body: dict) -> Any:
+        """``body`` (a masked input's JSON form) framed as FKBS, as a phone sends it."""
+        return self.h.client.post(f"/v1/tasks/{task_id}/secagg", data=framed_form(body),
+                                  headers={"Authorization": f"Bearer {token}",
+                                           "Content-Type": wire.SECAGG_CONTENT_TYPE})
+
+
+def as_json_form(body: bytes, framed: bool) -> dict:
+    """A POST body as the JSON form of the submit (a framed vector as base64 ``data``)."""
+    if not framed:
+        return json.loads(body)
+    sub, data = wire.split_secagg(body)
+    d = sub.to_json()
+    d["message"] = {**d["message"], "data": base64.b64encode(bytes(data)).decode("ascii")}
+    return d
+
+
+def framed_form(d: dict) -> bytes:
+    """The inverse of :func:`as_json_form` for a masked input (``data`` out of the JSON)."""
+    msg = dict(d["message"])
+    data = base64.b64decode(msg.pop("data"))
+    return wire.frame_secagg(wire.SecAggSubmit.from_json({**d, "message": msg}), data)
 
 
 def phone_delta(i: int, scale: float = 0.3) -> list[np.ndarray]:

@@ -101,12 +101,18 @@ def test_work_dtype(k, dt):
 
 
 # -- residues on the wire
-@pytest.mark.parametrize("k", [7, 16, 17, 24, 40])
+@pytest.mark.parametrize("k", [1, 3, 7, 13, 16, 17, 24, 25, 31, 32, 40])
 def test_residues_pack_to_k_bits_each(k):
     y = prg.MaskStream(999, k).mask(secrets.token_bytes(32))
     raw = pack_residues(y, k)
     assert len(raw) == -(-999 * k // 8)
     assert np.array_equal(unpack_residues(raw, k, 999), y)
+    # the packing is the bit stream, least significant bit first (the reference: NumPy's
+    # bit matrix, independent of the shifts pack_residues uses)
+    w = y.dtype.itemsize
+    bits = np.unpackbits(y.astype(f"<u{w}").view(np.uint8).reshape(-1, w), axis=1,
+                         bitorder="little")[:, :k]
+    assert raw == np.packbits(bits.reshape(-1), bitorder="little").tobytes()
 
 
 def test_unpack_refuses_wrong_length_and_padding():

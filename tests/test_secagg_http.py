@@ -17,14 +17,22 @@ import time
 
 import numpy as np
 import pytest
-from secagg_http_support import CLIP, SecureHarness, done, phone_delta, secure_harness
+from secagg_http_support import (
+    CLIP,
+    SecureHarness,
+    as_json_form,
+    done,
+    phone_delta,
+    secure_harness,
+)
 from secagg_support import CHI2_HIGH, CHI2_LOW, chi_square_top_byte
 
+from fedkb import wire
 from fedkb.clipping import clip_update
 from fedkb.compression.field import sum_mod
 from fedkb.device_runtime.client import Retry
 from fedkb.device_runtime.secagg_client import STOPPED, TRAIN, WAIT, SecureTask
-from fedkb.secagg.messages import unpack_residues
+from fedkb.secagg.messages import packed_size, unpack_residues
 from fedkb.server import round_machine
 from fedkb.server.app import create_app
 from fedkb.server.config import (
@@ -323,13 +331,13 @@ def test_a_post_with_no_answer_is_sent_again_unchanged(tmp_path):
     submit = sh.transport.secagg_submit
     lost: list[int] = []
 
-    def flaky(token: str, task_id: str, body: dict):
+    def flaky(token: str, task_id: str, body: bytes, content_type: str):
         if task_id == sh.members[0].task.task_id and len(lost) < 2:
             lost.append(1)
             if len(lost) == 2:  # it got through; only the answer was lost
-                submit(token, task_id, body)
+                submit(token, task_id, body, content_type)
             raise Retry("ConnectionResetError", 2.0)
-        return submit(token, task_id, body)
+        return submit(token, task_id, body, content_type)
 
     sh.transport.secagg_submit = flaky  # type: ignore[method-assign]
     m = sh.members[0]
@@ -553,6 +561,57 @@ def test_a_broken_message_is_a_400_and_counted(tmp_path, body):
     m = sh.members[0]
     r = h.client.post(f"/v1/tasks/{m.task.task_id}/secagg", data=body,
                       headers={**m.device.auth, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["code"] == "invalid_message"
+    assert sh.round.stats.rejected == {"secagg_invalid_message": 1}
+
+
+def test_a_masked_input_goes_framed_and_its_json_form_is_taken_too(tmp_path):
+    """A phone frames its masked input (FKBS: the packed vector as raw bytes after a JSON
+    header); the server also takes the base64 JSON form, and the two sum exactly."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    submit = sh.transport.secagg_submit
+    first = sh.members[0].task.task_id
+    types: list[str] = []
+
+    def first_as_json(token: str, task_id: str, body: bytes, content_type: str):
+        types.append(content_type)
+        if task_id == first and content_type == wire.SECAGG_CONTENT_TYPE:
+            body = json.dumps(as_json_form(body, True)).encode()
+            content_type = "application/json"
+        return submit(token, task_id, body, content_type)
+
+    sh.transport.secagg_submit = first_as_json  # type: ignore[method-assign]
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    assert types.count(wire.SECAGG_CONTENT_TYPE) == N  # the masked inputs, and only them
+    sec = sh.round.secure
+    assert np.array_equal(sec.result.total, expected_sum(sh, list(range(N))))
+    packed = packed_size(sec.layout.dim, sec.params.k)
+    up = sorted(sh.round.stats.upload_bytes)  # each masked input's bytes on the wire
+    assert all(packed < b < packed + 1024 for b in up[:-1]), (packed, up)
+    assert up[-1] > 4 / 3 * packed  # the JSON one: base64
+
+
+@pytest.mark.parametrize("make", ["empty", "upload_magic", "not_json", "other_message",
+                                  "data_in_header"])
+def test_a_broken_framed_message_is_a_400_and_counted(tmp_path, make):
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N)
+    m = sh.members[0]
+    head = {"type": "masked_input", "round_id": "r1", "sender": 1, "k": 13, "length": 16}
+    framed = wire.frame_secagg(wire.SecAggSubmit(head, 10), bytes(26))
+    body = {"empty": b"",
+            "upload_magic": wire.UPLOAD_MAGIC + framed[4:],
+            "not_json": framed[:8] + b"!" + framed[9:],
+            "other_message": wire.frame_secagg(wire.SecAggSubmit(
+                {"type": "advertise_keys", "round_id": "r1", "sender": 1}), bytes(64)),
+            "data_in_header": wire.frame_secagg(wire.SecAggSubmit(
+                {**head, "data": base64.b64encode(bytes(26)).decode()}, 10), bytes(26)),
+            }[make]
+    r = h.client.post(f"/v1/tasks/{m.task.task_id}/secagg", data=body,
+                      headers={**m.device.auth, "Content-Type": wire.SECAGG_CONTENT_TYPE})
     assert r.status_code == 400, r.get_json()
     assert r.get_json()["error"]["code"] == "invalid_message"
     assert sh.round.stats.rejected == {"secagg_invalid_message": 1}

@@ -102,6 +102,19 @@ def test_broken_frames_raise_wire_error(body):
         split_upload(body)
 
 
+def test_a_framed_masked_input_round_trips_and_broken_frames_are_wire_errors():
+    sub = wire.SecAggSubmit({"type": "masked_input", "round_id": "r1", "sender": 1, "k": 13,
+                             "length": 3}, 7, 0.5, True, 0, {"train_s": 1.0})
+    body = wire.frame_secagg(sub, b"\x01\x02\x03\x04\x05")
+    assert body.startswith(wire.SECAGG_MAGIC)
+    back, payload = wire.split_secagg(body)
+    assert back == sub and bytes(payload) == b"\x01\x02\x03\x04\x05"
+    for broken in (b"", body[:6], wire.UPLOAD_MAGIC + body[4:], body[:8] + b"!" + body[9:],
+                   body[:4] + b"\xff\xff\xff\x00" + body[8:]):
+        with pytest.raises(WireError):
+            wire.split_secagg(broken)
+
+
 def test_wire_imports_neither_flask_nor_tensorflow():
     code = ("import sys, fedkb.wire; bad = [m for m in ('flask', 'tensorflow', 'werkzeug') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
