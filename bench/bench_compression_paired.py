@@ -19,7 +19,8 @@ held-out evaluation. The per-seed difference to float32 is the encoding's cost.
 
 An encoding is ``NAME[+rotate][:MIN_ELEMENTS][/f16]`` (``q4:5000``: 4 bits, tensors of
 5,000 values or more quantized; ``/f16``: the global weights broadcast as float16, as
-``--downlink float16`` does: the phone trains from them widened to float32). One JSON
+``--downlink float16`` does: the phone trains from them widened to float32;
+``~uniform`` after it: every client weighs 1, as ``--weighting uniform``). One JSON
 line per (seed, encoding) run; a table at the end.
 
 ``sec[:CAP][@SIGMAS]`` is a secure round's q8 codec without the masks (they cancel
@@ -62,21 +63,27 @@ def parse_encoding(text: str) -> dict:
             raise SystemExit(f"a secure cap is mean, budget, uniform or a count, not {cap}")
         return {"label": text, "secure": True, "cap": cap,
                 "sigmas": float(sig) if sig else None, "downlink": "float32"}
-    spec, _, down = text.partition("/")
+    text_w, _, weighting = text.partition("~")
+    if weighting not in ("", "uniform"):
+        raise SystemExit(f"a weighting is ~uniform or nothing, not ~{weighting}")
+    spec, _, down = text_w.partition("/")
     name, _, minimum = spec.partition(":")
     base, _, rot = name.partition("+")
     if down not in ("", "f16"):
         raise SystemExit(f"a downlink is /f16 or nothing, not /{down}")
     return {"label": text, "uplink": base, "rotate": rot == "rotate",
             "min_elements": int(minimum) if minimum else 20_000,
-            "downlink": "float16" if down == "f16" else "float32"}
+            "downlink": "float16" if down == "f16" else "float32",
+            "weighting": weighting or "examples"}
 
 
 def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float | None,
-                 rotation_seed: int, args) -> tuple[float, int]:
+                 rotation_seed: int, args, clipped: list[int],
+                 norms: list[float]) -> tuple[float, int]:
     """One round's secure codec: every client's codes summed in Z_{2^k}, the decoded sum
     over the weights' total accumulated once (as SecureRound._fold_sum does). Returns the
-    round's mean examples per report and one update's code bytes."""
+    round's mean examples per report and one update's code bytes; appends each client's
+    grid-clipped coordinates and delta norm to ``clipped`` and ``norms``."""
     from fedkb.plan_codec import ROUNDING_STREAM
     from fedkb.secagg.update_codec import (
         RANGE_SIGMAS,
@@ -99,8 +106,10 @@ def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float
                             grad_clip=plan.grad_clip or None)
         scale = example_weight(res.num_examples, cap) if cap else 1.0
         rng = np.random.default_rng([int(seed), ROUNDING_STREAM])
-        codes = encode_codes(res.delta, layout, rng, scale).codes
-        total = (total + as_residues(codes, k).astype(np.uint64)) % np.uint64(2 ** k)
+        enc = encode_codes(res.delta, layout, rng, scale)
+        total = (total + as_residues(enc.codes, k).astype(np.uint64)) % np.uint64(2 ** k)
+        clipped.append(enc.clipped_values)
+        norms.append(enc.norm)
         examples.append(int(res.num_examples))
         weights.append(scale)
     s = decode_sum(total, len(clients), k, layout)
@@ -123,6 +132,8 @@ def one_secure_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> di
     t0 = time.perf_counter()
     last_mean: float | None = None
     caps: list[int] = []
+    clipped: list[int] = []
+    norms: list[float] = []
     nbytes = 0
     for version, clients in enumerate(schedule, 1):
         if enc["cap"] == "uniform":
@@ -137,13 +148,16 @@ def one_secure_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> di
         agg = strategy.aggregator(trainer.specs)
         last_mean, nbytes = secure_round(trainer, w, clients, ds, strategy, agg, cap,
                                          enc["sigmas"], 1_000_003 * args.seed_base + version,
-                                         args)
+                                         args, clipped, norms)
         w = strategy.aggregate(w, agg.result(), version)
     train_s = time.perf_counter() - t0
     counts, loss = heldout_eval(artifact, w, ds)
     return {"encoding": enc["label"], "top1": counts.top1_recall, "top3": counts.top3_recall,
             "heldout_loss": loss, "uplink_bytes_median": nbytes,
-            "cap_median": int(statistics.median(caps)), "train_s": round(train_s, 1)}
+            "cap_median": int(statistics.median(caps)),
+            "norm_median": round(statistics.median(norms), 3),
+            "grid_clipped_per_update": round(statistics.mean(clipped), 1),
+            "train_s": round(train_s, 1)}
 
 
 def one_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> dict:
@@ -156,7 +170,8 @@ def one_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> dict:
 
     client = ClientConfig(lr=args.lr, max_steps=args.max_steps, grad_clip=args.grad_clip)
     strategy = make_strategy(StrategyConfig(name="fedavgm", server_lr=args.server_lr,
-                                            clip_norm=args.clip_norm), client)
+                                            clip_norm=args.clip_norm,
+                                            weighting=enc["weighting"]), client)
     shapes = [s.shape for s in trainer.specs]
     w = trainer.artifact.initial_weights()
     t0 = time.perf_counter()

@@ -28,7 +28,13 @@ from fedkb.device_runtime.secagg_client import DONE, STOPPED, WAIT, SecureTask
 from fedkb.plan_codec import ROUNDING_STREAM
 from fedkb.secagg.update_codec import encode_codes, example_weight
 from fedkb.server.app import create_app
-from fedkb.server.config import CompressionConfig, PrivacyConfig, SecAggConfig, StrategyConfig
+from fedkb.server.config import (
+    ClientConfig,
+    CompressionConfig,
+    PrivacyConfig,
+    SecAggConfig,
+    StrategyConfig,
+)
 from fedkb.weights import WeightSpec
 
 CLIP = 4.0
@@ -124,13 +130,14 @@ class Member:
 
 def secure_harness(tmp: Path, n: int = 5, threshold: float = 0.6,
                    neighbours: int | None = None, bits: str = "q8",
-                   privacy: PrivacyConfig | None = None, **round_kw: Any) -> Harness:
+                   privacy: PrivacyConfig | None = None, client: ClientConfig | None = None,
+                   **round_kw: Any) -> Harness:
     round_kw.setdefault("min_fraction", 0.6)
     round_kw.setdefault("strategy", StrategyConfig(clip_norm=CLIP))
     cfg = make_config(tmp, model=False, report_goal=n, overselect=1.0, **round_kw)
     cfg = cfg.replace(model=write_artifact(tmp / "artifact"),
                       compression=CompressionConfig(uplink=bits),
-                      privacy=privacy or PrivacyConfig(),
+                      privacy=privacy or PrivacyConfig(), client=client or ClientConfig(),
                       secagg=SecAggConfig(enabled=True, threshold=threshold,
                                           neighbours=neighbours, phase_deadline_s=10.0))
     clock = FakeClock()

@@ -34,8 +34,8 @@ from fedkb.device_runtime.client import Retry
 from fedkb.device_runtime.secagg_client import STOPPED, TRAIN, WAIT, SecureTask
 from fedkb.secagg.messages import packed_size, unpack_residues
 from fedkb.server import round_machine
-from fedkb.server.app import create_app
 from fedkb.server.config import (
+    ClientConfig,
     CompressionConfig,
     ConfigError,
     PrivacyConfig,
@@ -69,24 +69,26 @@ def _moved_by(h, before, want) -> float:
 
 
 EXAMPLES = [2, 4, 8, 16, 32]
+BUDGET_STEPS = 8  # x the fake artifact's batch of 4: an example budget of 32
 
 
 @pytest.mark.parametrize("weighting", ["examples", "uniform"])
 def test_the_secure_mean_is_weighted_by_examples_or_uniform(tmp_path, weighting):
-    """With ``strategy.weighting = "examples"`` (the default), no DP and a previous round
-    (its mean examples per report ŵ = 16 here), the model moves by the mean of the clipped
-    deltas weighted ``min(n / ŵ, 1)``, though the server never sees one; with
-    ``uniform`` by their plain mean. The two differ by more than the bound."""
+    """With ``strategy.weighting = "examples"`` (the default) and no DP, the model moves
+    by FedAvg's example-weighted mean of the clipped deltas (each phone scales by
+    ``n / ŵ``, ŵ the plan's budget of 32 examples), though the server never sees one;
+    with ``uniform`` by their plain mean. The two differ by more than the bound. Every
+    round is weighted so, the first too."""
     h = secure_harness(tmp_path, N, strategy=StrategyConfig(clip_norm=CLIP,
-                                                             weighting=weighting))
-    h.state.machine.last_examples_per_report = 16.4  # as if a round had committed
+                                                             weighting=weighting),
+                       client=ClientConfig(max_steps=BUDGET_STEPS))
     before = h.global_weights()
     sh = SecureHarness(h, N, examples=EXAMPLES)
-    assert sh.round.secure.weight_cap == (16 if weighting == "examples" else 0)
+    assert sh.round.secure.weight_cap == (4 * BUDGET_STEPS if weighting == "examples" else 0)
     sh.run()
     assert sh.round.state == "committed", sh.round.reason
     clipped = [clip_update(phone_delta(i), CLIP)[0] for i in range(N)]
-    w = [min(e / 16, 1.0) for e in EXAMPLES]
+    w = [e / 32 for e in EXAMPLES]
     assert [sh.weight(i) for i in range(N)] == (w if weighting == "examples" else [1.0] * N)
     weighted = [sum(wi * c[j] for wi, c in zip(w, clipped, strict=True)) / sum(w)
                 for j in range(len(before))]
@@ -98,20 +100,12 @@ def test_the_secure_mean_is_weighted_by_examples_or_uniform(tmp_path, weighting)
     assert _moved_by(h, before, other) > 2 * bound
 
 
-def test_the_first_secure_round_weighs_every_phone_one(tmp_path):
-    """No round has committed yet, so there is no ŵ: weight 1 each (exact FedAvg weights,
-    ŵ = the plan's budget, would cost precision; see RoundMachine._secure_weight_cap)."""
-    h = secure_harness(tmp_path, N)
-    sh = SecureHarness(h, N)
-    assert sh.round.secure.weight_cap == 0
-    sh.run()
-    assert sh.round.state == "committed", sh.round.reason
-    stats = sh.round.stats
-    assert h.state.machine.last_examples_per_report == stats.num_examples / stats.reported
-    # a restarted server reads ŵ back from the committed round's row
-    again = create_app(h.state.config, clock=h.clock)
-    assert (again.extensions["fedkb"].machine.last_examples_per_report
-            == stats.num_examples / stats.reported)
+def test_a_phone_claiming_more_than_the_budget_weighs_one(tmp_path):
+    """The weight is ``min(n, ŵ) / ŵ``: a claim above the plan's budget cannot weigh
+    more than a phone that used all of it (nor overflow the field's range)."""
+    h = secure_harness(tmp_path, N, client=ClientConfig(max_steps=BUDGET_STEPS))
+    sh = SecureHarness(h, N, examples=[1, 2, 32, 33, 10_000])
+    assert [sh.weight(i) for i in range(N)][2:] == [1.0, 1.0, 1.0]
 
 
 def test_a_secure_round_commits_the_exact_sum(tmp_path):
@@ -131,7 +125,7 @@ def test_a_secure_round_commits_the_exact_sum(tmp_path):
     w = [sh.weight(i) for i in range(N)]
     mean = [sum(w[i] * clip_update(phone_delta(i), CLIP)[0][j] for i in range(N)) / sum(w)
             for j in range(len(before))]
-    assert _moved_by(h, before, mean) < mean_bound(sh)
+    assert _moved_by(h, before, mean) < mean_bound(sh) * N / sum(w)  # see the weighted test
     stats = sh.round.stats
     assert stats.reported == N and stats.num_examples == sum(10 + i for i in range(N))
     assert stats.secagg["survivors"] == {"advertise_keys": N, "share_keys": N,
