@@ -40,6 +40,16 @@ def test_round_rows_name_the_participants_of_committed_training_rounds_only():
     assert "participants" not in round_rows(rounds)[0]  # no log: no claim
 
 
+def test_a_rounds_wall_leaves_out_its_selection_which_overlaps_the_last_round():
+    """Pipelined, a round selects while the previous one trains: summing its selection
+    into its wall counted that time twice over a run."""
+    r = _round(1, 1, 2)
+    r["durations"] = {"selection_s": 3.0, "reporting_s": 2.0, "commit_s": 0.5,
+                      "advertise_keys_s": 0.25}
+    row = round_rows([r])[0]
+    assert row["wall_s"] == 2.75 and row["selection_s"] == 3.0
+
+
 def _report(tmp_path, rows, **config):
     path = tmp_path / f"run{len(list(tmp_path.iterdir()))}.json"
     path.write_text(json.dumps({"engine": "fleet", "rounds": rows, "config": {
