@@ -30,9 +30,11 @@ round's shared, rotated grid (:func:`~fedkb.secagg.update_codec.encode_codes`, r
 seeded as a phone seeds it); the server sums the codes in Z_{2^k}, decodes the sum
 (:func:`~fedkb.secagg.update_codec.decode_sum`) and divides by the weights' total, as
 :class:`fedkb.server.secure_round.SecureRound` does. CAP is the example cap ŵ: ``mean``
-(the server's rule, the last round's mean examples per report; weight 1 in the first
-round), ``budget`` (batch x steps: exact FedAvg weights), ``uniform`` (weight 1) or a
-count; SIGMAS the grid's radius in standard deviations (default 4).
+(the last round's mean examples per report; weight 1 in the first round), ``max`` /
+``p90`` / ``Xp90`` (the last round's largest / 90th-percentile / X times its
+90th-percentile claim; weight 1 in the first round),
+``budget`` (batch x steps: exact FedAvg weights, given ``--max-steps``), ``uniform``
+(weight 1) or a count; SIGMAS the grid's radius in standard deviations (default 4).
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def parse_encoding(text: str) -> dict:
     if text == "sec" or text.startswith(("sec:", "sec@")):
         spec, _, sig = text.partition("@")
         cap = spec.partition(":")[2] or "mean"
-        if cap not in ("mean", "budget", "uniform") and not cap.isdigit():
-            raise SystemExit(f"a secure cap is mean, budget, uniform or a count, not {cap}")
+        if cap not in ("mean", "max", "p90", "budget", "uniform") and not cap.isdigit() \
+                and not (cap.endswith("p90") and cap[:-3].isdigit()):
+            raise SystemExit(f"a secure cap is mean, max, p90, budget, uniform or a count, "
+                             f"not {cap}")
         return {"label": text, "secure": True, "cap": cap,
                 "sigmas": float(sig) if sig else None, "downlink": "float32"}
     text_w, _, weighting = text.partition("~")
@@ -79,7 +83,7 @@ def parse_encoding(text: str) -> dict:
 
 def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float | None,
                  rotation_seed: int, args, clipped: list[int],
-                 norms: list[float]) -> tuple[float, int]:
+                 norms: list[float], examples_seen: list[int]) -> tuple[float, int]:
     """One round's secure codec: every client's codes summed in Z_{2^k}, the decoded sum
     over the weights' total accumulated once (as SecureRound._fold_sum does). Returns the
     round's mean examples per report and one update's code bytes; appends each client's
@@ -112,6 +116,7 @@ def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float
         norms.append(enc.norm)
         examples.append(int(res.num_examples))
         weights.append(scale)
+    examples_seen.extend(examples)
     s = decode_sum(total, len(clients), k, layout)
     denom = np.float32(sum(weights))
     agg.accumulate([(a / denom).astype(np.float32) for a in s], float(max(sum(examples), 1)))
@@ -134,21 +139,31 @@ def one_secure_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> di
     caps: list[int] = []
     clipped: list[int] = []
     norms: list[float] = []
+    examples_seen: list[int] = []
+    last_examples: list[int] = []
     nbytes = 0
     for version, clients in enumerate(schedule, 1):
         if enc["cap"] == "uniform":
             cap = 0
         elif enc["cap"] == "budget":
             cap = budget
-        elif enc["cap"] == "mean":  # the server's rule (RoundMachine._secure_weight_cap)
+        elif enc["cap"] == "mean":  # the server's rule until the fifteenth session
             cap = 0 if last_mean is None else max(1, min(budget, round(last_mean)))
+        elif enc["cap"] in ("max", "p90") or enc["cap"].endswith("p90"):
+            # the last round's largest / (X x its) 90th-percentile claim
+            q = 100 if enc["cap"] == "max" else 90
+            times = int(enc["cap"][:-3]) if enc["cap"][:-3].isdigit() else 1
+            cap = 0 if not last_examples else max(1, min(budget, times * int(np.ceil(
+                np.percentile(last_examples, q, method="higher")))))
         else:
             cap = int(enc["cap"])
         caps.append(cap)
         agg = strategy.aggregator(trainer.specs)
+        n_before = len(examples_seen)
         last_mean, nbytes = secure_round(trainer, w, clients, ds, strategy, agg, cap,
                                          enc["sigmas"], 1_000_003 * args.seed_base + version,
-                                         args, clipped, norms)
+                                         args, clipped, norms, examples_seen)
+        last_examples = examples_seen[n_before:]
         w = strategy.aggregate(w, agg.result(), version)
     train_s = time.perf_counter() - t0
     counts, loss = heldout_eval(artifact, w, ds)

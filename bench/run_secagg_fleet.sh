@@ -2,13 +2,16 @@
 # Secure against plain q8 20x20 fleet runs, alternating per seed so both see the same
 # background load: bench/run_secagg_fleet.sh OUT_DIR SEED... (results OUT_DIR/{secagg,plain}-S.json,
 # /usr/bin/time's "wall user system" in .time, a log with the load at each start and end).
-# SPEEDUP / DEADLINE / ROUNDS override the brief's settings for a loaded machine.
+# SPEEDUP / DEADLINE / ROUNDS override the brief's settings for a loaded machine. NAME and
+# FLAGS (default: secagg, --secagg) run another mode against plain, e.g. NAME=dp
+# FLAGS="--dp fedavg --dp-noise 1 --dp-clip 4 --dp-noise-cohort 1000".
 set -u
 out=$1; shift
 mkdir -p "$out"
+NAME=${NAME:-secagg}
 for S in "$@"; do
-  for MODE in secagg plain; do
-    EXTRA=""; [ "$MODE" = secagg ] && EXTRA="--secagg"
+  for MODE in "$NAME" plain; do
+    EXTRA=""; [ "$MODE" = "$NAME" ] && EXTRA="${FLAGS:---secagg}"
     echo "$(date +%T) start $MODE seed $S load $(cut -d' ' -f1 /proc/loadavg)" >> "$out/log.txt"
     /usr/bin/time -f "%e %U %S" -o "$out/$MODE-$S.time" nice -n 10 uv run --frozen --no-sync \
       fedkb simulate --engine fleet --data "${DATA:-runs/demo/data}" --preset small \

@@ -145,7 +145,7 @@ class Reporting:
         task.state, task.upload_sha256, task.response = "reported", digest, response
         self.tasks.answered(task)
         rnd.stats.reported += 1
-        rnd.stats.num_examples += meta.num_examples
+        rnd.claim(meta.num_examples)
         count_bytes(rnd.stats, nbytes, meta.timings)
         self.metrics.uplink_bytes.labels(rnd.kind).inc(nbytes)
         self.metrics.reports.labels(rnd.kind).inc()

@@ -122,6 +122,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HOLD_RECHECK_S = 0.5  # wall s: a held secure step looks again this often (a deadline)
+CLAIM_SPREAD = 4  # a secure round's example cap: this x the last round's claims' p90
 
 
 class RoundMachine:
@@ -154,6 +155,15 @@ class RoundMachine:
         self._derived_update_norm: float | None = None  # from the artifact, on attach
         self.unsaved = PendingRows()  # closed rounds' rows a full disk kept from the db
         self.last_round_bytes: dict[str, int] = {}  # of the last committed training round
+        # the 90th-percentile examples claim of the last committed training round's
+        # reports (public: their metadata), for a secure round's weight cap
+        # (_secure_weight_cap); read back from that round's row after a restart
+        self.last_examples_p90: int = self._examples_p90_of_last()
+
+    def _examples_p90_of_last(self) -> int:
+        row = self.db.one("SELECT stats FROM rounds WHERE kind = ? AND state = ? "
+                          "ORDER BY id DESC LIMIT 1", (TRAIN, COMMITTED))
+        return 0 if row is None else RoundStats.from_json(row_dict(row)["stats"]).examples_p90
 
     @property
     def artifact(self) -> Artifact | None:
@@ -297,23 +307,29 @@ class RoundMachine:
                                (kind, COMMITTED))["n"])
 
     def _secure_weight_cap(self, plan: Plan) -> int:
-        """A secure round's example cap ŵ: the plan's budget (batch x steps x epochs, the
-        most examples a phone may report), so each phone scales its clipped delta by
-        ``n / ŵ`` (at most 1: the field's range holds) and the sum over the survivors'
-        total of those weights is FedAvg's example-weighted mean, exactly. 0 (every phone
-        weight 1) with ``strategy.weighting = "uniform"`` and with DP (its sensitivity
-        needs weight 1).
+        """A secure round's example cap ŵ: each phone scales its clipped delta by
+        ``min(n, ŵ) / ŵ`` (at most 1: the field's range holds) and the server divides the
+        sum by the survivors' total of those weights. ŵ is CLAIM_SPREAD times the 90th
+        percentile of the examples the last committed training round's reports claimed,
+        at most the plan's budget: the weights are FedAvg's for every phone up to it. 0
+        (every phone weight 1) with ``strategy.weighting = "uniform"``, with DP (its
+        sensitivity needs weight 1) and in the first round (no claims yet).
 
-        Why not McMahan et al. 2018's lower cap (ŵ the mean examples per report, every
-        phone above it weighing 1; fedkb's rule until the fifteenth session): a phone's
-        rounding error does not shrink with its weight, so a lower cap saves precision,
-        but capping the heavy phones cost more: at q8 over 20 rounds, paired on 5 seeds,
-        the mean's cap cost 0.8 top-1 and 1.4 top-3 points against plain q8, the
-        budget's exact weights about 0.1 and 0.2 (bench/README.md, "The secure codec,
-        paired")."""
+        Why that ŵ (paired over 5 seeds at q8, bench/README.md, "The secure codec,
+        paired"). A phone's rounding error does not shrink with its weight, so the
+        decoded mean's error grows as 1 / (mean weight): the plan's budget as ŵ (exact
+        weights) cost 0.2 top-3 points with 50 steps, and collapses a run without
+        ``--max-steps`` (16 million examples: every weight ~1e-6). A ŵ below the heavy
+        phones caps them at weight 1: the mean claim (fedkb's rule until the fifteenth
+        session, McMahan et al. 2018's ŵ) cost 1.4 top-3 points, the 90th percentile
+        0.9, the last round's largest claim 0.6. Four times the 90th percentile sits above
+        the heavy tail of Shakespeare's roles, and one phone claiming a huge count cannot
+        move it."""
         if self.privacy is not None or self.strategy.cfg.weighting != "examples":
             return 0
-        return max(1, examples_budget(plan))
+        if self.last_examples_p90 <= 0:
+            return 0
+        return max(1, min(examples_budget(plan), CLAIM_SPREAD * self.last_examples_p90))
 
     def _open_round(self, kind: str, goal: int, now: float, version: int | None = None,
                     configured: bool = True) -> None:
@@ -427,6 +443,8 @@ class RoundMachine:
         self.selection.round_took(0.0 if start is None else now - start)
         self._record_metrics(rnd)
         self.last_round_bytes = round_bytes(rnd.stats)
+        if rnd.kind == TRAIN and rnd.stats.examples_p90 > 0:
+            self.last_examples_p90 = rnd.stats.examples_p90
         self.metrics.round_bytes.labels("up").set(self.last_round_bytes["upload_bytes"])
         self.metrics.round_bytes.labels("down").set(self.last_round_bytes["download_bytes"])
         # every eval_every versions, and the run's last: a run that ends between two of

@@ -12,6 +12,7 @@ failures are data.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +47,10 @@ class RoundStats:
     # reporting phones downloaded for their tasks (their ``download_bytes`` timing)
     upload_bytes: list[int] = field(default_factory=list)
     download_bytes: int = 0
+    # the 90th percentile (the higher of two claims) of the examples its accepted reports
+    # claimed (RoundState.claim): the next secure round's weight cap comes from it
+    # (RoundMachine._secure_weight_cap). One number: no claim is kept
+    examples_p90: int = 0
     # a secure round's protocol counts (fedkb.server.secure_round.SecureRound.summary)
     secagg: dict[str, Any] | None = None
 
@@ -59,6 +64,13 @@ class RoundStats:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RoundStats:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def percentile_higher(values: list[int], q: float) -> int:
+    """The q-th percentile of ``values``, the higher of two neighbours (NumPy's
+    ``method="higher"``): one of the values, at least the plain interpolated one."""
+    ordered = sorted(values)
+    return ordered[math.ceil(q / 100 * (len(ordered) - 1) - 1e-9)] if ordered else 0
 
 
 MAX_DOWNLOAD_CLAIM = 1 << 40  # a phone's download_bytes timing beyond this is not counted
@@ -107,6 +119,14 @@ class RoundState:
     scalars: ScalarMeans = field(default_factory=lambda: ScalarMeans(medians=("loss",)))
     devices: set[str] = field(default_factory=set)
     task_ids: list[str] = field(default_factory=list)
+    # each accepted report's examples claim, in memory only (stats keeps their p90)
+    example_claims: list[int] = field(default_factory=list)
+
+    def claim(self, examples: int) -> None:
+        """Count an accepted report's examples (num_examples, examples_p90)."""
+        self.stats.num_examples += int(examples)
+        self.example_claims.append(int(examples))
+        self.stats.examples_p90 = percentile_higher(self.example_claims, 90)
     secure: Any = None  # a secure round's protocol state (fedkb.server.secure_round)
 
     def __post_init__(self) -> None:

@@ -30,12 +30,13 @@ and nothing of it is written to the database or the logs. The unmasked sum is de
 the summands' total weight and handed to the round's ordinary aggregator as one update,
 so the strategy and the model checks after it are unchanged. With
 ``strategy.weighting = "examples"`` (the default) and no DP, the mean is example-weighted
-as FedAvg's: the setup carries a cap ŵ as ``weight_cap`` (the plan's example budget,
+as FedAvg's up to a cap: the setup carries ŵ as ``weight_cap`` (4x the last round's
+90th-percentile examples claim, at most the plan's budget,
 :meth:`~fedkb.server.round_machine.RoundMachine._secure_weight_cap`), each phone scales
 its clipped delta by :func:`~fedkb.secagg.update_codec.example_weight` (``min(n, ŵ) /
 ŵ``, at most 1, so the field's range holds) and the server divides the sum by the same
-weights computed from the examples the survivors reported. Otherwise (``uniform``, or
-DP, whose sensitivity needs weight 1) every summand weighs 1. With
+weights computed from the examples the survivors reported. Otherwise (``uniform``, DP,
+whose sensitivity needs weight 1, or the first round) every summand weighs 1. With
 ``[privacy]`` the round's DP stage takes the unmasked *sum* instead
 (``accumulate_sum``: each phone clipped to the round's C itself) and adds its central
 Gaussian noise to it, as for plain rounds: the server is trusted with the noise.
@@ -398,7 +399,7 @@ class SecurePhase:
                 for uid in sec.answered(MASKED):
                     examples, loss = sec.scalars.get(uid, (0, None))
                     rnd.stats.reported += 1
-                    rnd.stats.num_examples += examples
+                    rnd.claim(examples)
                     if loss is not None:
                         rnd.scalars.accumulate({"loss": loss}, float(max(examples, 1)))
             rnd.stats.secagg = rnd.secure.summary()

@@ -34,6 +34,7 @@ from fedkb.device_runtime.client import Retry
 from fedkb.device_runtime.secagg_client import STOPPED, TRAIN, WAIT, SecureTask
 from fedkb.secagg.messages import packed_size, unpack_residues
 from fedkb.server import round_machine
+from fedkb.server.app import create_app
 from fedkb.server.config import (
     ClientConfig,
     CompressionConfig,
@@ -44,6 +45,7 @@ from fedkb.server.config import (
     ServerConfig,
     StrategyConfig,
 )
+from fedkb.server.rounds import percentile_higher
 from fedkb.server.secure_round import POLL_S
 
 N = 5  # t = ceil(0.6 * 5) = 3: up to n - t = 2 dropouts are survived
@@ -69,22 +71,21 @@ def _moved_by(h, before, want) -> float:
 
 
 EXAMPLES = [2, 4, 8, 16, 32]
-BUDGET_STEPS = 8  # x the fake artifact's batch of 4: an example budget of 32
 
 
 @pytest.mark.parametrize("weighting", ["examples", "uniform"])
 def test_the_secure_mean_is_weighted_by_examples_or_uniform(tmp_path, weighting):
-    """With ``strategy.weighting = "examples"`` (the default) and no DP, the model moves
-    by FedAvg's example-weighted mean of the clipped deltas (each phone scales by
-    ``n / ŵ``, ŵ the plan's budget of 32 examples), though the server never sees one;
-    with ``uniform`` by their plain mean. The two differ by more than the bound. Every
-    round is weighted so, the first too."""
+    """With ``strategy.weighting = "examples"`` (the default), no DP and a previous round
+    (its claims' 90th percentile 8: ŵ = 4 x 8 = 32 here), the model moves by FedAvg's
+    example-weighted mean of the clipped deltas (each phone scales by ``min(n, ŵ) / ŵ``),
+    though the server never sees one; with ``uniform`` by their plain mean. The two
+    differ by more than the bound."""
     h = secure_harness(tmp_path, N, strategy=StrategyConfig(clip_norm=CLIP,
-                                                             weighting=weighting),
-                       client=ClientConfig(max_steps=BUDGET_STEPS))
+                                                             weighting=weighting))
+    h.state.machine.last_examples_p90 = 8  # as if a round had committed: ŵ = 4 x 8
     before = h.global_weights()
     sh = SecureHarness(h, N, examples=EXAMPLES)
-    assert sh.round.secure.weight_cap == (4 * BUDGET_STEPS if weighting == "examples" else 0)
+    assert sh.round.secure.weight_cap == (32 if weighting == "examples" else 0)
     sh.run()
     assert sh.round.state == "committed", sh.round.reason
     clipped = [clip_update(phone_delta(i), CLIP)[0] for i in range(N)]
@@ -100,12 +101,35 @@ def test_the_secure_mean_is_weighted_by_examples_or_uniform(tmp_path, weighting)
     assert _moved_by(h, before, other) > 2 * bound
 
 
-def test_a_phone_claiming_more_than_the_budget_weighs_one(tmp_path):
-    """The weight is ``min(n, ŵ) / ŵ``: a claim above the plan's budget cannot weigh
-    more than a phone that used all of it (nor overflow the field's range)."""
-    h = secure_harness(tmp_path, N, client=ClientConfig(max_steps=BUDGET_STEPS))
-    sh = SecureHarness(h, N, examples=[1, 2, 32, 33, 10_000])
-    assert [sh.weight(i) for i in range(N)][2:] == [1.0, 1.0, 1.0]
+def test_the_cap_is_four_times_the_claims_p90_within_the_budget(tmp_path):
+    """ŵ is 4x the 90th percentile of the last round's claims, at most the plan's budget:
+    one phone claiming a huge count does not move it (a phone's rounding error does not
+    shrink with its weight, so a ŵ blown up would drown every update), and a phone
+    claiming more than ŵ weighs 1."""
+    assert percentile_higher([5] * 19 + [10**6], 90) == 5  # RoundState.claim's
+    assert percentile_higher([5, 1, 9], 90) == 9 and percentile_higher([], 90) == 0
+    h = secure_harness(tmp_path, N, client=ClientConfig(max_steps=8))  # budget 4 x 8
+    machine = h.state.machine
+    machine.last_examples_p90 = 5  # e.g. 19 claims of 5 and one of a million: 4 x 5
+    sh = SecureHarness(h, N, examples=[1, 2, 20, 21, 10_000])
+    assert sh.round.secure.weight_cap == 20
+    assert [sh.weight(i) for i in range(N)] == [0.05, 0.1, 1.0, 1.0, 1.0]
+    machine.last_examples_p90 = 10  # 4 x 10 is above the budget of 32: the budget
+    assert machine._secure_weight_cap(sh.round.plan) == 32
+
+
+def test_the_first_secure_round_weighs_every_phone_one(tmp_path):
+    """No round has committed yet, so there are no claims: weight 1 each. The round's
+    claims are the next one's, and a restarted server reads them back from its row."""
+    h = secure_harness(tmp_path, N)
+    sh = SecureHarness(h, N, examples=EXAMPLES)
+    assert sh.round.secure.weight_cap == 0
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    assert sh.round.stats.examples_p90 == 32  # of 2, 4, 8, 16, 32: the higher neighbour
+    assert h.state.machine.last_examples_p90 == 32
+    again = create_app(h.state.config, clock=h.clock)
+    assert again.extensions["fedkb"].machine.last_examples_p90 == 32
 
 
 def test_a_secure_round_commits_the_exact_sum(tmp_path):
@@ -125,7 +149,7 @@ def test_a_secure_round_commits_the_exact_sum(tmp_path):
     w = [sh.weight(i) for i in range(N)]
     mean = [sum(w[i] * clip_update(phone_delta(i), CLIP)[0][j] for i in range(N)) / sum(w)
             for j in range(len(before))]
-    assert _moved_by(h, before, mean) < mean_bound(sh) * N / sum(w)  # see the weighted test
+    assert _moved_by(h, before, mean) < mean_bound(sh)  # the first round: weight 1 each
     stats = sh.round.stats
     assert stats.reported == N and stats.num_examples == sum(10 + i for i in range(N))
     assert stats.secagg["survivors"] == {"advertise_keys": N, "share_keys": N,

@@ -99,7 +99,8 @@ class EncodedUpdate:
 def example_weight(num_examples: int, cap: int) -> float:
     """The weight in (0, 1] a phone scales its clipped delta by in an example-weighted
     secure round: ``min(examples, cap) / cap`` (McMahan et al. 2018's ``min(n / ŵ, 1)``;
-    the server's cap is the plan's example budget, so the weights are FedAvg's).
+    the server's cap is 4x the last round's 90th-percentile claim, so the weights are
+    FedAvg's below it: :meth:`fedkb.server.round_machine.RoundMachine._secure_weight_cap`).
     The server computes the same from the examples the phone reports and divides the sum
     by the survivors' total: a weighted mean without seeing an update. Scaled by at most
     1, a delta stays within the clip, so the field's range and headroom hold."""
