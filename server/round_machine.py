@@ -323,8 +323,8 @@ class RoundMachine:
         phones caps them at weight 1: the mean claim (fedkb's rule until the fifteenth
         session, McMahan et al. 2018's ŵ) cost 1.4 top-3 points, the 90th percentile
         0.9, the last round's largest claim 0.6. Four times the 90th percentile sits above
-        the heavy tail of Shakespeare's roles, and one phone claiming a huge count cannot
-        move it."""
+        most of the heavy tail of Shakespeare's roles, and phones claiming huge counts
+        cannot move it unless they are a tenth of a round's reports."""
         if self.privacy is not None or self.strategy.cfg.weighting != "examples":
             return 0
         if self.last_examples_p90 <= 0:
