@@ -40,6 +40,7 @@ from fedkb.compression.field import modulus_bits
 from fedkb.device_runtime.client import DeviceClient, Refused
 from fedkb.plan_codec import ROUNDING_STREAM
 from fedkb.secagg.client import Phone
+from fedkb.secagg.distributed_dp import noise_rng
 from fedkb.secagg.messages import KeyRoster, MessageError, Refusal, ShareRelay, UnmaskRequest
 from fedkb.secagg.params import RoundParams
 from fedkb.secagg.update_codec import (
@@ -69,6 +70,7 @@ class SecureTask:
     k: int = 0
     sigmas: float = 4.0
     weight_cap: int = 0  # > 0: scale the clipped delta by example_weight(examples, cap)
+    noise_std: float = 0.0  # > 0: distributed DP, this phone's discrete Gaussian std
     refusal: str = ""  # why the phone stopped, if it did
     sent: dict[str, int] = field(default_factory=dict)  # bytes per phase
     relay: ShareRelay | None = None  # the masked-input phase's relay, kept while training
@@ -179,7 +181,7 @@ class SecureTask:
         assert plan.clip is not None and plan.rotation_seed is not None
         assert self.update is not None
         return UpdateLayout(tuple(tuple(a.shape) for a in self.update), BITS_OF[plan.uplink],
-                            plan.clip, plan.rotation_seed, sigmas)
+                            plan.clip, plan.rotation_seed, sigmas, noise_std=self.noise_std)
 
     def _start(self, setup: wire.SecAggSetup) -> Phone:
         plan = self.task.plan
@@ -194,6 +196,7 @@ class SecureTask:
         self.k = setup.k
         self.sigmas = setup.range_sigmas
         self.weight_cap = setup.weight_cap
+        self.noise_std = setup.noise_std
         self.phone = Phone(setup.uid, params)
         return self.phone
 
@@ -209,8 +212,14 @@ class SecureTask:
         if layout.dim != self.phone.params.dim:
             return Refusal("bad_setup", f"the round masks {self.phone.params.dim} entries, "
                            f"this update has {layout.dim}")
+        n = len(self.phone.params.clients)
+        if layout.modulus_bits(n) > self.k:
+            return Refusal("bad_setup", f"modulus 2^{self.k} is too small for the noised sum "
+                           f"of {n} phones")
         enc = encode_codes(self.update, layout, rng, scale)
-        out = self.phone.masked_input(relay, as_residues(enc.codes, self.k))
+        # distributed DP: the noise comes from a generator the server knows nothing of
+        noise = layout.noise(noise_rng()) if layout.noise_std > 0 else None
+        out = self.phone.masked_input(relay, as_residues(enc.codes, self.k, noise))
         if isinstance(out, Refusal):
             return out
         self.update = []  # masked (the body is kept until sent): the plaintext is not kept

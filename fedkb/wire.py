@@ -510,6 +510,9 @@ class SecAggSetup(_Message):
     # > 0: an example-weighted round; the phone scales its clipped delta by
     # fedkb.secagg.update_codec.example_weight(examples, weight_cap). 0: every phone weight 1
     weight_cap: int = 0
+    # > 0: distributed DP; each phone adds discrete Gaussian noise of this std (float
+    # units) to its encoded update (fedkb.secagg.distributed_dp)
+    noise_std: float = 0.0
 
     @classmethod
     def from_json(cls, d: Any) -> SecAggSetup:
@@ -521,13 +524,16 @@ class SecAggSetup(_Message):
             raise WireError("secagg_setup.graph_seed must be hex") from None
         if _get(d, "weight_cap", int, "secagg_setup", 0) < 0:
             raise WireError("secagg_setup.weight_cap must be >= 0")
+        noise = _get(d, "noise_std", float, "secagg_setup", 0.0)
+        if not (math.isfinite(noise) and noise >= 0):
+            raise WireError("secagg_setup.noise_std must be a finite number >= 0")
         return cls(_get(d, "round_id", str, "secagg_setup"), _get(d, "uid", int, "secagg_setup"),
                    _int_list(_get(d, "clients", list, "secagg_setup"), "secagg_setup.clients"),
                    _get(d, "threshold", int, "secagg_setup"), _get(d, "dim", int, "secagg_setup"),
                    _get(d, "k", int, "secagg_setup"),
                    _get(d, "degree", int, "secagg_setup", None), seed,
                    _get(d, "range_sigmas", float, "secagg_setup", 4.0),
-                   _get(d, "weight_cap", int, "secagg_setup", 0))
+                   _get(d, "weight_cap", int, "secagg_setup", 0), noise)
 
 
 @dataclass(frozen=True)

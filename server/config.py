@@ -305,6 +305,10 @@ class PrivacyConfig:
             the pretended deployment, labelled "hypothetical population".
         restart_every: DP-FTRL (``ftrl``) only: rounds per noise tree (None: one tree for
             the whole run; Kairouz et al. 2021's tree restarts).
+        distributed: distributed DP (``fedavg`` with ``[secagg]`` only): each phone adds
+            its share of discrete Gaussian noise to its field-encoded update, so the server
+            never sees a noise-free sum and adds none itself
+            (:mod:`fedkb.secagg.distributed_dp`). Off: the server adds the noise (central).
     """
 
     mechanism: str | None = None
@@ -318,6 +322,7 @@ class PrivacyConfig:
     population: int | None = None
     noise_cohort: int | None = None
     restart_every: int | None = None
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "privacy")
@@ -341,6 +346,10 @@ class PrivacyConfig:
             _positive(self, "noise_cohort")
         if self.restart_every is not None:
             _positive(self, "restart_every")
+        if self.distributed and (self.mechanism != "fedavg" or self.adaptive):
+            raise ConfigError("privacy.distributed is for DP-FedAvg with a fixed clip "
+                              "(mechanism fedavg, adaptive off): DP-FTRL's tree noise and "
+                              "adaptive clipping's noised count are the server's")
 
     @property
     def enabled(self) -> bool:
@@ -500,6 +509,9 @@ def secagg_clip(secagg: SecAggConfig, strategy: StrategyConfig) -> float | None:
 def check_secagg(secagg: SecAggConfig, rounds: RoundConfig, strategy: StrategyConfig,
                  privacy: PrivacyConfig, compression: CompressionConfig) -> None:
     """Refuse secure-aggregation settings that cannot run or do not protect the inputs."""
+    if privacy.distributed and not secagg.enabled:
+        raise ConfigError("privacy.distributed needs [secagg] (--secagg): the phones' noise "
+                          "only protects a sum the server cannot see the parts of")
     if not secagg.enabled:
         return
     if compression.uplink == "float32":

@@ -331,6 +331,13 @@ class RoundMachine:
             return 0
         return max(1, min(examples_budget(plan), CLAIM_SPREAD * self.last_examples_p90))
 
+    def _phones_noise_multiplier(self, goal: int) -> float:
+        """Distributed DP: the z the phones' noise must reach on a secure round's sum
+        (the round's actual one: z, or z·m/K with ``noise_cohort``); 0 otherwise."""
+        if self.privacy is None or not self.privacy.cfg.distributed:
+            return 0.0
+        return self.privacy.actual_noise(goal)
+
     def _open_round(self, kind: str, goal: int, now: float, version: int | None = None,
                     configured: bool = True) -> None:
         assert self.artifact is not None and self.model is not None
@@ -354,7 +361,8 @@ class RoundMachine:
             rnd.secure = SecureRound(self.secagg, rid,
                                      tuple(tuple(sp.shape) for sp in self.artifact.specs),
                                      plan.uplink, float(plan.clip or 0), plan.rotation_seed,
-                                     self.cfg.min_reports(goal), self._secure_weight_cap(plan))
+                                     self.cfg.min_reports(goal), self._secure_weight_cap(plan),
+                                     self._phones_noise_multiplier(goal))
         # the id is taken only once its row is written: a full disk skips no round id
         if not best_effort(lambda: self.db.insert("rounds", rnd.row()), f"round {rid}"):
             return

@@ -75,6 +75,7 @@ from fedkb.secagg.server import SecAggServer, SumResult
 from fedkb.secagg.update_codec import BITS_OF, UpdateLayout, decode_sum, example_weight
 from fedkb.server.config import RoundConfig, SecAggConfig
 from fedkb.server.phases import TRAINING, Phase
+from fedkb.server.privacy.distributed import PhonesNoise
 from fedkb.wire import SecAggSetup, SecAggStep, SecAggSubmit
 
 if TYPE_CHECKING:
@@ -127,9 +128,11 @@ class SecureRound:
 
     def __init__(self, cfg: SecAggConfig, round_id: int, shapes: tuple[tuple[int, ...], ...],
                  uplink: str, clip: float, rotation_seed: int, min_reports: int = 1,
-                 weight_cap: int = 0) -> None:
+                 weight_cap: int = 0, dp_multiplier: float = 0.0) -> None:
         self.cfg, self.min_reports = cfg, min_reports
         self.weight_cap = weight_cap  # > 0: example-weighted (the phones scale, see _fold_sum)
+        # > 0: distributed DP, the target z of the sum's noise, which the phones add (begin)
+        self.dp_multiplier = dp_multiplier
         self.rid = f"r{round_id}"
         self.layout = UpdateLayout(shapes, BITS_OF[uplink], clip, rotation_seed,
                                    cfg.range_sigmas)
@@ -171,6 +174,8 @@ class SecureRound:
                            Phase(p.name, p.state, p.deadline_s,
                                  t if p.name == UNMASK else max(t, self.min_reports), p.short)
                            for p in rnd.phases)
+        if self.dp_multiplier > 0:
+            self._size_phone_noise(t)
         degree = self.cfg.neighbours
         if degree is not None and degree >= n - 1:
             degree = None  # every other phone: full SecAgg
@@ -179,9 +184,26 @@ class SecureRound:
                                   secrets.token_bytes(32) if degree is not None else b"")
         self.server = SecAggServer(self.params)
 
+    def _size_phone_noise(self, t: int) -> None:
+        """Distributed DP: each phone's share of the target noise ``z·Δ`` on the sum, for
+        the fewest summands the round commits with (``max(t, min_reports)``): any
+        commit's sum carries at least the target (fedkb.secagg.distributed_dp)."""
+        floor = max(t, self.min_reports)
+        std = self.dp_multiplier * self.layout.sensitivity / floor ** 0.5
+        self.layout = dataclasses.replace(self.layout, noise_std=std)
+
+    def phones_noise(self, n_summands: int) -> PhonesNoise:
+        """What the noise in a sum of ``n_summands`` masked inputs is (public numbers)."""
+        lay = self.layout
+        return PhonesNoise(lay.noise_std * n_summands ** 0.5, lay.sensitivity,
+                           lay.tau(n_summands), n_summands)
+
     def set_clip(self, clip: float) -> None:
-        """A pipelined round configured with this round's C_t (adaptive clipping)."""
-        self.layout = dataclasses.replace(self.layout, clip=clip)
+        """A pipelined round configured with this round's C_t (adaptive clipping, which
+        distributed DP does not take: its noise is sized from a fixed clip)."""
+        if clip != self.layout.clip:
+            assert self.dp_multiplier == 0, "distributed DP runs at a fixed clip"
+            self.layout = dataclasses.replace(self.layout, clip=clip)
 
     def _timed(self, what: str, fn: Any) -> Any:
         t0 = time.thread_time()
@@ -230,11 +252,16 @@ class SecureRound:
         assert self.params is not None
         n = result.n_summands
         try:
-            total = decode_sum(result.total, n, self.params.k, self.layout)
+            total = decode_sum(result.total, n, self.params.k, self.layout,
+                               len(self.params.clients))
         except (FieldOverflowError, ValueError) as exc:
             self.abort = Abort(UNMASK, f"the unmasked sum is not an honest sum: {exc}")
             return
         if rnd.aggregator is None:
+            return
+        bits = [self.unclipped.get(u) for u in result.survivors]
+        if hasattr(rnd.aggregator, "accumulate_noised_sum"):  # distributed DP: phones' noise
+            rnd.aggregator.accumulate_noised_sum(total, self.phones_noise(n), bits)
             return
         if hasattr(rnd.aggregator, "accumulate_sum"):  # DP: noise on the unmasked sum
             rnd.aggregator.accumulate_sum(total, n, [self.unclipped.get(u)
@@ -270,7 +297,7 @@ class SecureRound:
             p = self.params
             setup = SecAggSetup(p.round_id, uid, list(p.clients), p.threshold, p.dim, p.k,
                                 p.degree, p.graph_seed.hex(), self.layout.sigmas,
-                                self.weight_cap)
+                                self.weight_cap, self.layout.noise_std)
         elif name == SHARE:
             msg = self.roster
         elif name == MASKED:

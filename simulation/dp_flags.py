@@ -18,7 +18,8 @@ from fedkb.errors import UserError
 from fedkb.server.config import DP_FTRL_STRATEGY, DP_MECHANISMS, PrivacyConfig
 from fedkb.simulation.fleet_config import default_of
 
-REPORT_KEYS = ("mechanism", "noise_multiplier", "clip", "adaptive", "epsilon", "delta",
+REPORT_KEYS = ("mechanism", "noise_multiplier", "clip", "adaptive", "noise_placement",
+               "epsilon", "delta",
                "rounds", "accountant", "neighboring", "population", "target_epsilon",
                "stopped", "hypothetical_population")
 
@@ -42,19 +43,24 @@ def add_dp_arguments(p: argparse.ArgumentParser) -> None:
                         "then reported for that hypothetical population")
     p.add_argument("--dp-delta", type=float, default=None, metavar="D",
                    help="delta of the guarantee (default min(1e-5, 1/(N ln N)))")
+    p.add_argument("--dp-distributed", action="store_true",
+                   help="distributed DP (needs --secagg and --dp fedavg): each phone adds "
+                        "its share of discrete Gaussian noise, so the server never sees a "
+                        "noise-free sum (Kairouz et al. 2021)")
 
 
 def privacy_config(args: argparse.Namespace) -> PrivacyConfig:
     """The ``[privacy]`` table the flags ask for (off without ``--dp``)."""
     if args.dp is None:
         given = [f for f in ("dp_adaptive", "dp_target_epsilon", "dp_noise_cohort",
-                             "dp_delta") if getattr(args, f)]
+                             "dp_delta", "dp_distributed") if getattr(args, f, None)]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} needs --dp fedavg|ftrl")
         return PrivacyConfig()
     return PrivacyConfig(mechanism=args.dp, noise_multiplier=args.dp_noise, clip=args.dp_clip,
                          adaptive=args.dp_adaptive, target_epsilon=args.dp_target_epsilon,
-                         noise_cohort=args.dp_noise_cohort, delta=args.dp_delta)
+                         noise_cohort=args.dp_noise_cohort, delta=args.dp_delta,
+                         distributed=getattr(args, "dp_distributed", False))
 
 
 def strategy_name(args: argparse.Namespace) -> str:
@@ -81,7 +87,8 @@ def epsilon_text(privacy: dict[str, Any] | None) -> str:
     if privacy is None:
         return "no differential privacy"
     eps = privacy.get("epsilon")
-    text = (f"DP-{privacy['mechanism']}: z {privacy['noise_multiplier']}, clip "
+    where = " (noise from the phones)" if privacy.get("noise_placement") == "phones" else ""
+    text = (f"DP-{privacy['mechanism']}{where}: z {privacy['noise_multiplier']}, clip "
             f"{privacy['clip']:.3g}, {privacy['rounds']} rounds, epsilon "
             f"{'inf (no guarantee)' if eps is None else f'{eps:.3g}'} at delta "
             f"{privacy['delta']:.2g}")

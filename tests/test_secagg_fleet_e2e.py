@@ -51,11 +51,28 @@ def test_a_secure_fleet_run_commits_its_rounds_and_reports_them(tiny_data, tiny_
     assert phones["held_steps"] > 0 and phones["completed"] >= 2 * 3
 
 
+def test_a_distributed_dp_fleet_run_noises_on_the_phones(tiny_data, tiny_artifact):
+    """--dp fedavg --dp-distributed with --secagg: the phone processes add the noise, the
+    server process adds none and records the multiplier the survivors reached."""
+    proc = _simulate(tiny_data, tiny_artifact, "--secagg", "--secagg-threshold", "3",
+                     "--dp", "fedavg", "--dp-distributed", "--dp-noise", "0.5",
+                     "--dp-clip", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["secure_aggregation"]["rounds_secure"] == 2
+    priv = report["privacy"]
+    assert priv["noise_placement"] == "phones" and priv["rounds"] == 2
+    assert priv["epsilon"] is not None and "discrete tau" in priv["accountant"]
+    # the field holds the noise: more bits than the codes' 8 + 2
+    assert report["secure_aggregation"]["modulus_bits"] > 10
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--secagg", "--secagg-threshold", "2"), "too small for the threat model"),
     (("--secagg", "--secagg-threshold", "5"), "more than the 4 phones"),
     (("--secagg", "--uplink", "float32"), "quantized codes"),
     (("--secagg-neighbours", "2",), "need --secagg"),
+    (("--dp", "fedavg", "--dp-distributed"), "needs [secagg]"),
 ])
 def test_bad_secure_settings_are_refused_at_start(tiny_data, tiny_artifact, extra, message,
                                                  capsys):

@@ -39,6 +39,7 @@ from fedkb.clipping import clip_update
 from fedkb.compression import field
 from fedkb.compression.quantize import DEFAULT_CHUNK, Grid, quantize, shared_grid, unpack_codes
 from fedkb.compression.rotate import block_sizes, rotate, unrotate
+from fedkb.secagg import distributed_dp as ddp
 
 BITS_OF = {"q8": 8, "q4": 4, "q2": 2}
 RANGE_SIGMAS = 4.0
@@ -54,12 +55,17 @@ class UpdateLayout:
     rotation_seed: int  # the round's, shared by every phone
     sigmas: float = RANGE_SIGMAS
     chunk: int = DEFAULT_CHUNK
+    # distributed DP: each phone's discrete Gaussian std, in float units (0: no noise;
+    # fedkb.secagg.distributed_dp)
+    noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ValueError(f"the clip must be a positive number, not {self.clip}")
         if not (math.isfinite(self.sigmas) and self.sigmas > 0):
             raise ValueError(f"sigmas must be positive, not {self.sigmas}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ValueError(f"the noise std must be >= 0, not {self.noise_std}")
 
     @cached_property
     def sizes(self) -> tuple[int, ...]:
@@ -84,8 +90,49 @@ class UpdateLayout:
         return sum(g.n for g in self.grids)
 
     def modulus_bits(self, n_summands: int) -> int:
-        """k: Z_{2^k} holds the sum of ``n_summands`` codes without wrapping."""
-        return field.modulus_bits(self.bits, n_summands)
+        """k: Z_{2^k} holds the sum of ``n_summands`` codes without wrapping (and, with
+        ``noise_std``, their noise: :meth:`noise_margin`)."""
+        return field.modulus_bits(self.bits, n_summands, self.noise_margin(n_summands))
+
+    # -- distributed DP (fedkb.secagg.distributed_dp) ---------------------------------
+
+    @cached_property
+    def chunk_counts(self) -> tuple[np.ndarray, ...]:
+        """Per tensor, the coordinates in each chunk of its grid (the last may be short)."""
+        out = []
+        for g in self.grids:
+            c = np.full(len(g.scale), g.chunk, dtype=np.int64)
+            if len(c):
+                c[-1] = g.n - g.chunk * (len(c) - 1)
+            out.append(c)
+        return tuple(out)
+
+    @cached_property
+    def sensitivity(self) -> float:
+        """Δ: a phone's rounded, clipped update has at most this norm (C + the rounding)."""
+        return ddp.sensitivity(self.clip, [g.scale for g in self.grids], self.chunk_counts)
+
+    @cached_property
+    def lattice(self) -> tuple[np.ndarray, ...]:
+        """Per tensor and chunk, each phone's noise std in grid units."""
+        return tuple(ddp.lattice_std(self.noise_std, g.scale) for g in self.grids)
+
+    def noise_margin(self, n_summands: int) -> int:
+        """The field's margin for the noise of ``n_summands`` phones (0 without noise)."""
+        if self.noise_std == 0:
+            return 0
+        return ddp.noise_margin(max(float(s.max()) for s in self.lattice if s.size),
+                                n_summands)
+
+    def tau(self, n_summands: int) -> float:
+        """The RDP constant the discrete noise of ``n_summands`` phones adds (Prop. 14)."""
+        return ddp.tau(self.lattice, self.chunk_counts, n_summands) if self.noise_std else 0.0
+
+    def noise(self, rng: np.random.Generator) -> np.ndarray:
+        """One phone's noise, int64 [dim]: discrete Gaussian in each chunk's grid units."""
+        return ddp.discrete_gaussian(np.concatenate(
+            [ddp.per_coordinate(s, g.n, g.chunk) for s, g in zip(self.lattice, self.grids,
+                                                                  strict=True)]), rng)
 
 
 @dataclass(frozen=True)
@@ -131,25 +178,32 @@ def encode_codes(arrays: Sequence[np.ndarray], layout: UpdateLayout,
     return EncodedUpdate(codes, beyond, float(norm), bool(unclipped))
 
 
-def as_residues(codes: np.ndarray, k: int) -> np.ndarray:
-    """Codes as residues in Z_{2^k} (dtype :func:`fedkb.compression.field.residue_dtype`)."""
-    return np.asarray(codes).astype(field.residue_dtype(k))
+def as_residues(codes: np.ndarray, k: int, noise: np.ndarray | None = None) -> np.ndarray:
+    """Codes (plus distributed DP's integer ``noise``) as residues in Z_{2^k} (dtype
+    :func:`fedkb.compression.field.residue_dtype`)."""
+    if noise is None:
+        return np.asarray(codes).astype(field.residue_dtype(k))
+    noised = np.asarray(codes).astype(np.int64) + np.asarray(noise, dtype=np.int64)
+    return np.mod(noised, 1 << k).astype(field.residue_dtype(k))
 
 
 def decode_sum(total: np.ndarray, n_summands: int, k: int,
-               layout: UpdateLayout) -> list[np.ndarray]:
-    """The float32 sum of ``n_summands`` encoded updates from their sum mod 2^k.
+               layout: UpdateLayout, cohort: int | None = None) -> list[np.ndarray]:
+    """The float32 sum of ``n_summands`` encoded updates from their sum mod 2^k (with
+    the noise margin of the ``cohort`` the modulus was sized for, default
+    ``n_summands``, when the layout carries distributed noise).
 
     Raises :class:`fedkb.compression.field.FieldOverflowError` for a sum that cannot be
-    honest (too little headroom, or a residue above ``n * L``)."""
+    honest (too little headroom, or a residue above ``n * L``, plus the margin)."""
     total = np.asarray(total)
     if total.shape != (layout.dim,):
         raise ValueError(f"the sum has shape {total.shape}, the round's vector {layout.dim}")
+    margin = layout.noise_margin(n_summands if cohort is None else cohort)
     out, start = [], 0
     for i, (grid, n, shape) in enumerate(zip(layout.grids, layout.sizes, layout.shapes,
                                              strict=True)):
         part = total[start:start + grid.n].astype(field.residue_dtype(k))
         start += grid.n
-        s = field.decode_sum(part, n_summands, grid, k)
+        s = field.decode_sum(part, n_summands, grid, k, margin)
         out.append(unrotate(s, n, layout.rotation_seed, stream=i).reshape(shape))
     return out

@@ -24,6 +24,9 @@ it and δ are fixed for the run then (stored in the database). The sampling assu
 the server's: rounds draw from the devices that check in, not uniformly from all ``N``
 (DP-FTRL's accounting needs no such assumption).
 
+With ``distributed`` the phones add the noise (:mod:`.distributed`): the stage adds
+none, and the round records the multiplier the survivors' noise reached.
+
 With ``noise_cohort`` K the sum gets the noise K devices would need (actual multiplier
 ``z·m/K``); the run's own ε (``epsilon``) stays what it is, the budget and the reports'
 ``hypothetical_population`` use the pretended deployment's.
@@ -47,6 +50,7 @@ from fedkb.server.privacy.accounting import (
     default_delta,
 )
 from fedkb.server.privacy.adaptive_clip import AdaptiveClip
+from fedkb.server.privacy.distributed import PhonesNoisedSum
 from fedkb.server.privacy.dp_mean import ClippedSum, GaussianMean
 from fedkb.server.privacy.errors import PrivacyConfigError
 from fedkb.server.privacy.ledger import EpsilonLedger
@@ -136,13 +140,15 @@ class PrivacyRounds:
                           clients_per_round=m, noise_cohort=self.cfg.noise_cohort)
 
     def aggregator(self, specs: Sequence[WeightSpec], m: int, registered: int
-                   ) -> ClippedSum | GaussianMean:
+                   ) -> ClippedSum | GaussianMean | PhonesNoisedSum:
         """The DP stage of a training round of report goal ``m`` at this round's clip."""
         event = self.new_event(m, registered)
         inner = ClippedSum(specs, self.clip, m, event)
         if self.cfg.mechanism != "fedavg":
             return inner  # DP-FTRL: the dpftrl strategy adds the tree noise to the sum
         z = event.noise_multiplier
+        if self.cfg.distributed:  # the phones add it (the secure round sizes their share)
+            return PhonesNoisedSum(inner, z)
         adaptive = None
         if self.cfg.adaptive:
             adaptive = AdaptiveClip(self.clip, z, m, self.cfg.target_quantile,
@@ -211,6 +217,7 @@ class PrivacyRounds:
         out: dict[str, Any] = {
             "mechanism": self.cfg.mechanism, "noise_multiplier": self.cfg.noise_multiplier,
             "clip": self.clip, "adaptive": self.cfg.adaptive,
+            "noise_placement": "phones" if self.cfg.distributed else "server",
             "epsilon": 0.0 if spent is None else _finite(spent.epsilon),
             "delta": self.delta, "rounds": len(self._events),
             "accountant": None if spent is None else spent.accountant,

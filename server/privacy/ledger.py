@@ -22,10 +22,12 @@ from dp_accounting import rdp
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedkb.server.privacy.accounting import (
+    DISCRETE_TAU,
     FIXED,
     PrivacySpent,
     RoundEvent,
     as_if_noise_cohort,
+    discrete_tau,
     epsilon,
 )
 
@@ -63,7 +65,10 @@ class EpsilonLedger:
                 orders, curve = self._curve(z, n, m)
                 total = total + count * curve
             eps = float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
-        return PrivacySpent(eps, delta, FIXED, "rdp", "replace_one", len(events))
+        tau = discrete_tau(events)
+        label = DISCRETE_TAU if any(e.discrete_tau is not None for e in events) else ""
+        return PrivacySpent(eps + tau, delta, FIXED, "rdp" + label, "replace_one",
+                            len(events))
 
     def hypothetical(self, events: Sequence[RoundEvent], delta: float) -> PrivacySpent:
         """ε of the pretended deployment of a ``noise_cohort`` run (never the run's own
