@@ -4,14 +4,16 @@
 # /usr/bin/time's "wall user system" in .time, a log with the load at each start and end).
 # SPEEDUP / DEADLINE / ROUNDS override the brief's settings for a loaded machine. NAME and
 # FLAGS (default: secagg, --secagg) run another mode against plain, e.g. NAME=dp
-# FLAGS="--dp fedavg --dp-noise 1 --dp-clip 4 --dp-noise-cohort 1000".
+# FLAGS="--dp fedavg --dp-noise 1 --dp-clip 4 --dp-noise-cohort 1000". BASE and BASE_FLAGS
+# (default: plain, none) change the mode it runs against.
 set -u
 out=$1; shift
 mkdir -p "$out"
 NAME=${NAME:-secagg}
+BASE=${BASE:-plain}
 for S in "$@"; do
-  for MODE in "$NAME" plain; do
-    EXTRA=""; [ "$MODE" = "$NAME" ] && EXTRA="${FLAGS:---secagg}"
+  for MODE in "$NAME" "$BASE"; do
+    EXTRA="${BASE_FLAGS:-}"; [ "$MODE" = "$NAME" ] && EXTRA="${FLAGS:---secagg}"
     echo "$(date +%T) start $MODE seed $S load $(cut -d' ' -f1 /proc/loadavg)" >> "$out/log.txt"
     /usr/bin/time -f "%e %U %S" -o "$out/$MODE-$S.time" nice -n 10 uv run --frozen --no-sync \
       fedkb simulate --engine fleet --data "${DATA:-runs/demo/data}" --preset small \
