@@ -223,7 +223,11 @@ class SecureTask:
         if isinstance(out, Refusal):
             return out
         self.update = []  # masked (the body is kept until sent): the plaintext is not kept
-        sub = wire.SecAggSubmit(out.header(), self.num_examples, self.loss, enc.unclipped,
-                                enc.clipped_values,
+        # distributed DP: the clip bit and the grid-clipped count say something about the
+        # update the noise does not cover, and with a fixed clip nothing reads them
+        private = layout.noise_std > 0
+        sub = wire.SecAggSubmit(out.header(), self.num_examples, self.loss,
+                                None if private else enc.unclipped,
+                                None if private else enc.clipped_values,
                                 {k: round(v, 4) for k, v in self.timings.items()})
         return wire.frame_secagg(sub, out.data)

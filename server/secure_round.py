@@ -264,8 +264,7 @@ class SecureRound:
             rnd.aggregator.accumulate_noised_sum(total, self.phones_noise(n), bits)
             return
         if hasattr(rnd.aggregator, "accumulate_sum"):  # DP: noise on the unmasked sum
-            rnd.aggregator.accumulate_sum(total, n, [self.unclipped.get(u)
-                                                     for u in result.survivors])
+            rnd.aggregator.accumulate_sum(total, n, bits, self.layout.sensitivity)
             return
         # example-weighted: each phone sent example_weight(examples) x its clipped delta,
         # so the sum over the survivors' total of those weights is FedAvg's weighted mean

@@ -231,6 +231,10 @@ def test_the_server_unmasks_a_noised_sum_and_adds_no_noise_of_its_own(tmp_path):
     assert "discrete_tau" in ev and r["privacy"]["epsilon"] is not None
     status = h.client.get("/v1/status").get_json()["privacy"]
     assert status["noise_placement"] == "phones"
+    # nor does a phone tell the server its clip bit or how many values left the grid
+    masked = [d for _, d in sh.transport.sent if d["message"]["type"] == "masked_input"]
+    assert len(masked) == N
+    assert all(d.get("unclipped") is None and not d.get("clipped_values") for d in masked)
 
 
 def test_dropouts_never_take_the_recorded_noise_below_the_target(tmp_path):
@@ -243,3 +247,19 @@ def test_dropouts_never_take_the_recorded_noise_below_the_target(tmp_path):
     _, full, _ = _distributed_round(tmp_path / "b")
     z5 = full.round.stats.privacy["event"]["noise_multiplier"]
     assert z5 == pytest.approx(Z * math.sqrt(5 / 3), rel=1e-2) and z5 <= Z * math.sqrt(5 / 3)
+
+
+def test_central_dp_on_a_secure_sum_is_calibrated_to_the_rounded_bound_too(tmp_path):
+    """Without --dp-distributed the server noises the unmasked sum: at z·Δ, not z·C (a
+    rounded update's norm can exceed C), and the event records Δ."""
+    h = secure_harness(tmp_path, N, privacy=PrivacyConfig(
+        mechanism="fedavg", noise_multiplier=Z, clip=CLIP, population=10), pipeline=False)
+    sh = SecureHarness(h, N)
+    sh.run()
+    assert sh.round.state == "committed", sh.round.reason
+    lay = sh.round.secure.layout
+    assert lay.noise_std == 0  # the phones add nothing
+    r = h.client.get(f"/v1/rounds/{sh.round_id}").get_json()
+    assert r["measurements"]["noise_std"] == pytest.approx(Z * lay.sensitivity)
+    assert r["privacy"]["event"]["clip"] == pytest.approx(lay.sensitivity)
+    assert r["privacy"]["event"]["noise_multiplier"] == Z

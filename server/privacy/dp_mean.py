@@ -33,6 +33,7 @@ reported.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,6 +71,7 @@ class ClippedSum:
         self._count = 0
         self._unclipped = 0
         self.over_clip = 0
+        self.rounded_sensitivity: float | None = None
 
     def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
         """Fold one update with weight 1 (``weight``, the device's claim, is ignored)."""
@@ -94,10 +96,14 @@ class ClippedSum:
         self._unclipped += bool(bit)
 
     def accumulate_sum(self, total: Sequence[np.ndarray], count: int,
-                       unclipped: Sequence[bool | None]) -> None:
+                       unclipped: Sequence[bool | None],
+                       sensitivity: float | None = None) -> None:
         """Fold the sum of ``count`` updates each phone clipped to C itself (a secure
         round: the server only ever sees the sum, :mod:`fedkb.server.secure_round`), with
-        the phones' bits (None: unknown, counted as clipped)."""
+        the phones' bits (None: unknown, counted as clipped). ``sensitivity``, a rounded
+        update's bound, is only measured here: DP-FTRL's tree noise is calibrated to C."""
+        if sensitivity is not None:
+            self.rounded_sensitivity = sensitivity
         if self._sum is None:
             self._sum = zeros_like_specs(self._specs)
         fold(self._sum, total, 1.0)
@@ -109,8 +115,11 @@ class ClippedSum:
         return [1.0] * self._unclipped + [0.0] * (self._count - self._unclipped)
 
     def measurements(self) -> Measurements:
-        return {"count": self._count, "denominator": self.denominator, "clip": self.clip,
-                "over_clip": self.over_clip}
+        out: Measurements = {"count": self._count, "denominator": self.denominator,
+                             "clip": self.clip, "over_clip": self.over_clip}
+        if self.rounded_sensitivity is not None:
+            out["sensitivity"] = self.rounded_sensitivity
+        return out
 
     def result(self) -> AggregateResult:
         """The clipped sum (float64, not divided) and the public measurements."""
@@ -140,10 +149,14 @@ class GaussianMean:
                  adaptive: AdaptiveClip | None = None) -> None:
         self.inner, self.noise_std, self.source, self.adaptive = inner, noise_std, source, adaptive
         self._result: AggregateResult | None = None
+        self.sensitivity: float | None = None  # a secure sum's rounded-update bound (> C)
 
     @property
     def event(self) -> RoundEvent | None:
-        return self.inner.event
+        ev = self.inner.event
+        if ev is None or self.sensitivity is None:
+            return ev
+        return dataclasses.replace(ev, clip=self.sensitivity)
 
     def accumulate(self, arrays: Sequence[np.ndarray], weight: float) -> None:
         self.inner.accumulate(arrays, weight)
@@ -152,8 +165,16 @@ class GaussianMean:
         self.inner.accumulate_report(arrays, unclipped)
 
     def accumulate_sum(self, total: Sequence[np.ndarray], count: int,
-                       unclipped: Sequence[bool | None]) -> None:
+                       unclipped: Sequence[bool | None],
+                       sensitivity: float | None = None) -> None:
+        """A secure round's unmasked sum. Its summands are *rounded* clipped updates,
+        whose norm may exceed C by the rounding (``sensitivity`` Δ, from the round's
+        :class:`~fedkb.secagg.update_codec.UpdateLayout`): the noise is then scaled to
+        ``z·Δ`` and the event records Δ as its clip, so z keeps its meaning."""
         self.inner.accumulate_sum(total, count, unclipped)
+        if sensitivity is not None and sensitivity > self.inner.clip:
+            self.noise_std *= sensitivity / self.inner.clip
+            self.sensitivity = sensitivity
 
     def result(self) -> AggregateResult:
         if self._result is not None:
@@ -162,6 +183,8 @@ class GaussianMean:
         m = self.inner.denominator
         measured: Measurements = {**inner.measurements, "noise_std": self.noise_std,
                                   "mean_noise_std": self.noise_std / m}
+        if self.sensitivity is not None:
+            measured["sensitivity"] = self.sensitivity
         if inner.value is None:  # nothing came: nothing released, no noise drawn
             return AggregateResult(None, measured)
         noised, _ = add_gaussian(inner.value, self.noise_std, self.source)
