@@ -7,7 +7,8 @@ while it trains, and instead of uploading its clipped delta it masks it:
     advertise_keys           the setup (cohort, t, k, dim) -> two fresh X25519 public keys
     share_keys               the key roster -> sealed Shamir shares of b and s_SK
     masked_input_collection  its share relay -> the delta encoded on the round's shared
-                             grid (fedkb.secagg.update_codec), masked: uniform in Z_{2^k}
+                             grid (fedkb.secagg.update_codec), with distributed DP plus
+                             its discrete Gaussian noise, masked: uniform in Z_{2^k}
     unmasking                the survivor set -> shares of b (survivors) / s_SK (dropped)
 
 The keys go out at selection, before the phone has trained (the server's phases are in
@@ -71,6 +72,7 @@ class SecureTask:
     sigmas: float = 4.0
     weight_cap: int = 0  # > 0: scale the clipped delta by example_weight(examples, cap)
     noise_std: float = 0.0  # > 0: distributed DP, this phone's discrete Gaussian std
+    noise_scale: int = 1  # distributed DP: codes x this, the noise on the finer lattice
     refusal: str = ""  # why the phone stopped, if it did
     sent: dict[str, int] = field(default_factory=dict)  # bytes per phase
     relay: ShareRelay | None = None  # the masked-input phase's relay, kept while training
@@ -181,7 +183,8 @@ class SecureTask:
         assert plan.clip is not None and plan.rotation_seed is not None
         assert self.update is not None
         return UpdateLayout(tuple(tuple(a.shape) for a in self.update), BITS_OF[plan.uplink],
-                            plan.clip, plan.rotation_seed, sigmas, noise_std=self.noise_std)
+                            plan.clip, plan.rotation_seed, sigmas, noise_std=self.noise_std,
+                            noise_scale=self.noise_scale)
 
     def _start(self, setup: wire.SecAggSetup) -> Phone:
         plan = self.task.plan
@@ -197,6 +200,7 @@ class SecureTask:
         self.sigmas = setup.range_sigmas
         self.weight_cap = setup.weight_cap
         self.noise_std = setup.noise_std
+        self.noise_scale = setup.noise_scale
         self.phone = Phone(setup.uid, params)
         return self.phone
 
@@ -219,7 +223,8 @@ class SecureTask:
         enc = encode_codes(self.update, layout, rng, scale)
         # distributed DP: the noise comes from a generator the server knows nothing of
         noise = layout.noise(noise_rng()) if layout.noise_std > 0 else None
-        out = self.phone.masked_input(relay, as_residues(enc.codes, self.k, noise))
+        out = self.phone.masked_input(relay, as_residues(enc.codes, self.k, noise,
+                                                         layout.noise_scale))
         if isinstance(out, Refusal):
             return out
         self.update = []  # masked (the body is kept until sent): the plaintext is not kept

@@ -513,6 +513,7 @@ class SecAggSetup(_Message):
     # > 0: distributed DP; each phone adds discrete Gaussian noise of this std (float
     # units) to its encoded update (fedkb.secagg.distributed_dp)
     noise_std: float = 0.0
+    noise_scale: int = 1  # the codes' multiplier: the noise's lattice is this much finer
 
     @classmethod
     def from_json(cls, d: Any) -> SecAggSetup:
@@ -527,13 +528,16 @@ class SecAggSetup(_Message):
         noise = _get(d, "noise_std", float, "secagg_setup", 0.0)
         if not (math.isfinite(noise) and noise >= 0):
             raise WireError("secagg_setup.noise_std must be a finite number >= 0")
+        scale = _get(d, "noise_scale", int, "secagg_setup", 1)
+        if scale < 1 or scale & (scale - 1) or scale > 1 << 16:
+            raise WireError("secagg_setup.noise_scale must be a power of two up to 65536")
         return cls(_get(d, "round_id", str, "secagg_setup"), _get(d, "uid", int, "secagg_setup"),
                    _int_list(_get(d, "clients", list, "secagg_setup"), "secagg_setup.clients"),
                    _get(d, "threshold", int, "secagg_setup"), _get(d, "dim", int, "secagg_setup"),
                    _get(d, "k", int, "secagg_setup"),
                    _get(d, "degree", int, "secagg_setup", None), seed,
                    _get(d, "range_sigmas", float, "secagg_setup", 4.0),
-                   _get(d, "weight_cap", int, "secagg_setup", 0), noise)
+                   _get(d, "weight_cap", int, "secagg_setup", 0), noise, scale)
 
 
 @dataclass(frozen=True)

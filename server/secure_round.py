@@ -39,7 +39,13 @@ weights computed from the examples the survivors reported. Otherwise (``uniform`
 whose sensitivity needs weight 1, or the first round) every summand weighs 1. With
 ``[privacy]`` the round's DP stage takes the unmasked *sum* instead
 (``accumulate_sum``: each phone clipped to the round's C itself) and adds its central
-Gaussian noise to it, as for plain rounds: the server is trusted with the noise.
+Gaussian noise to it, as for plain rounds, scaled to a *rounded* update's bound Δ
+(:attr:`~fedkb.secagg.update_codec.UpdateLayout.sensitivity`): the server is trusted
+with the noise. With ``privacy.distributed`` the phones add it instead: :meth:`begin`
+sizes each phone's discrete Gaussian share (``z·Δ / sqrt(max(t, min_reports))``, sent
+in the setup as ``noise_std``), the modulus gets the noise's margin, and the decoded
+sum goes to :class:`~fedkb.server.privacy.distributed.PhonesNoisedSum` with what its
+noise reached (:meth:`phones_noise`).
 
 Phones talk to it through ``GET``/``POST /v1/tasks/<id>/secagg``
 (:class:`~fedkb.wire.SecAggStep`, :class:`~fedkb.wire.SecAggSubmit`). A refused message
@@ -58,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedkb.compression.field import FieldOverflowError
+from fedkb.secagg.distributed_dp import noise_scale
 from fedkb.secagg.messages import (
     Abort,
     AdvertiseKeys,
@@ -190,7 +197,9 @@ class SecureRound:
         commit's sum carries at least the target (fedkb.secagg.distributed_dp)."""
         floor = max(t, self.min_reports)
         std = self.dp_multiplier * self.layout.sensitivity / floor ** 0.5
-        self.layout = dataclasses.replace(self.layout, noise_std=std)
+        lay = dataclasses.replace(self.layout, noise_std=std, noise_scale=1)
+        low = min((float(x.min()) for x in lay.lattice if x.size), default=0.0)
+        self.layout = dataclasses.replace(lay, noise_scale=noise_scale(low))
 
     def phones_noise(self, n_summands: int) -> PhonesNoise:
         """What the noise in a sum of ``n_summands`` masked inputs is (public numbers)."""
@@ -296,7 +305,8 @@ class SecureRound:
             p = self.params
             setup = SecAggSetup(p.round_id, uid, list(p.clients), p.threshold, p.dim, p.k,
                                 p.degree, p.graph_seed.hex(), self.layout.sigmas,
-                                self.weight_cap, self.layout.noise_std)
+                                self.weight_cap, self.layout.noise_std,
+                                self.layout.noise_scale)
         elif name == SHARE:
             msg = self.roster
         elif name == MASKED:

@@ -61,29 +61,30 @@ def test_the_sampler_gives_zero_for_zero_std_and_refuses_a_negative_one():
         ddp.discrete_gaussian(np.array([1.0, -1.0]), rng)
 
 
-def test_a_noised_sum_decodes_exactly_and_negative_residues_are_read_as_negative():
+@pytest.mark.parametrize("scale", [1, 4])
+def test_a_noised_sum_decodes_exactly_and_negative_residues_are_read_as_negative(scale):
     grid = shared_grid(1000, 8, np.full(1, 1.0), 1000)
-    n, margin = 5, 3000
-    k = field.modulus_bits(8, n, margin)
-    assert k > field.modulus_bits(8, n)  # the margin costs bits
+    n, margin = 5, 3000 * scale
+    k = field.modulus_bits(8, n, margin, scale)
+    assert k > field.modulus_bits(8, n)  # the margin (and the scale) cost bits
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 256, size=(n, 1000))
-    noise = rng.integers(-500, 501, size=(n, 1000))
-    noise[:, 0] = -600  # the sum's first coordinate: far below 0
-    total = np.mod((codes + noise).sum(axis=0), 1 << k).astype(field.residue_dtype(k))
-    got = field.decode_sum(total, n, grid, k, margin)
-    want = field.decode_sum(np.zeros(1000, field.residue_dtype(k)), n, grid, k, margin) + (
-        (codes + noise).sum(axis=0) * grid.scale[0]).astype(np.float32)
+    noise = rng.integers(-500 * scale, 500 * scale + 1, size=(n, 1000))
+    noise[:, 0] = -600 * scale  # the sum's first coordinate: far below 0
+    exact = (codes * scale + noise).sum(axis=0)
+    total = np.mod(exact, 1 << k).astype(field.residue_dtype(k))
+    got = field.decode_sum(total, n, grid, k, margin, scale)
+    want = n * grid.offset[0] + exact * (float(grid.scale[0]) / scale)
     assert np.allclose(got, want, atol=1e-4)
-    assert (codes + noise).sum(axis=0)[0] < 0
-    # a residue between n L + margin and 2^k - margin is no honest noised sum
+    assert exact[0] < 0
+    # a residue between n L S + margin and 2^k - margin is no honest noised sum
     bad = total.copy()
-    bad[7] = n * 255 + margin + 1
+    bad[7] = n * 255 * scale + margin + 1
     with pytest.raises(field.FieldOverflowError):
-        field.decode_sum(bad, n, grid, k, margin)
+        field.decode_sum(bad, n, grid, k, margin, scale)
     with pytest.raises(field.FieldOverflowError):  # a modulus without room for the margin
         field.decode_sum(total.astype(field.residue_dtype(k - 1)) % (1 << (k - 1)), n,
-                         grid, k - 1, margin)
+                         grid, k - 1, margin, scale)
 
 
 def _layout(noise_std: float = 0.0, bits: int = 8) -> UpdateLayout:
@@ -196,9 +197,9 @@ N = 5  # t = 3 = min_reports: each phone owes 1/3 of the target variance
 Z = 1.0
 
 
-def _distributed_round(tmp_path, drop=None):
+def _distributed_round(tmp_path, drop=None, z=Z):
     h = secure_harness(tmp_path, N, privacy=PrivacyConfig(
-        mechanism="fedavg", noise_multiplier=Z, clip=CLIP, population=10, distributed=True),
+        mechanism="fedavg", noise_multiplier=z, clip=CLIP, population=10, distributed=True),
         pipeline=False)
     before = h.global_weights()
     sh = SecureHarness(h, N)
@@ -207,16 +208,22 @@ def _distributed_round(tmp_path, drop=None):
     return h, sh, before
 
 
-def test_the_server_unmasks_a_noised_sum_and_adds_no_noise_of_its_own(tmp_path):
-    h, sh, before = _distributed_round(tmp_path)
+@pytest.mark.parametrize("z", [Z, 0.001])
+def test_the_server_unmasks_a_noised_sum_and_adds_no_noise_of_its_own(tmp_path, z):
+    h, sh, before = _distributed_round(tmp_path, z=z)
     sec = sh.round.secure
     lay = sec.layout
-    assert lay.noise_std == pytest.approx(Z * lay.sensitivity / math.sqrt(3))
+    assert lay.noise_std == pytest.approx(z * lay.sensitivity / math.sqrt(3))
+    # a small noise goes on a finer lattice: at least MIN_LATTICE_STD units a phone
+    assert (lay.noise_scale > 1) == (z < Z)
+    assert min(float(s.min()) for s in lay.lattice) >= ddp.MIN_LATTICE_STD
+    assert lay.tau(N) < 1e-20
     assert sec.params.k == lay.modulus_bits(N) > field.modulus_bits(8, N)
     # what the server holds (the unmasked sum) against the noise-free sum of the phones'
     # codes: the difference is the phones' noise, at the std the accounting assumes
-    plain = decode_sum(field.sum_mod([sh.codes(i).astype(np.uint32) for i in range(N)],
-                                     sec.params.k), N, sec.params.k, lay, N)
+    k = sec.params.k
+    plain = decode_sum(field.sum_mod([as_residues(sh.codes(i), k, None, lay.noise_scale)
+                                      for i in range(N)], k), N, k, lay, N)
     held = decode_sum(sec.result.total, N, sec.params.k, lay, N)
     diff = np.concatenate([(a - b).ravel() for a, b in zip(held, plain, strict=True)])
     assert abs(diff.std() / (lay.noise_std * math.sqrt(N)) - 1) < 0.05
@@ -227,7 +234,7 @@ def test_the_server_unmasks_a_noised_sum_and_adds_no_noise_of_its_own(tmp_path):
     r = h.client.get(f"/v1/rounds/{sh.round_id}").get_json()
     assert r["measurements"]["noise_placement"] == "phones"
     ev = r["privacy"]["event"]
-    assert ev["noise_multiplier"] >= Z and ev["clip"] == pytest.approx(lay.sensitivity)
+    assert ev["noise_multiplier"] >= z and ev["clip"] == pytest.approx(lay.sensitivity)
     assert "discrete_tau" in ev and r["privacy"]["epsilon"] is not None
     status = h.client.get("/v1/status").get_json()["privacy"]
     assert status["noise_placement"] == "phones"

@@ -29,6 +29,7 @@ the residue dtype, and :func:`decode_sum` ends in :func:`~.quantize.dequantize_s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
@@ -42,22 +43,24 @@ class FieldOverflowError(ValueError):
     """A modular sum that cannot be (or is not) the true integer sum."""
 
 
-def modulus_bits(bits: int, n_summands: int, margin: int = 0) -> int:
+def modulus_bits(bits: int, n_summands: int, margin: int = 0, scale: int = 1) -> int:
     """``bits + ceil(log2 n_summands)``: a k whose Z_{2^k} holds the sum of n codes exactly.
 
     It bounds the sum by ``n * 2**bits``, so it is the minimal ``ceil(log2(n * L + 1))``
     or one bit more (e.g. 33 summands of 4 bits: at most 495 < 2**9, the rule gives 10).
     With a noise ``margin`` (distributed DP: :mod:`fedkb.secagg.distributed_dp`) the
-    noised sum lies in ``[-margin, n L + margin]``, and k holds that whole range.
+    noised sum lies in ``[-margin, n L + margin]``, and k holds that whole range; with
+    ``scale`` S the codes were multiplied by S first (the noise's finer lattice), so the
+    range is ``[-margin, n L S + margin]``.
     """
     levels(bits)  # validates bits
     if n_summands < 1:
         raise ValueError("n_summands must be at least 1")
-    if margin < 0:
-        raise ValueError("the noise margin must be >= 0")
+    if margin < 0 or scale < 1:
+        raise ValueError("the noise margin must be >= 0 and the scale >= 1")
     k = bits + (n_summands - 1).bit_length()  # (n-1).bit_length() == ceil(log2 n)
-    if margin:
-        k = max(k, (n_summands * levels(bits) + 2 * margin).bit_length())
+    if margin or scale > 1:
+        k = max(k, (n_summands * levels(bits) * scale + 2 * margin).bit_length())
     if k > MAX_MODULUS_BITS:
         raise ValueError(f"{n_summands} summands of {bits} bits need {k} > 64 modulus bits")
     return k
@@ -111,25 +114,26 @@ def sum_mod(residues: Iterable[np.ndarray], k: int) -> np.ndarray:
 
 
 def decode_sum(total: np.ndarray, n_summands: int, grid: Grid, k: int,
-               margin: int = 0) -> np.ndarray:
+               margin: int = 0, scale: int = 1) -> np.ndarray:
     """The float32 sum of ``n_summands`` shared-grid vectors from their sum mod 2^k.
 
     Raises :class:`FieldOverflowError` if ``k`` leaves too little headroom for
     ``n_summands`` (wrap-around would be silent) or a residue exceeds ``n * L`` (not an
     honest sum: a corrupt upload or a mask left in). With a noise ``margin`` the honest
     sums are ``[-margin, n L + margin]``: a residue at or above ``2^k - margin`` is read as
-    negative, one between ``n L + margin`` and that is refused.
+    negative, one between ``n L + margin`` and that is refused. With ``scale`` S (a power
+    of two) the sum is in units of ``step / S``.
     """
     if not grid.shared:
         raise ValueError("only a shared grid's integer sum can be dequantized")
-    need = modulus_bits(grid.bits, n_summands, margin)
+    need = modulus_bits(grid.bits, n_summands, margin, scale)
     if k < need:
         raise FieldOverflowError(f"{n_summands} summands of {grid.bits}-bit codes need "
                                  f"{need} modulus bits, got {k}: the sum may have wrapped")
     total = np.asarray(total)
     if total.dtype != residue_dtype(k):
         raise ValueError(f"residues for k={k} must be {residue_dtype(k)}")
-    bound = n_summands * levels(grid.bits) + margin
+    bound = n_summands * levels(grid.bits) * scale + margin
     negative = np.zeros(total.shape, dtype=bool)
     if margin:
         if k > 62:
@@ -141,4 +145,7 @@ def decode_sum(total: np.ndarray, n_summands: int, grid: Grid, k: int,
     signed = total.astype(np.int64)
     if margin:
         signed[negative] -= 1 << k
-    return dequantize_sum(signed.astype(np.int64), n_summands, grid)
+    if scale > 1:  # a power of two: step / S is exact in float32
+        grid = dataclasses.replace(grid, scale=(grid.scale / np.float32(scale)).astype(
+            np.float32))
+    return dequantize_sum(signed, n_summands, grid)

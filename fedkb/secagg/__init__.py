@@ -7,7 +7,9 @@ Modules, one concept each: :mod:`.shamir` (t-of-n sharing over GF(2^521 - 1)),
 :mod:`.prg` (AES-256-CTR masks in Z_{2^k}), :mod:`.graph` (SecAgg+ Harary graphs),
 :mod:`.params` (a round's public parameters), :mod:`.messages` (typed JSON messages),
 :mod:`.client` (a phone's state machine), :mod:`.server` (relay, survivors, unmasking),
-:mod:`.inprocess` (a round with emulated phones, for tests and the bench). Inputs are
+:mod:`.inprocess` (a round with emulated phones, for tests and the bench),
+:mod:`.update_codec` (a model update as the protocol's input) and
+:mod:`.distributed_dp` (the phones' discrete Gaussian noise). Inputs are
 the residues of :func:`fedkb.compression.field.encode`; the sum goes back through
 :func:`fedkb.compression.field.decode_sum`. NumPy, the standard library and
 ``cryptography`` only, so a phone can import it.
@@ -42,9 +44,15 @@ neighbours; the guarantee becomes statistical over the random graph (Bell et al.
 Thm. 3.6): it holds except with small probability for a bounded fraction of corrupt
 phones and dropouts, with k ~ O(log n).
 
+*The sum itself.* Secure aggregation hides the parts, not what the sum reveals. With
+``[privacy]`` the server adds Gaussian noise to the unmasked sum: it is trusted to.
+With ``privacy.distributed`` each phone adds its share of discrete Gaussian noise before
+masking (:mod:`.distributed_dp`), so a curious server only ever holds a noised sum;
+a coalition of the server and phones knows their own noise, so the guarantee degrades
+to that of the honest phones' share (Kairouz et al. 2021 discuss this).
+
 *Not covered.* Sybil phones (who may join a round is the server's business), inputs
-outside the quantizer's range (the phone clips before encoding), differential privacy
-of the sum itself (the DP issue), and side channels.
+outside the quantizer's range (the phone clips before encoding), and side channels.
 """
 
 from fedkb.secagg.client import Phone

@@ -32,6 +32,12 @@ survivors' noise and ``τ`` (:mod:`fedkb.server.privacy.accounting`).
 whose phones drop down to the floor still carries the full noise; with more survivors it
 carries more, and records that (never less than its target).
 
+**A finer lattice for small noise** (:func:`noise_scale`). With many phones or a small z
+each phone's share can fall below one grid step, where the sum of discrete Gaussians
+is far from one and τ explodes. The codes are then multiplied by S (a power of two) and
+the noise drawn on the S-times finer lattice, so every phone's lattice std is at least
+``MIN_LATTICE_STD``: Kairouz et al.'s granularity γ, at one modulus bit per doubling.
+
 **The field** (:func:`noise_margin`). The noised sum is no longer in ``[0, n L]``: it
 can go ``TAIL`` total stds below 0 or above ``n L``. The modulus gets that margin on both
 sides and :func:`fedkb.compression.field.decode_sum` reads a residue above
@@ -56,6 +62,8 @@ from collections.abc import Sequence
 import numpy as np
 
 TAIL = 12.0  # the field's noise margin, in total noise stds
+MIN_LATTICE_STD = 3.0  # each phone's noise std in lattice units, at least (noise_scale)
+MAX_NOISE_SCALE = 1 << 16
 MAX_TAU_K = 10_000  # tau's inner sum: terms beyond this are exp(-2π²s²·~1) each, summed
 
 
@@ -132,6 +140,20 @@ def tau(lattice: Sequence[np.ndarray], counts: Sequence[np.ndarray], n_summands:
             terms += (n_summands - 1 - MAX_TAU_K) * np.exp(-2 * math.pi ** 2 * s2)
         total += 10.0 * float(np.dot(np.asarray(c, np.float64), terms))
     return total
+
+
+def noise_scale(lattice_min: float) -> int:
+    """S: the power of two that lifts the smallest per-phone lattice std to
+    ``MIN_LATTICE_STD`` (1 if it is already there). Below ~1 lattice unit the sum of
+    the phones' discrete Gaussians is far from a discrete Gaussian and τ explodes (e.g.
+    1e5 for 1,000 phones of the ``small`` model at z = 0.02 on q8's own grid); at 3 it
+    is ~10 n d exp(-9 π²) < 1e-28. Each doubling costs the modulus one bit."""
+    if lattice_min <= 0:
+        return 1
+    s = 1
+    while lattice_min * s < MIN_LATTICE_STD and s < MAX_NOISE_SCALE:
+        s *= 2
+    return s
 
 
 def noise_margin(lattice_max: float, n_summands: int) -> int:

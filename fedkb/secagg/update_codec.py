@@ -18,6 +18,11 @@ the squared error (L = 2**bits - 1), about ``0.09 C`` in norm for the ``small`` 
 ~31 blocks at 8 bits and ``sigmas = 4``. Values beyond the range are clipped to it and
 counted (the phone reports the count; no silent saturation).
 
+With distributed DP (``noise_std`` > 0) the phone adds integer noise to the codes
+(:meth:`UpdateLayout.noise`, :func:`as_residues`), the modulus gets a margin for it and
+the decoded sum is a noised one (:mod:`fedkb.secagg.distributed_dp`).
+:attr:`UpdateLayout.sensitivity` is the bound DP calibrates to, central or distributed.
+
 The server's side (:func:`decode_sum`): the unmasked sum mod 2^k goes through
 :func:`fedkb.compression.field.decode_sum` per tensor (refusing a residue that is not an
 honest sum of n codes), then is un-rotated and reshaped: the float32 *sum* of the n
@@ -58,6 +63,9 @@ class UpdateLayout:
     # distributed DP: each phone's discrete Gaussian std, in float units (0: no noise;
     # fedkb.secagg.distributed_dp)
     noise_std: float = 0.0
+    # S, a power of two: codes are multiplied by S and the noise drawn on the S-times
+    # finer lattice, so its std in lattice units stays well above 1 (distributed_dp)
+    noise_scale: int = 1
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip) and self.clip > 0):
@@ -66,6 +74,10 @@ class UpdateLayout:
             raise ValueError(f"sigmas must be positive, not {self.sigmas}")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise ValueError(f"the noise std must be >= 0, not {self.noise_std}")
+        s = self.noise_scale
+        if s < 1 or s & (s - 1) or s > ddp.MAX_NOISE_SCALE:
+            raise ValueError(f"the noise scale must be a power of two up to "
+                             f"{ddp.MAX_NOISE_SCALE}, not {s}")
 
     @cached_property
     def sizes(self) -> tuple[int, ...]:
@@ -92,7 +104,8 @@ class UpdateLayout:
     def modulus_bits(self, n_summands: int) -> int:
         """k: Z_{2^k} holds the sum of ``n_summands`` codes without wrapping (and, with
         ``noise_std``, their noise: :meth:`noise_margin`)."""
-        return field.modulus_bits(self.bits, n_summands, self.noise_margin(n_summands))
+        return field.modulus_bits(self.bits, n_summands, self.noise_margin(n_summands),
+                                  self.noise_scale)
 
     # -- distributed DP (fedkb.secagg.distributed_dp) ---------------------------------
 
@@ -114,8 +127,10 @@ class UpdateLayout:
 
     @cached_property
     def lattice(self) -> tuple[np.ndarray, ...]:
-        """Per tensor and chunk, each phone's noise std in grid units."""
-        return tuple(ddp.lattice_std(self.noise_std, g.scale) for g in self.grids)
+        """Per tensor and chunk, each phone's noise std in lattice units (the grid's step
+        over ``noise_scale``)."""
+        return tuple(ddp.lattice_std(self.noise_std, g.scale / self.noise_scale)
+                     for g in self.grids)
 
     def noise_margin(self, n_summands: int) -> int:
         """The field's margin for the noise of ``n_summands`` phones (0 without noise)."""
@@ -178,12 +193,15 @@ def encode_codes(arrays: Sequence[np.ndarray], layout: UpdateLayout,
     return EncodedUpdate(codes, beyond, float(norm), bool(unclipped))
 
 
-def as_residues(codes: np.ndarray, k: int, noise: np.ndarray | None = None) -> np.ndarray:
-    """Codes (plus distributed DP's integer ``noise``) as residues in Z_{2^k} (dtype
-    :func:`fedkb.compression.field.residue_dtype`)."""
-    if noise is None:
+def as_residues(codes: np.ndarray, k: int, noise: np.ndarray | None = None,
+                scale: int = 1) -> np.ndarray:
+    """Codes (times ``scale``, plus distributed DP's integer ``noise`` on that finer
+    lattice) as residues in Z_{2^k} (dtype :func:`fedkb.compression.field.residue_dtype`)."""
+    if noise is None and scale == 1:
         return np.asarray(codes).astype(field.residue_dtype(k))
-    noised = np.asarray(codes).astype(np.int64) + np.asarray(noise, dtype=np.int64)
+    noised = np.asarray(codes).astype(np.int64) * scale
+    if noise is not None:
+        noised += np.asarray(noise, dtype=np.int64)
     return np.mod(noised, 1 << k).astype(field.residue_dtype(k))
 
 
@@ -204,6 +222,6 @@ def decode_sum(total: np.ndarray, n_summands: int, k: int,
                                              strict=True)):
         part = total[start:start + grid.n].astype(field.residue_dtype(k))
         start += grid.n
-        s = field.decode_sum(part, n_summands, grid, k, margin)
+        s = field.decode_sum(part, n_summands, grid, k, margin, layout.noise_scale)
         out.append(unrotate(s, n, layout.rotation_seed, stream=i).reshape(shape))
     return out
