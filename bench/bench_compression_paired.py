@@ -35,6 +35,14 @@ seeded as a phone seeds it); the server sums the codes in Z_{2^k}, decodes the s
 90th-percentile claim; weight 1 in the first round),
 ``budget`` (batch x steps: exact FedAvg weights, given ``--max-steps``), ``uniform``
 (weight 1) or a count; SIGMAS the grid's radius in standard deviations (default 4).
+
+``cdp:Z[:K]`` and ``ddp:Z[:K]`` are DP-FedAvg on that secure codec at the clip norm, every
+client weight 1, the mean over the report goal (here the cohort): ``cdp`` adds the
+server's central Gaussian noise ``z·Δ`` to the decoded sum, ``ddp`` has every client add
+its discrete Gaussian share to its codes (:mod:`fedkb.secagg.distributed_dp`, each
+owing ``1/n`` of the variance: no dropouts here), as ``--dp-distributed`` does. With K
+the noise is that of K clients a round (``--dp-noise-cohort K``: actual multiplier
+``z·m/K``). The noise draws are not paired (each run draws its own).
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_encoding(text: str) -> dict:
+    if text.startswith(("cdp:", "ddp:")):
+        mode, _, rest = text.partition(":")
+        z, _, k = rest.partition(":")
+        return {"label": text, "secure": True, "cap": "uniform", "sigmas": None,
+                "downlink": "float32", "dp": mode, "z": float(z),
+                "noise_cohort": int(k) if k else None}
     if text == "sec" or text.startswith(("sec:", "sec@")):
         spec, _, sig = text.partition("@")
         cap = spec.partition(":")[2] or "mean"
@@ -83,12 +97,14 @@ def parse_encoding(text: str) -> dict:
 
 def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float | None,
                  rotation_seed: int, args, clipped: list[int],
-                 norms: list[float], examples_seen: list[int]) -> tuple[float, int]:
+                 norms: list[float], examples_seen: list[int],
+                 dp: tuple[str, float] | None = None) -> tuple[float, int]:
     """One round's secure codec: every client's codes summed in Z_{2^k}, the decoded sum
     over the weights' total accumulated once (as SecureRound._fold_sum does). Returns the
     round's mean examples per report and one update's code bytes; appends each client's
     grid-clipped coordinates and delta norm to ``clipped`` and ``norms``."""
     from fedkb.plan_codec import ROUNDING_STREAM
+    from fedkb.secagg import distributed_dp as ddp
     from fedkb.secagg.update_codec import (
         RANGE_SIGMAS,
         UpdateLayout,
@@ -100,6 +116,11 @@ def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float
 
     layout = UpdateLayout(tuple(tuple(s.shape) for s in trainer.specs), 8, args.clip_norm,
                           rotation_seed, sigmas or RANGE_SIGMAS)
+    if dp is not None and dp[0] == "ddp" and dp[1] > 0:  # each client's share of z·Δ
+        layout = dataclasses.replace(layout, noise_std=dp[1] * layout.sensitivity
+                                     / math.sqrt(len(clients)))
+        layout = dataclasses.replace(layout, noise_scale=ddp.noise_scale(
+            min(float(x.min()) for x in layout.lattice)))
     k = layout.modulus_bits(len(clients))
     total = np.zeros(layout.dim, np.uint64)
     examples, weights = [], []
@@ -111,13 +132,18 @@ def secure_round(trainer, w, clients, ds, strategy, agg, cap: int, sigmas: float
         scale = example_weight(res.num_examples, cap) if cap else 1.0
         rng = np.random.default_rng([int(seed), ROUNDING_STREAM])
         enc = encode_codes(res.delta, layout, rng, scale)
-        total = (total + as_residues(enc.codes, k).astype(np.uint64)) % np.uint64(2 ** k)
+        noise = layout.noise(ddp.noise_rng()) if layout.noise_std > 0 else None
+        total = (total + as_residues(enc.codes, k, noise, layout.noise_scale).astype(
+            np.uint64)) % np.uint64(2 ** k)
         clipped.append(enc.clipped_values)
         norms.append(enc.norm)
         examples.append(int(res.num_examples))
         weights.append(scale)
     examples_seen.extend(examples)
     s = decode_sum(total, len(clients), k, layout)
+    if dp is not None and dp[0] == "cdp" and dp[1] > 0:  # the server's noise, z·Δ
+        from fedkb.server.privacy.noise import add_gaussian
+        s, _ = add_gaussian(s, dp[1] * layout.sensitivity)
     denom = np.float32(sum(weights))
     agg.accumulate([(a / denom).astype(np.float32) for a in s], float(max(sum(examples), 1)))
     return sum(examples) / len(examples), math.ceil(layout.dim * k / 8)
@@ -160,9 +186,14 @@ def one_secure_run(trainer, ds, artifact: Path, schedule, enc: dict, args) -> di
         caps.append(cap)
         agg = strategy.aggregator(trainer.specs)
         n_before = len(examples_seen)
+        dp = None
+        if "dp" in enc:  # the actual multiplier: z, or z·m/K with a noise cohort
+            m = len(clients)
+            dp = (enc["dp"], enc["z"] * (m / enc["noise_cohort"] if enc["noise_cohort"]
+                                         else 1.0))
         last_mean, nbytes = secure_round(trainer, w, clients, ds, strategy, agg, cap,
                                          enc["sigmas"], 1_000_003 * args.seed_base + version,
-                                         args, clipped, norms, examples_seen)
+                                         args, clipped, norms, examples_seen, dp)
         last_examples = examples_seen[n_before:]
         w = strategy.aggregate(w, agg.result(), version)
     train_s = time.perf_counter() - t0

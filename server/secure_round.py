@@ -381,6 +381,9 @@ class SecureRound:
             "abort": None if self.abort is None else {"phase": self.abort.phase,
                                                       "reason": self.abort.reason},
             "clipped_values": self.clipped_values,
+            # distributed DP: each phone's discrete Gaussian std (float units) and lattice
+            "phone_noise": ({"std": self.layout.noise_std, "scale": self.layout.noise_scale}
+                            if self.layout.noise_std > 0 else None),
             "server_cpu_s": {k: round(v, 6) for k, v in self.cpu_s.items()},
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
         if self.result is not None and self.abort is None and s is not None:

@@ -40,6 +40,7 @@ def secure_aggregation(rounds: list[dict[str, Any]], cfg: SecAggConfig,
     return {
         "threshold": cfg.threshold, "neighbours": cfg.neighbours,
         "modulus_bits": first.get("modulus_bits"), "dim": first.get("dim"),
+        "phone_noise": first.get("phone_noise"),  # distributed DP's, else None
         "rounds_secure": len(committed), "rounds_aborted": sum(aborted.values()),
         "aborted": dict(aborted),
         "dropouts": dict(sums["dropouts"]), "dropouts_recovered": dict(sums["recovered"]),

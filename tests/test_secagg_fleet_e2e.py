@@ -65,6 +65,7 @@ def test_a_distributed_dp_fleet_run_noises_on_the_phones(tiny_data, tiny_artifac
     assert priv["epsilon"] is not None and "discrete tau" in priv["accountant"]
     # the field holds the noise: more bits than the codes' 8 + 2
     assert report["secure_aggregation"]["modulus_bits"] > 10
+    assert report["secure_aggregation"]["phone_noise"]["std"] > 0
 
 
 @pytest.mark.parametrize("extra, message", [
