@@ -270,3 +270,33 @@ def test_central_dp_on_a_secure_sum_is_calibrated_to_the_rounded_bound_too(tmp_p
     assert r["measurements"]["noise_std"] == pytest.approx(Z * lay.sensitivity)
     assert r["privacy"]["event"]["clip"] == pytest.approx(lay.sensitivity)
     assert r["privacy"]["event"]["noise_multiplier"] == Z
+
+
+@pytest.mark.parametrize("field_, value", [("noise_std", -1.0), ("noise_scale", 3),
+                                           ("noise_scale", 0), ("noise_scale", 1 << 17)])
+def test_a_setup_with_an_impossible_noise_is_refused_on_the_wire(field_, value):
+    from fedkb import wire
+    good = wire.SecAggSetup("r1", 1, [1, 2, 3], 2, 10, 14, noise_std=0.5, noise_scale=2)
+    assert wire.SecAggSetup.from_json(good.to_json()) == good
+    with pytest.raises(wire.WireError):
+        wire.SecAggSetup.from_json({**good.to_json(), field_: value})
+
+
+def test_a_phone_refuses_a_modulus_too_small_for_the_noise(tmp_path):
+    """A server that under-sizes k would let the noised sum wrap: the phone checks it."""
+    h = secure_harness(tmp_path, N, privacy=PrivacyConfig(
+        mechanism="fedavg", noise_multiplier=Z, clip=CLIP, population=10, distributed=True),
+        pipeline=False)
+    sh = SecureHarness(h, N)
+    sec = sh.round.secure
+    sh.h.clock.advance(0)
+    sh.machine.tick()
+    sh.step_all()  # the setups go out: shrink the round's k under what the noise needs
+    assert sec.params is not None
+    started = [m for m in sh.members if m.secure.phone is not None]
+    assert len(started) == N
+    for m in started:
+        m.secure.k = field.modulus_bits(8, N)
+    sh.run()
+    assert all("too small for the noised sum" in m.secure.refusal for m in started)
+    assert sh.round.state != "committed"
