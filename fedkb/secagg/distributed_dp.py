@@ -45,9 +45,11 @@ sides and :func:`fedkb.compression.field.decode_sum` reads a residue above
 lands outside it with probability ~4e-33, so a wrap is never expected in any run.
 
 **The sampler** (:func:`discrete_gaussian`): Canonne, Kamath & Steinke 2020 (Alg. 3),
-rejection from a discrete Laplace, vectorised in NumPy with floating-point acceptance
-probabilities (as TF Privacy's ``discrete_gaussian_utils`` does; CKS's exact arithmetic
-is not used). Its generator is PCG64 seeded with 128 bits from :mod:`secrets` on the
+rejection from a discrete Laplace, vectorised in NumPy in floating point (as TF
+Privacy's ``discrete_gaussian_utils`` is; CKS's exact arithmetic is not used). The
+discrete Laplace is the difference of two geometric draws and the acceptance test
+compares a third exponential draw with the exponent: three ``standard_exponential``
+draws a candidate, ~0.1 s for the ``small`` model's 1.39 M coordinates. Its generator is PCG64 seeded with 128 bits from :mod:`secrets` on the
 phone: not the plan's seed, which the server knows.
 
 NumPy only, so a phone can import it.
@@ -86,14 +88,14 @@ def discrete_gaussian(sigma: np.ndarray, rng: np.random.Generator) -> np.ndarray
     while todo.size:
         s = s_all[todo]
         t = np.floor(s) + 1.0
-        # discrete Laplace of scale t: |Y| geometric with P(x) ∝ exp(-x/t), a random sign,
-        # "-0" rejected so that 0 is not counted twice
-        x = rng.geometric(-np.expm1(-1.0 / t)) - 1
-        neg = rng.random(todo.size) < 0.5
-        y = np.where(neg, -x, x)
-        accept = rng.random(todo.size) < np.exp(-((np.abs(y) - s * s / t) ** 2) / (2 * s * s))
-        keep = accept & ~(neg & (x == 0))
-        flat[todo[keep]] = y[keep]
+        # discrete Laplace of scale t, P(y) ∝ exp(-|y|/t): the difference of two geometric
+        # draws, each floor(t·E) for E ~ Exp(1) (P(floor(tE) >= k) = exp(-k/t))
+        e = rng.standard_exponential((3, todo.size))
+        y = np.floor(t * e[0]) - np.floor(t * e[1])
+        # accept with probability exp(-(|y| - s²/t)² / (2 s²)): exactly when a third
+        # Exp(1) draw exceeds the exponent (CKS 2020, Alg. 3, without an exp() call)
+        keep = e[2] > (np.abs(y) - s * s / t) ** 2 / (2 * s * s)
+        flat[todo[keep]] = y[keep].astype(np.int64)
         todo = todo[~keep]
     return out
 
