@@ -49,8 +49,9 @@ rejection from a discrete Laplace, vectorised in NumPy in floating point (as TF
 Privacy's ``discrete_gaussian_utils`` is; CKS's exact arithmetic is not used). The
 discrete Laplace is the difference of two geometric draws and the acceptance test
 compares a third exponential draw with the exponent: three ``standard_exponential``
-draws a candidate, ~0.1 s for the ``small`` model's 1.39 M coordinates. Its generator is PCG64 seeded with 128 bits from :mod:`secrets` on the
-phone: not the plan's seed, which the server knows.
+draws a candidate, ~0.1 s for the ``small`` model's 1.39 M coordinates. Its generator
+is PCG64 seeded with 128 bits from :mod:`secrets` on the phone: not the plan's seed,
+which the server knows.
 
 NumPy only, so a phone can import it.
 """
