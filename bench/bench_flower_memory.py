@@ -7,7 +7,7 @@ Flower is not a fedkb dependency, so this runs in its own virtual environment:
     uv venv -p 3.11 /tmp/flwr-venv
     VIRTUAL_ENV=/tmp/flwr-venv uv pip install "flwr[simulation]==1.42.0" psutil numpy
     /tmp/flwr-venv/bin/python bench/bench_flower_memory.py --nodes 1000,10000,100000 \
-        [--rounds 5] [--per-round 20] [--params 7531]
+        [--rounds 5] [--per-round 20] [--params 7531] [--timeout 900]
 
 Each size is one ``flwr.simulation.run_simulation`` (its Ray backend, one local node)
 in a child process: a message-API ServerApp running FedAvg over ``--rounds`` rounds of
@@ -84,12 +84,29 @@ def pss_tree(pid: int) -> int:
     return total
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (Ray's included)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=30)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", default="1000,10000,100000")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=20)
     p.add_argument("--params", type=int, default=7531)
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds a size may run; then its process tree is killed")
     args = p.parse_args()
     ctx = mp.get_context("spawn")
     for nodes in (int(n) for n in args.nodes.split(",")):
@@ -108,11 +125,16 @@ def main() -> int:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        child.join()
+        child.join(args.timeout)
+        timed_out = child.is_alive()
+        if timed_out:
+            kill_tree(child.pid)
+            child.join()
         done.set()
         sampler.join()
         row = out.get(timeout=5) if not out.empty() else {"nodes": nodes, "failed": True}
-        row.update(peak_pss_mb=round(peak[0] / 2**20, 1), exitcode=child.exitcode)
+        row.update(peak_pss_mb=round(peak[0] / 2**20, 1), exitcode=child.exitcode,
+                   **({"timed_out_s": args.timeout} if timed_out else {}))
         print(json.dumps(row), flush=True)
     return 0
 

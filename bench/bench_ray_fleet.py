@@ -11,9 +11,11 @@
 `recall` runs `fedkb simulate --engine fleet` (the bench README's 20x20 command, with the
 loaded machine's `--speedup 60 --selection-window 3 --reporting-deadline 30`) once with
 worker processes and once with `--ray` per seed and prints one JSON line per run (wall
-seconds, held-out top-1/top-3). `scale` starts `fedkb server` with the tiny model and the
-fleet engine's derived config, runs the Ray fleet for ``--duration`` wall seconds and
-prints its summary's cluster report plus check-ins/s and rounds/min.
+seconds, held-out top-1/top-3, and what the rounds aggregated: clients, late and aborted
+tasks, SGD steps, the share of clients from the 10% longest shards). `scale` starts
+`fedkb server` with the tiny model and the fleet engine's derived config, runs the Ray
+fleet for ``--duration`` wall seconds and prints its summary's cluster report plus
+check-ins/s and rounds/min.
 """
 
 from __future__ import annotations
@@ -32,6 +34,29 @@ RECIPE = ["--preset", "small", "--rounds", "20", "--clients-per-round", "20", "-
           "--overselect", "1.0", "--pace-margin", "2"]
 
 
+def round_facts(rep: dict, data: Path) -> dict:
+    """What a run's committed rounds aggregated, to compare two fleets at one seed: the
+    clients, late and aborted tasks, the aggregated clients' SGD steps (their shards and
+    batch seeds), and the share of rounds' clients among the 10% longest shards."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compute_floor import client_steps
+
+    from fedkb.datasets.store import Dataset
+
+    ds = Dataset.open(data)
+    batch = json.loads((data / "models" / "small" / "metadata.json").read_text())["batch_size"]
+    sizes = sorted(len(ds.shard(u).train) for u in ds.train_users)
+    long_cut = sizes[int(0.9 * len(sizes))]
+    rounds = rep["rounds"]
+    clients = [u for r in rounds for u, _ in r.get("participants") or []]
+    return {"clients": sum(r["clients"] for r in rounds),
+            "late": sum(r["late"] for r in rounds),
+            "aborted": sum(r["aborted"] for r in rounds),
+            "steps": sum(map(sum, client_steps(rep, data, batch))),
+            "long_share": round(sum(len(ds.shard(u).train) >= long_cut for u in clients)
+                                / max(1, len(clients)), 4)}
+
+
 def recall(args: argparse.Namespace) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for engine in args.engines.split(","):
@@ -47,7 +72,8 @@ def recall(args: argparse.Namespace) -> None:
             if p.returncode == 0:
                 rep = json.loads(p.stdout)
                 row.update(top1=rep["heldout"]["top1_recall"],
-                           top3=rep["heldout"]["top3_recall"], rounds=len(rep["rounds"]))
+                           top3=rep["heldout"]["top3_recall"], rounds=len(rep["rounds"]),
+                           **round_facts(rep, args.data))
             else:
                 row["error"] = p.stderr[-500:]
             print(json.dumps(row), flush=True)

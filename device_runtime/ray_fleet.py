@@ -223,6 +223,9 @@ class RayFleet:
         total["accepted"] = [a for log in self.accepted.values() for a in log]
         return total
 
+    def _count(self, name: str) -> int:
+        return sum(s.get("counts", {}).get(name, 0) for s in [*self.ended, *self.latest.values()])
+
     def report(self) -> dict[str, Any]:
         """What the summary says about the cluster (``summary["ray"]``)."""
         by_node: Counter = Counter()
@@ -239,8 +242,9 @@ class RayFleet:
                 "trainers_by_node": dict(trainers_by_node),
                 "actor_lives_ended": self.lives_ended,
                 "tasks_in_flight_lost": self.lost_in_flight,
-                "jobs_given_up": sum(s.get("counts", {}).get("lost_jobs", 0)
-                                     for s in [*self.ended, *self.latest.values()]),
+                "jobs_given_up": self._count("lost_jobs"),
+                "jobs_unqueued": {"full": self._count("queue_full"),
+                                  "unreachable": self._count("queue_unreachable")},
                 "bytes_per_phone_built": round(sum(shard_mem) / len(shard_mem))
                 if shard_mem else None,
                 "jobs_taken": sum(s.get("jobs_taken", 0) for (k, _), s in self.latest.items()

@@ -6,13 +6,18 @@ few CPUs and a small object store declared) runs a tiny-preset fleet against a r
 server: rounds are committed with phones on both nodes. Then one node is killed mid-round
 (its raylet and workers, no graceful shutdown): the round is abandoned or completes
 without it, the restarted shard registers its phones again, the run finishes, and the
-summary counts the lost life. No Ray process is left afterwards.
+summary counts the lost life. The job queue's actor (on the head) is killed too: the
+shards give back what they cannot queue, the jobs it held are given up at their
+deadlines, Ray restarts it, and rounds commit again (the tiny model's jobs are taken at
+once, so the dead queue seldom held one: ``tests/test_ray_compute.py`` covers jobs given
+up). No Ray process is left afterwards.
 
 Skipped only where Ray is not installed (``uv sync --extra ray``; CI installs it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -97,8 +102,8 @@ def server(tmp_path, tiny_artifact):
         kill(proc)
 
 
-def _fleet(cluster, url: str, data, rounds: int | None) -> Fleet:
-    opts = RayOptions(address=cluster.address, shards=2, trainers=2, phone_bytes=16_000,
+def _fleet(cluster, url: str, data, rounds: int | None, trainers: int = 2) -> Fleet:
+    opts = RayOptions(address=cluster.address, shards=2, trainers=trainers, phone_bytes=16_000,
                       shard_base_bytes=50 * MB, trainer_bytes=100 * MB, ready_timeout_s=120)
     return Fleet(FleetConfig(url, data, 24, speedup=60, start_hour=1, rounds=rounds,
                              duration_s=300, seed=3, ray=opts))
@@ -184,3 +189,54 @@ def _kill_the_other_node_mid_round(cluster, server, tiny_data) -> None:
     assert len(summary["ray"]["phones_by_node"]) == 1
     assert not [pid for pid in doomed if psutil.pid_exists(pid)
                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def _queue_actor() -> psutil.Process | None:
+    """The job queue's actor process: Ray titles an actor's worker ``ray::_QueueActor``
+    (``ray::_QueueActor.get`` while it runs a method)."""
+    for p in _ray_processes():
+        with contextlib.suppress(psutil.Error):
+            if (p.cmdline() or [""])[0].startswith("ray::_QueueActor"):
+                return p
+    return None
+
+
+def test_killing_the_job_queue_mid_round_and_the_run_goes_on(cluster, server, tiny_data):
+    # one trainer for a round's three jobs, so the queue likely holds some when it dies
+    fleet = _fleet(cluster, server, tiny_data, rounds=None, trainers=1)
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(summary=fleet.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and thread.is_alive():
+            s = _status(server)
+            if s["rounds_committed"] >= 2:
+                break
+            time.sleep(0.3)
+        assert thread.is_alive(), out
+        doomed = _queue_actor()
+        assert doomed is not None, [p.cmdline()[:1] for p in _ray_processes()]
+        doomed.kill()  # SIGKILL: its queued jobs are gone with it
+        doomed.wait(timeout=30)
+        committed = s["rounds_committed"]
+        # Ray restarts the queue (max_restarts=-1) empty; phones whose jobs it held are
+        # freed at their deadlines, and rounds commit again
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and thread.is_alive():
+            s = _status(server)
+            if s["rounds_committed"] >= committed + 3:
+                break
+            time.sleep(0.5)
+        reborn = _queue_actor()
+        fleet.stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the fleet did not finish after losing its queue"
+    finally:
+        fleet.stop()
+        thread.join(timeout=60)
+    summary = out["summary"]
+    print(json.dumps({"ray": summary["ray"], "tasks": summary["tasks"]}))
+    assert _status(server)["rounds_committed"] >= committed + 3
+    assert reborn is not None and reborn.pid != doomed.pid
+    assert summary["phones"] == 24

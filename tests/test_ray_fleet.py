@@ -44,7 +44,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 CASES = ("test_a_two_node_cluster_commits_rounds_with_phones_on_both_nodes",
-         "test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on")
+         "test_killing_a_node_mid_round_loses_its_tasks_and_the_run_goes_on",
+         "test_killing_the_job_queue_mid_round_and_the_run_goes_on")
 START_S = 150.0  # two nodes up; ~15 s on an idle 2-core VM
 CASE_S = 420.0  # the case after that
 
