@@ -52,7 +52,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--metadata", required=True, help="an artifact's metadata.json")
     p.add_argument("--clip", type=float, default=4.0)
-    p.add_argument("--bits", default="8", help="uplink bits, a list: 8,6,5,4")
+    p.add_argument("--bits", default="8", help="uplink bits, a list of 8, 4, 2")
     p.add_argument("--cohorts", default="20,100,1000")
     p.add_argument("--multipliers", default="0.02,0.3,1.0")
     p.add_argument("--repeats", type=int, default=5)

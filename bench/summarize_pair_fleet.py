@@ -4,8 +4,8 @@ Reads ``MODE-SEED.json`` (a ``fedkb simulate --json`` report) and ``MODE-SEED.ti
 (``/usr/bin/time -f "%e %U %S"``: wall, user, system) for the two modes and prints a
 Markdown row per seed: held-out top-1 / top-3 of each, wall and CPU seconds of each, the
 modulus bits of a secure run, the run's epsilon (or its hypothetical population's), the
-rounds committed and abandoned; then the median wall and CPU ratios and the mean top-1 /
-top-3 differences (mode - base) with their standard deviation over seeds.
+rounds committed and (secure runs) aborted; then the median wall and CPU ratios and the
+mean top-1 / top-3 differences (mode - base) with their standard deviation over seeds.
 
     uv run --frozen --no-sync python bench/summarize_pair_fleet.py /tmp/ddp ddp cdp
 """
@@ -47,12 +47,11 @@ def cells(doc: dict[str, Any] | None) -> list[str]:
     if doc is None or not doc.get("heldout"):
         return ["–"] * 6
     h, sa = doc["heldout"], doc.get("secure_aggregation") or {}
-    train = [r for r in doc.get("rounds", []) if r.get("kind", "train") == "train"]
-    committed = sum(r.get("state") == "committed" for r in train)
+    committed = len(doc.get("rounds", []))  # the report's rows are committed rounds
     return [f"{100 * h['top1_recall']:.2f} / {100 * h['top3_recall']:.2f}",
             f"{doc['_wall']:.0f} / {doc['_cpu']:.0f}" if doc["_wall"] else "–",
             str(sa.get("modulus_bits") or "–"), epsilon(doc),
-            f"{committed} + {len(train) - committed}", ""]
+            f"{committed} + {sa.get('rounds_aborted', '–')}", ""]
 
 
 def main(argv: list[str]) -> int:
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> int:
     seeds = sorted({f.stem.rsplit("-", 1)[1] for f in d.glob(f"{mode}-*.json")}, key=int)
     print(f"| seed | {mode} top-1 / top-3 % | {base} top-1 / top-3 % | {mode} wall / CPU s | "
           f"{base} wall / CPU s | k bits ({mode} / {base}) | epsilon ({mode} / {base}) | "
-          f"rounds committed + abandoned ({mode} / {base}) |")
+          f"rounds committed + aborted ({mode} / {base}) |")
     print("|---|---|---|---|---|---|---|---|")
     walls, cpus, d1, d3 = [], [], [], []
     for s in seeds:

@@ -1,7 +1,10 @@
-"""A worker: many emulated phones in one process, driven by one event heap.
+"""A worker: many emulated phones in one process, driven by an event heap.
 
 Phones are not threads (a fleet has thousands): each is a small :class:`Phone` with a
-wake-up time in the heap. The main loop pops phones that are due and does what a phone's
+wake-up time in the heap (deliveries and selected phones' wake-ups in a heap of their own,
+served first when both are due: a loop behind a herd of check-ins still sends its reports
+on time). The main loop
+pops phones that are due and does what a phone's
 job scheduler would: sleep while not eligible (charging, Wi‑Fi, idle, battery not low),
 register once, check in, honour "come back in N s", hand a task to the training thread,
 and deliver the task's result or abort when its simulated time comes. Failed deliveries
@@ -90,7 +93,12 @@ class Worker:
         self.clock = clock
         self.phones = [Phone(p) for p in profiles]
         self.stats = WorkerStats(phones=len(self.phones))
+        # idle phones' wake-ups, and apart from them the round's own work (deliveries, and
+        # the wake-ups of phones selected for a round): when the loop falls behind (a
+        # herd of check-ins), due round work goes first, so a report does not miss its
+        # deadline waiting behind idle phones
         self._heap: list[tuple[float, int, Phone, str, Outcome | None]] = []
+        self._urgent: list[tuple[float, int, Phone, str, Outcome | None]] = []
         self._seq = itertools.count()
         # Tasks wait for a training thread here (see fedkb.device_runtime.compute); the
         # phones whose jobs are out, by job id.
@@ -113,7 +121,20 @@ class Worker:
     # -- scheduling -------------------------------------------------------------------
 
     def _push(self, due: float, phone: Phone, action: str, outcome: Outcome | None = None):
-        heapq.heappush(self._heap, (due, next(self._seq), phone, action, outcome))
+        urgent = action == "send" or phone.waiting
+        heapq.heappush(self._urgent if urgent else self._heap,
+                       (due, next(self._seq), phone, action, outcome))
+
+    def _due(self, now: float) -> list | None:
+        """The heap whose head is due now, the round's work first (None: nothing is)."""
+        for heap in (self._urgent, self._heap):
+            if heap and heap[0][0] <= now:
+                return heap
+        return None
+
+    def _next_due(self) -> float | None:
+        heads = [h[0][0] for h in (self._urgent, self._heap) if h]
+        return min(heads) if heads else None
 
     def _backoff(self, phone: Phone, hint_s: float = 0.0) -> float:
         """Simulated delay before trying again (jittered, doubling, in wall terms)."""
@@ -138,14 +159,16 @@ class Worker:
             while not self.clock.stopped:
                 self._drain_done()
                 now = self.clock.now()
-                if self._heap and self._heap[0][0] <= now:
-                    _, _, phone, action, outcome = heapq.heappop(self._heap)
+                heap = self._due(now)
+                if heap is not None:
+                    _, _, phone, action, outcome = heapq.heappop(heap)
                     if action == "wake":
                         self._wake(phone, now)
                     else:
                         self._deliver(phone, outcome, now)
                     continue
-                wait = 0.2 if not self._heap else self.clock.wall_for(self._heap[0][0] - now)
+                nxt = self._next_due()
+                wait = 0.2 if nxt is None else self.clock.wall_for(nxt - now)
                 with contextlib.suppress(queue.Empty):
                     self._finished(self.compute.results.get(timeout=min(0.2, max(0.0, wait))))
         finally:

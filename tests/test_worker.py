@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import heapq
 import queue
 import time
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def test_a_phone_selected_ahead_gives_its_seat_back_when_unplugged(tiny_data):
     worker, client = _worker(tiny_data, [trace], wait)
     phone = worker.phones[0]
     worker._wake(phone, 0.0)
-    assert phone.waiting and worker._heap[0][0] == 30.0  # 0.5 wall s at 60x
+    assert phone.waiting and worker._urgent[0][0] == 30.0  # 0.5 wall s at 60x
     worker._wake(phone, 120.0)  # unplugged while waiting: tells the server once
     assert [c.charging for c in client.checkins] == [True, False]
     assert not phone.waiting and worker.stats.counts["withdrawn"] == 1
@@ -130,7 +131,7 @@ def test_a_phone_trained_by_another_worker_gets_its_result_back(tiny_data):
         b.compute.finish(Done(job.owner, job.job_id, outcome, 0, True))
         a._finished(a.compute.results.get(timeout=10))
         assert (phone.cached_version, phone.has_artifact) == (0, True)  # the copy's state
-        due, _, who, action, sent = a._heap[0]
+        due, _, who, action, sent = a._urgent[0]
         assert (due, who, action, sent.reason) == (50.0, phone, "send", "charging")
         assert b.compute.results.empty()
     finally:
@@ -171,10 +172,11 @@ def test_a_phone_selected_ahead_is_held_only_until_it_stops_being_eligible(tiny_
     now = worker.clock.now()
     worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
     (hold_id, wait_s), = worker._holds.submitted
-    assert 0.4 <= wait_s <= 0.5 and worker._heap == [] and worker._held == {hold_id: phone}
+    assert 0.4 <= wait_s <= 0.5 and worker._heap == worker._urgent == []
+    assert worker._held == {hold_id: phone}
     # the server held it to the end: it wakes now, to look at its conditions again
     worker._finished(Claimed(hold_id, WAITING, held_to_the_end=True))
-    assert phone.waiting and worker._heap[0][2] is phone and worker._heap[0][0] <= \
+    assert phone.waiting and worker._urgent[0][2] is phone and worker._urgent[0][0] <= \
         worker.clock.now()
 
 
@@ -183,7 +185,7 @@ def test_a_phone_about_to_become_ineligible_is_not_held(tiny_data):
     now = worker.clock.now()
     worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
     assert worker._holds.submitted == []
-    assert worker._heap[0][0] == phone.profile.trace.next_ineligible(now)  # wakes then
+    assert worker._urgent[0][0] == phone.profile.trace.next_ineligible(now)  # wakes then
 
 
 def test_a_held_checkin_answered_at_once_falls_back_to_asking_again(tiny_data):
@@ -193,7 +195,7 @@ def test_a_held_checkin_answered_at_once_falls_back_to_asking_again(tiny_data):
     worker._answer(phone, WAITING, now, phone.profile.trace.state_at(now))
     (hold_id, _), = worker._holds.submitted
     worker._finished(Claimed(hold_id, WAITING, held_to_the_end=False))
-    due = worker._heap[0][0]
+    due = worker._urgent[0][0]
     assert 0.5 * 60.0 - 1.0 <= due - now <= 0.5 * 60.0 + 5.0 and len(worker._holds.submitted) == 1
 
 
@@ -271,3 +273,25 @@ def test_a_secure_phone_stays_busy_until_its_training_job_is_back(tiny_data):
         assert worker.stats.counts["secagg_stopped"] == 1
     finally:
         worker.compute.close()
+
+
+def test_round_work_goes_before_idle_phones_wakeups_when_the_loop_is_behind(tiny_data):
+    # A loop behind a herd of check-ins: idle phones' wake-ups are overdue, and so are one
+    # phone's report and a selected phone's wake-up. The round's work comes first (in its
+    # own order), then the idle phones.
+    always = _trace([(0.0, True, True, 1.0)])
+    worker, _ = _worker(tiny_data, [always] * 3, wire.CheckinResponse(retry_after_s=5.0))
+    idle, sender, selected = worker.phones
+    for t in (1.0, 2.0, 3.0):
+        worker._push(t, idle, "wake")
+    worker._push(5.0, sender, "send", Outcome(_task("t"), 5.0, "abort", reason="charging"))
+    selected.waiting = True
+    worker._push(4.0, selected, "wake")
+    order = []
+    while (heap := worker._due(10.0)) is not None:
+        due, _, phone, action, _ = heapq.heappop(heap)
+        order.append((due, worker.phones.index(phone), action))
+    assert order == [(4.0, 2, "wake"), (5.0, 1, "send"), (1.0, 0, "wake"), (2.0, 0, "wake"),
+                     (3.0, 0, "wake")]
+    worker._push(20.0, idle, "wake")
+    assert worker._due(10.0) is None and worker._next_due() == 20.0
