@@ -16,8 +16,8 @@ isotropic in float units, so chunk j's lattice std is ``noise_std / step_j``
 **Sensitivity** (:func:`sensitivity`). Rounding moves each coordinate by less than one
 step, so a phone's rounded vector has norm at most ``C + sqrt(sum_i step_i**2)``: the
 deterministic bound (Kairouz et al.'s ``c/gamma + sqrt(d)``, per chunk), with no
-conditional rounding. At q8 and ``sigmas = 4`` it is ``~1.18 C`` for the ``small``
-model; at q4 ``~4 C`` (distributed DP wants 8 bits).
+conditional rounding. At q8 and ``sigmas = 4`` it is ``1.157 C`` for the ``small``
+model; at q4 ``3.67 C`` (distributed DP wants 8 bits).
 
 **Accounting** (Kairouz et al., Prop. 14, first term). For n summands each adding
 ``N_Z(0, s_j**2)`` per coordinate of chunk j, the Rényi divergence of order α between the
